@@ -1,0 +1,51 @@
+"""cnm: Docker's Container Network Model as an in-process Python library.
+
+Sandboxes (network namespaces), endpoints (interfaces with addresses joined to
+sandboxes), networks made by pluggable drivers, pluggable IPAM and a firewall
+layer for NAT and published ports. Every object is a context manager: entering
+builds it in the kernel through netlink, leaving removes it.
+
+>>> import cnm
+>>> with cnm.Host.isolated() as host:                      # doctest: +SKIP
+...     net = host.create_network("web")
+...     a = host.create_sandbox("a")
+...     net.connect(a, ports=["8080:80"])
+"""
+
+from .errors import (
+    ClosedError,
+    CNMError,
+    ConflictError,
+    ExhaustedError,
+    InvalidArgumentError,
+    KernelError,
+    MissingKernelFeatureError,
+    NotFoundError,
+    StateError,
+    TeardownError,
+)
+from .host import Endpoint, Host, Network, Outside, Sandbox
+from .ports import PortMapping, PublishedPort
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CNMError",
+    "ClosedError",
+    "ConflictError",
+    "Endpoint",
+    "ExhaustedError",
+    "Host",
+    "InvalidArgumentError",
+    "KernelError",
+    "MissingKernelFeatureError",
+    "Network",
+    "NotFoundError",
+    "Outside",
+    "PortMapping",
+    "PublishedPort",
+    "Sandbox",
+    "StateError",
+    "TeardownError",
+    "__version__",
+]

@@ -1,0 +1,190 @@
+"""Network namespaces: create, enter, delete, and sockets opened inside one.
+
+Everything here runs in this process. Python 3.11 has no ``os.setns`` or
+``os.unshare``, so libc is called through ctypes. ``setns(CLONE_NEWNET)`` and
+``unshare(CLONE_NEWNET)`` only move the *calling thread*, so all namespace work
+happens in a short-lived worker thread and the caller's thread never moves.
+(pyroute2's own ``netns=`` support forks a helper process per call instead:
+5-8 ms each, see FACTS.md.)
+
+A namespace outlives the thread that made it because it is bind-mounted on
+``/run/netns/NAME``, the same place ``ip netns`` uses, so operators can look
+inside with ``ip netns exec``. cnm holds no file descriptor per namespace: it
+opens the mount by path when it needs to, so the number of open descriptors
+does not grow with the number of namespaces.
+
+A socket created inside a namespace stays bound to it for its whole life,
+whichever thread later uses it; that is how netlink sockets for a namespace
+are made (:meth:`Namespace.socket`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from .errors import ALREADY_GONE, KernelError, kernel_error
+
+__all__ = ["NETNS_DIR", "Namespace"]
+
+T = TypeVar("T")
+
+NETNS_DIR = "/run/netns"
+
+_CLONE_NEWNET = 0x40000000
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_MS_SHARED = 1 << 20
+_MNT_DETACH = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        code = ctypes.get_errno()
+        raise kernel_error(OSError(code, os.strerror(code)), what)
+
+
+def _in_thread(fn: Callable[[], T]) -> T:
+    """Run *fn* in a fresh thread and return its result (or raise its exception)."""
+    box: list[object] = []
+
+    def target() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:  # handed back to the caller below
+            box.append((False, exc))
+
+    worker = threading.Thread(target=target, name="cnm-netns")
+    worker.start()
+    worker.join()
+    ok, value = box[0]  # type: ignore[misc]
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
+
+
+class Namespace:
+    """A network namespace reachable by a path (a bind mount or a /proc link)."""
+
+    __slots__ = ("name", "path")
+
+    def __init__(self, name: str, path: str) -> None:
+        self.name = name
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.name!r}, {self.path!r})"
+
+    @classmethod
+    def current(cls) -> Namespace:
+        """The namespace of this process's main thread (for ``cnm.Host()``)."""
+        return cls("root", f"/proc/{os.getpid()}/ns/net")
+
+    @property
+    def owned(self) -> bool:
+        """True when this namespace is a bind mount that cnm may delete."""
+        return self.path.startswith(NETNS_DIR + "/")
+
+    @classmethod
+    def create(cls, name: str, setup: Callable[[], object] | None = None) -> Namespace:
+        """Create a new namespace mounted on ``/run/netns/NAME``.
+
+        *setup*, when given, runs inside the new namespace before this returns
+        (in the thread that created it): the cheapest moment to bring ``lo`` up.
+        If anything fails, nothing is left behind.
+        """
+        path = os.path.join(NETNS_DIR, name)
+        os.makedirs(NETNS_DIR, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0)
+        except FileExistsError as exc:
+            raise KernelError(errno.EEXIST, f"namespace {name!r}: {path} already exists") from exc
+        os.close(fd)
+        ns = cls(name, path)
+
+        def make() -> None:
+            _check(_libc.unshare(_CLONE_NEWNET), f"namespace {name!r}: unshare")
+            self_ns = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
+            _check(_libc.mount(self_ns, path.encode(), b"none", _MS_BIND, None), f"namespace {name!r}: bind mount")
+            if setup is not None:
+                setup()
+
+        try:
+            _in_thread(make)
+        except BaseException:
+            ns.delete()
+            raise
+        return ns
+
+    def delete(self) -> None:
+        """Unmount and remove the namespace's mount point. Already gone is success.
+
+        The kernel frees the namespace (and every link in it, taking the other
+        end of each veth with it) once nothing else holds it, asynchronously.
+        """
+        if not self.owned:
+            raise KernelError(errno.EPERM, f"namespace {self.name!r} is not owned by cnm and is never deleted")
+        rc = _libc.umount2(self.path.encode(), _MNT_DETACH)
+        if rc != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+            code = ctypes.get_errno()
+            raise kernel_error(OSError(code, os.strerror(code)), f"namespace {self.name!r}: unmount")
+        try:
+            os.unlink(self.path)
+        except OSError as exc:
+            if exc.errno not in ALREADY_GONE:
+                raise kernel_error(exc, f"namespace {self.name!r}: remove mount point") from exc
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Run *fn* in a thread that has entered this namespace; return its result."""
+
+        def entered() -> T:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _check(_libc.setns(fd, _CLONE_NEWNET), f"namespace {self.name!r}: setns")
+            finally:
+                os.close(fd)
+            return fn()
+
+        return _in_thread(entered)
+
+    def socket(self, family: int, kind: int, proto: int = 0) -> socket.socket:
+        """A socket created inside this namespace (it stays bound to it)."""
+        return self.run(lambda: socket.socket(family, kind, proto))
+
+    def write_sysctl(self, key: str, value: str) -> None:
+        """Set a per-namespace sysctl such as ``net/ipv4/ip_forward``.
+
+        ``/proc/sys/net`` shows the namespace of the thread that opens it, so
+        the write happens from a thread inside this namespace.
+        """
+        self.run(lambda: _write_proc_sys(key, value))
+
+    def read_sysctl(self, key: str) -> str:
+        return self.run(lambda: _read_proc_sys(key))
+
+
+def _write_proc_sys(key: str, value: str) -> None:
+    try:
+        with open(f"/proc/sys/{key}", "w") as f:
+            f.write(value)
+    except OSError as exc:
+        raise kernel_error(exc, f"sysctl {key.replace('/', '.')}") from exc
+
+
+def _read_proc_sys(key: str) -> str:
+    with open(f"/proc/sys/{key}") as f:
+        return f.read().strip()
