@@ -1,0 +1,240 @@
+"""The firewall contract: what a backend must do for networks and published ports.
+
+A *firewall backend* owns the packet-filtering side of cnm on one host (one
+network namespace): outbound NAT for each network, the rules that keep an
+internal network to itself, and the port forwards that publish a sandbox's
+port on the host. Network drivers build links; the backend only writes rules.
+
+Two backends ship with cnm:
+
+``"nftables"``
+    :class:`~cnm.firewall.nftables.NftablesFirewall`: talks nfnetlink
+    directly (no ``nft`` process), one kernel transaction per call.
+``"none"``
+    :class:`~cnm.firewall.none.NoFirewall`: does nothing at all, for hosts
+    whose firewall is managed by someone else, and for tests of the rest.
+
+Third-party backends register under the entry-point group ``cnm.firewall``
+(name = factory) and are found by :func:`firewall_backend` exactly like the
+built-ins. A backend subclasses nothing: it is any object with the
+:class:`FirewallBackend` methods.
+
+The contract
+------------
+
+Every method that changes the kernel is **one atomic change**:
+
+* it either applies completely or changes nothing (for nftables: one
+  nfnetlink batch, which the kernel commits or aborts as a whole);
+* on success it pushes **exactly one** step on the given :class:`~cnm.undo.UndoLog`,
+  and that step removes exactly what the call added, again as one atomic
+  change, treating "already gone" as success (so it may run twice, or after
+  someone else removed the rules);
+* on failure it raises (a :class:`~cnm.errors.KernelError` when the kernel
+  refused, naming what failed and the kernel's reason) and pushes nothing.
+
+Backends create what they need **lazily**: the first call creates the shared
+structures (for nftables: the table, its chains and maps) in the same atomic
+change as its own rules, and the undo of the last outstanding call removes
+them in the same atomic change as its own rules. So a host with no networks
+has nothing installed at all, and a first call that fails leaves nothing
+behind. Backends keep that count in memory; it is not shared between
+processes.
+
+Everything a backend installs is marked with the *owner* token it was made
+with (for nftables: the table ``cnm-<owner>``), and a backend never reads or
+changes anything not so marked. Two cnm hosts in the same namespace, or cnm
+next to Docker or firewalld, do not see each other's rules.
+
+Conflicts between port forwards (the same protocol and host port published
+twice) are refused by the caller before they reach the backend; a backend
+may refuse them again (nftables does, with ``EEXIST``) but need not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import attrs
+
+from ..errors import InvalidArgumentError, NotFoundError
+
+if TYPE_CHECKING:
+    from ..netns import Namespace
+    from ..undo import UndoLog
+
+__all__ = [
+    "FIREWALL_BACKENDS",
+    "FirewallBackend",
+    "FirewallFactory",
+    "NetworkRules",
+    "PortForward",
+    "firewall_backend",
+]
+
+#: The transport protocols a port can be published for.
+PROTOCOLS = ("tcp", "udp", "sctp")
+
+_IFNAMSIZ = 16  # the kernel's limit on interface names, including the NUL
+
+
+def _check_bridge(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not value or len(value.encode()) >= _IFNAMSIZ or "/" in value or value.strip() != value:
+        raise InvalidArgumentError(f"firewall: {value!r} is not a valid interface name")
+
+
+def _check_protocol(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in PROTOCOLS:
+        raise InvalidArgumentError(f"port forward: protocol {value!r} is not one of {', '.join(PROTOCOLS)}")
+
+
+def _check_port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise InvalidArgumentError(f"port forward: {attribute.name} {value!r} is not a port number (1-65535)")
+
+
+@attrs.frozen
+class NetworkRules:
+    """What the firewall needs to know about one network.
+
+    The backend derives every rule from these four fields; it is handed the
+    same value again with each :meth:`FirewallBackend.add_port_forwards` call
+    for the network.
+    """
+
+    #: The network's name. Used in error messages and rule comments only;
+    #: two networks may not share a name on one host, but the backend does
+    #: not rely on that.
+    name: str
+
+    #: Interface name of the network's bridge in the host namespace. Traffic
+    #: is matched by name, so the rules may be installed before the bridge
+    #: exists and survive its being re-created.
+    bridge: str = attrs.field(validator=_check_bridge)
+
+    #: The network's IPv4 subnet: sources in it are masqueraded on the way out.
+    subnet: IPv4Network = attrs.field(validator=attrs.validators.instance_of(IPv4Network))
+
+    #: An internal network has no outbound NAT, and nothing is forwarded
+    #: between its bridge and any other interface, in either direction.
+    #: Sandboxes on it reach each other and the host's address on the bridge;
+    #: its published ports (if any) are reachable from the host only.
+    internal: bool = False
+
+
+@attrs.frozen
+class PortForward:
+    """One published port: traffic to the host's port goes to a sandbox's port.
+
+    The forward applies to traffic addressed to the host (any of its local
+    addresses, or only *host_ip*), whether it comes from outside, from a
+    sandbox on any network (hairpin), or from the host itself (including
+    ``127.0.0.1``; the latter also needs ``net.ipv4.conf.<bridge>.route_localnet``,
+    which is the caller's business).
+    """
+
+    #: ``"tcp"``, ``"udp"`` or ``"sctp"``.
+    protocol: str = attrs.field(validator=_check_protocol)
+
+    #: The host address the port is published on; ``None`` means every local
+    #: address of the host. A forward on a specific address wins over one on
+    #: every address for the same protocol and port.
+    host_ip: IPv4Address | None = attrs.field(
+        validator=attrs.validators.optional(attrs.validators.instance_of(IPv4Address))
+    )
+
+    #: The port on the host (1-65535).
+    host_port: int = attrs.field(validator=_check_port)
+
+    #: The sandbox's address on the network the forward belongs to.
+    container_ip: IPv4Address = attrs.field(validator=attrs.validators.instance_of(IPv4Address))
+
+    #: The port inside the sandbox (1-65535).
+    container_port: int = attrs.field(validator=_check_port)
+
+    def __str__(self) -> str:
+        host = self.host_ip if self.host_ip is not None else "0.0.0.0"
+        return f"{self.protocol} {host}:{self.host_port} -> {self.container_ip}:{self.container_port}"
+
+
+@runtime_checkable
+class FirewallBackend(Protocol):
+    """The firewall of one host. Made by a :data:`FirewallFactory`.
+
+    Methods are called from one thread at a time per host, but a backend
+    must not assume which thread. See the module documentation for the
+    atomicity, undo and laziness rules every method follows.
+    """
+
+    #: The registry name of the backend, e.g. ``"nftables"``.
+    name: str
+
+    def add_network(self, rules: NetworkRules, undo: UndoLog) -> None:
+        """Install a network's rules: outbound NAT (unless internal), hairpin
+        NAT, and for an internal network the rules that keep its traffic on
+        its bridge.
+
+        One atomic change; the first call on a host also creates the shared
+        structures. Pushes one undo step removing exactly these rules (and
+        the shared structures, if nothing else is left).
+        """
+        ...
+
+    def add_port_forwards(self, rules: NetworkRules, forwards: Sequence[PortForward], undo: UndoLog) -> None:
+        """Publish *forwards* (for sandboxes on the network described by *rules*).
+
+        All forwards of the call go in in one atomic change: if any one is
+        refused, none is installed. Pushes one undo step removing exactly
+        these forwards. An empty *forwards* changes nothing and pushes nothing.
+        A call does not require :meth:`add_network` first, but normally follows it.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release what the backend holds open (sockets). Does not remove rules.
+
+        Closing twice does nothing. After closing, the other methods and the
+        undo steps already handed out raise :class:`~cnm.errors.ClosedError`;
+        so run the undo steps before closing.
+        """
+        ...
+
+
+#: Makes the backend of one host: ``factory(namespace, owner)``. *namespace*
+#: is the host's network namespace (all kernel access happens inside it);
+#: *owner* is a short token unique to the host (e.g. ``"a1b2c3"``), which the
+#: backend uses to mark what it installs (nftables: table ``cnm-<owner>``).
+FirewallFactory = Callable[["Namespace", str], FirewallBackend]
+
+
+def firewall_backend(name: str) -> FirewallFactory:
+    """The factory of the backend called *name*.
+
+    Built-ins (:data:`FIREWALL_BACKENDS`) come first; then the entry points
+    of the group ``cnm.firewall``. Raises :class:`~cnm.errors.NotFoundError`
+    for an unknown name.
+    """
+    try:
+        return FIREWALL_BACKENDS[name]
+    except KeyError:
+        pass
+    for point in entry_points(group="cnm.firewall"):
+        if point.name == name:
+            factory: FirewallFactory = point.load()
+            return factory
+    known = sorted(set(FIREWALL_BACKENDS) | {p.name for p in entry_points(group="cnm.firewall")})
+    raise NotFoundError(f"firewall backend {name!r}: no such backend (known: {', '.join(known)})")
+
+
+# The backends import the types above, so they come last.
+from .nftables import NftablesFirewall  # noqa: E402
+from .none import NoFirewall  # noqa: E402
+
+#: The built-in backends by name.
+FIREWALL_BACKENDS: dict[str, FirewallFactory] = {
+    "nftables": NftablesFirewall,
+    "none": NoFirewall,
+}

@@ -1,0 +1,423 @@
+"""The nftables firewall backend against the real kernel, in a scratch namespace.
+
+Every rule cnm sends is checked against ``nft list ruleset`` (run with
+``ip netns exec`` inside the scratch namespace): the listing must read as the
+nft syntax documented in :mod:`cnm.firewall.nftables`, which is how we know
+the hand-built expressions mean what we think (pyroute2's ``fib`` encoder, for
+one, was wrong). The ``nft`` CLI only ever reads here.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import shutil
+import subprocess
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from cnm.errors import ClosedError, InvalidArgumentError, KernelError, NotFoundError
+from cnm.firewall import FIREWALL_BACKENDS, FirewallBackend, NetworkRules, PortForward, firewall_backend
+from cnm.firewall.nftables import NftablesFirewall, _Batch
+from cnm.firewall.none import NoFirewall
+from cnm.netlink import Netlink
+from cnm.netns import Namespace
+from cnm.undo import UndoLog
+
+pytestmark = pytest.mark.kernel
+
+CAN_RUN = os.geteuid() == 0 and shutil.which("nft") is not None and shutil.which("ip") is not None
+needs_kernel = pytest.mark.skipif(not CAN_RUN, reason="needs root, iproute2 and the nft CLI (to inspect rules)")
+
+WEB = NetworkRules(name="web", bridge="br-web", subnet=IPv4Network("10.1.0.0/24"))
+DB = NetworkRules(name="db", bridge="br-db", subnet=IPv4Network("10.2.16.0/20"), internal=True)
+A = IPv4Address
+
+
+# ---- fixtures and helpers ------------------------------------------------------------
+
+
+@pytest.fixture
+def netns():
+    """A scratch namespace, always deleted; the root namespace must not see our table."""
+    token = secrets.token_hex(3)
+    ns = Namespace.create(f"cnm-fwtest-{token}")
+    try:
+        yield ns
+    finally:
+        ns.delete()
+    assert not os.path.exists(f"/run/netns/cnm-fwtest-{token}")
+
+
+@pytest.fixture
+def fw(netns):
+    backend = NftablesFirewall(netns, secrets.token_hex(3))
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def ruleset(ns: Namespace) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns.name, "nft", "list", "ruleset"], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def parse(text: str) -> dict[str, dict[str, object]]:
+    """``nft list ruleset`` as {"chains": {name: [line, ...]}, "maps": {name: {"type":..., "elements": set}}}."""
+    chains: dict[str, list[str]] = {}
+    maps: dict[str, dict[str, object]] = {}
+    current: list[str] | None = None
+    current_map: dict[str, object] | None = None
+    elements: str | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if elements is not None:
+            elements += " " + line
+            if line.endswith("}"):
+                assert current_map is not None
+                current_map["elements"] = _elements(elements)
+                elements = None
+            continue
+        if m := re.fullmatch(r"chain (\S+) \{", line):
+            current, current_map = chains.setdefault(m.group(1), []), None
+        elif m := re.fullmatch(r"map (\S+) \{", line):
+            current_map, current = maps.setdefault(m.group(1), {"elements": set()}), None
+        elif line == "}" or not line or line.startswith("table "):
+            current = current_map = None
+        elif current_map is not None:
+            if line.startswith("type "):
+                current_map["type"] = line[5:]
+            elif line.startswith("elements = {"):
+                elements = line
+                if line.endswith("}"):
+                    current_map["elements"] = _elements(elements)
+                    elements = None
+        elif current is not None:
+            current.append(line)
+    return {"chains": chains, "maps": maps}  # type: ignore[dict-item]
+
+
+def _elements(text: str) -> set[str]:
+    inner = text[text.index("{") + 1 : text.rindex("}")]
+    return {" ".join(e.split()) for e in inner.split(",") if e.strip()}
+
+
+def table_of(fw: NftablesFirewall) -> dict[str, dict[str, object]]:
+    text = ruleset(fw.namespace)
+    assert f"table ip {fw.table} {{" in text
+    return parse(text)
+
+
+SKELETON = {
+    "prerouting": ["type nat hook prerouting priority dstnat; policy accept;", "fib daddr type local jump published"],
+    "output": ["type nat hook output priority -100; policy accept;", "fib daddr type local jump published"],
+    "published": [
+        "dnat ip to ip daddr . meta l4proto . th dport map @ports_addr",
+        "dnat ip to meta l4proto . th dport map @ports",
+    ],
+}
+POSTROUTING_HEAD = "type nat hook postrouting priority srcnat; policy accept;"
+FORWARD_HEAD = "type filter hook forward priority filter; policy accept;"
+WEB_POSTROUTING = [
+    'ip saddr 10.1.0.0/24 oifname != "br-web" masquerade comment "web"',
+    'ct status dnat ip saddr 10.1.0.0/24 oifname "br-web" masquerade comment "web"',
+    'ip saddr 127.0.0.0/8 oifname "br-web" masquerade comment "web"',
+]
+DB_POSTROUTING = [
+    'ct status dnat ip saddr 10.2.16.0/20 oifname "br-db" masquerade comment "db"',
+    'ip saddr 127.0.0.0/8 oifname "br-db" masquerade comment "db"',
+]
+DB_FORWARD = [
+    'iifname "br-db" oifname != "br-db" drop comment "db"',
+    'oifname "br-db" iifname != "br-db" drop comment "db"',
+]
+
+
+# ---- the registry (no kernel needed) -------------------------------------------------
+
+
+def test_registry_names_the_builtins():
+    assert FIREWALL_BACKENDS == {"nftables": NftablesFirewall, "none": NoFirewall}
+    assert firewall_backend("nftables") is NftablesFirewall
+    assert firewall_backend("none") is NoFirewall
+
+
+def test_unknown_backend_is_not_found():
+    with pytest.raises(NotFoundError, match="'iptables'.*nftables"):
+        firewall_backend("iptables")
+    with pytest.raises(LookupError):
+        firewall_backend("")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: PortForward("icmp", None, 80, A("10.0.0.2"), 80),
+        lambda: PortForward("tcp", None, 0, A("10.0.0.2"), 80),
+        lambda: PortForward("tcp", None, 80, A("10.0.0.2"), 65536),
+        lambda: PortForward("tcp", "0.0.0.0", 80, A("10.0.0.2"), 80),
+        lambda: NetworkRules("n", "a-bridge-name-too-long", IPv4Network("10.0.0.0/24")),
+        lambda: NetworkRules("n", "", IPv4Network("10.0.0.0/24")),
+    ],
+)
+def test_bad_values_are_refused(make):
+    with pytest.raises((InvalidArgumentError, TypeError)):
+        make()
+
+
+# ---- the nftables backend ------------------------------------------------------------
+
+
+@needs_kernel
+def test_nothing_is_installed_before_the_first_call(fw):
+    assert ruleset(fw.namespace) == ""
+    assert isinstance(fw, FirewallBackend)
+
+
+@needs_kernel
+def test_first_network_creates_the_table_with_its_rules(fw):
+    undo = UndoLog()
+    fw.add_network(WEB, undo)
+    assert len(undo) == 1
+    table = table_of(fw)
+    chains = table["chains"]
+    for name, lines in SKELETON.items():
+        assert chains[name] == lines
+    assert chains["postrouting"] == [POSTROUTING_HEAD, *WEB_POSTROUTING]
+    assert chains["forward"] == [FORWARD_HEAD]
+    assert table["maps"] == {
+        "ports": {"type": "inet_proto . inet_service : ipv4_addr . inet_service", "elements": set()},
+        "ports_addr": {"type": "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service", "elements": set()},
+    }
+    # The socket lives in the scratch namespace: the machine's own ruleset never sees the table.
+    root = subprocess.run(["nft", "list", "tables"], check=True, capture_output=True, text=True).stdout
+    assert fw.table not in root
+
+
+@needs_kernel
+def test_two_networks_and_their_forwards(fw):
+    undo = UndoLog()
+    fw.add_network(WEB, undo)
+    fw.add_network(DB, undo)
+    fw.add_port_forwards(
+        WEB,
+        [
+            PortForward("tcp", None, 8080, A("10.1.0.2"), 80),
+            PortForward("udp", A("192.168.7.1"), 53, A("10.1.0.3"), 5353),
+            PortForward("sctp", None, 9999, A("10.1.0.3"), 9),
+        ],
+        undo,
+    )
+    assert len(undo) == 3
+    table = table_of(fw)
+    assert table["chains"]["postrouting"] == [POSTROUTING_HEAD, *WEB_POSTROUTING, *DB_POSTROUTING]
+    assert table["chains"]["forward"] == [FORWARD_HEAD, *DB_FORWARD]
+    assert table["maps"]["ports"]["elements"] == {"tcp . 8080 : 10.1.0.2 . 80", "sctp . 9999 : 10.1.0.3 . 9"}
+    assert table["maps"]["ports_addr"]["elements"] == {"192.168.7.1 . udp . 53 : 10.1.0.3 . 5353"}
+
+
+@needs_kernel
+def test_internal_network_is_isolated_and_not_masqueraded(fw):
+    fw.add_network(DB, UndoLog())
+    chains = table_of(fw)["chains"]
+    assert chains["forward"] == [FORWARD_HEAD, *DB_FORWARD]
+    assert chains["postrouting"] == [POSTROUTING_HEAD, *DB_POSTROUTING]
+    assert not any("!=" in line for line in chains["postrouting"])  # no outbound NAT
+
+
+@needs_kernel
+def test_undoing_forwards_removes_exactly_their_elements(fw):
+    fw.add_network(WEB, UndoLog())
+    first, second = UndoLog(), UndoLog()
+    fw.add_port_forwards(WEB, [PortForward("tcp", None, 8080, A("10.1.0.2"), 80)], first)
+    fw.add_port_forwards(
+        WEB,
+        [PortForward("tcp", None, 8081, A("10.1.0.3"), 80), PortForward("tcp", A("192.168.7.1"), 8080, A("10.1.0.3"), 81)],
+        second,
+    )
+    rules_before = table_of(fw)["chains"]
+    assert second.unwind() == []
+    table = table_of(fw)
+    assert table["maps"]["ports"]["elements"] == {"tcp . 8080 : 10.1.0.2 . 80"}
+    assert table["maps"]["ports_addr"]["elements"] == set()
+    assert table["chains"] == rules_before
+    assert first.unwind() == []
+    assert table_of(fw)["maps"]["ports"]["elements"] == set()
+
+
+@needs_kernel
+def test_undoing_networks_removes_their_rules_and_the_last_removes_the_table(fw):
+    web, db = UndoLog(), UndoLog()
+    fw.add_network(WEB, web)
+    fw.add_network(DB, db)
+    assert web.unwind() == []
+    chains = table_of(fw)["chains"]
+    assert chains["postrouting"] == [POSTROUTING_HEAD, *DB_POSTROUTING]
+    assert chains["forward"] == [FORWARD_HEAD, *DB_FORWARD]
+    assert chains["published"] == SKELETON["published"]
+    assert db.unwind() == []
+    assert ruleset(fw.namespace) == ""
+    # ...and the next call builds everything again.
+    fw.add_network(WEB, UndoLog())
+    assert table_of(fw)["chains"]["postrouting"] == [POSTROUTING_HEAD, *WEB_POSTROUTING]
+
+
+@needs_kernel
+def test_the_table_lives_while_any_call_is_outstanding(fw):
+    net, ports = UndoLog(), UndoLog()
+    fw.add_network(WEB, net)
+    fw.add_port_forwards(WEB, [PortForward("tcp", None, 8080, A("10.1.0.2"), 80)], ports)
+    assert net.unwind() == []  # out of the usual order: the forwards keep the table alive
+    table = table_of(fw)
+    assert table["chains"]["postrouting"] == [POSTROUTING_HEAD]
+    assert table["maps"]["ports"]["elements"] == {"tcp . 8080 : 10.1.0.2 . 80"}
+    assert ports.unwind() == []
+    assert ruleset(fw.namespace) == ""
+
+
+@needs_kernel
+def test_duplicate_forward_is_refused_and_changes_nothing(fw):
+    undo = UndoLog()
+    fw.add_network(WEB, undo)
+    fw.add_port_forwards(WEB, [PortForward("tcp", None, 8080, A("10.1.0.2"), 80)], undo)
+    before = ruleset(fw.namespace)
+    steps = len(undo)
+    with pytest.raises(KernelError) as caught:
+        fw.add_port_forwards(
+            WEB,
+            [PortForward("udp", None, 8080, A("10.1.0.9"), 80), PortForward("tcp", None, 8080, A("10.1.0.9"), 80)],
+            undo,
+        )
+    assert caught.value.errno == errno.EEXIST
+    assert "tcp 0.0.0.0:8080 -> 10.1.0.9:80" in str(caught.value)
+    assert ruleset(fw.namespace) == before  # the udp forward of the same batch is not there either
+    assert len(undo) == steps
+    assert undo.unwind() == []
+    assert ruleset(fw.namespace) == ""
+
+
+@needs_kernel
+def test_failed_first_call_leaves_nothing(fw):
+    twice = PortForward("tcp", None, 8080, A("10.1.0.2"), 80)
+    undo = UndoLog()
+    with pytest.raises(KernelError) as caught:
+        fw.add_port_forwards(WEB, [twice, twice], undo)  # the batch also creates the table
+    assert caught.value.errno == errno.EEXIST
+    assert ruleset(fw.namespace) == ""
+    assert len(undo) == 0
+    fw.add_network(WEB, undo)  # still knows it must create the table
+    assert table_of(fw)["chains"]["postrouting"] == [POSTROUTING_HEAD, *WEB_POSTROUTING]
+
+
+@needs_kernel
+def test_undo_tolerates_what_is_already_gone(fw):
+    fw.add_network(DB, UndoLog())
+    web, ports = UndoLog(), UndoLog()
+    fw.add_network(WEB, web)
+    fw.add_port_forwards(
+        WEB, [PortForward("tcp", None, 8080, A("10.1.0.2"), 80), PortForward("tcp", None, 8081, A("10.1.0.2"), 81)], ports
+    )
+    # Someone else removes one of web's rules and one of its forwards.
+    listing = subprocess.run(
+        ["ip", "netns", "exec", fw.namespace.name, "nft", "-a", "list", "chain", "ip", fw.table, "postrouting"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    handle = int(re.search(r'127\.0\.0\.0/8 oifname "br-web" .*# handle (\d+)', listing).group(1))
+    outsider = _Batch(fw.table)
+    outsider.rule_delete("postrouting", handle, "outsider")
+    outsider.element(False, "ports", bytes([6, 0, 0, 0, 0x1F, 0x90, 0, 0]), b"", "outsider")
+    fw._commit(outsider, "test: outsider")
+    assert ports.unwind() == []
+    assert web.unwind() == []
+    table = table_of(fw)
+    assert table["chains"]["postrouting"] == [POSTROUTING_HEAD, *DB_POSTROUTING]
+    assert table["maps"]["ports"]["elements"] == set()
+
+
+@needs_kernel
+def test_an_undo_step_runs_once(fw):
+    class Recorder:
+        def __init__(self) -> None:
+            self.steps = []
+
+        def push(self, what, step):
+            self.steps.append(step)
+
+    web, db = Recorder(), UndoLog()
+    fw.add_network(WEB, web)
+    fw.add_network(DB, db)
+    (step,) = web.steps
+    step()
+    step()  # must not count as the undo of db's call too
+    assert table_of(fw)["chains"]["forward"] == [FORWARD_HEAD, *DB_FORWARD]
+    assert db.unwind() == []
+    assert ruleset(fw.namespace) == ""
+
+
+@needs_kernel
+@pytest.mark.parametrize("first", [True, False], ids=["creating", "adding"])
+@pytest.mark.parametrize("kind", ["network", "forwards"])
+def test_a_lost_answer_removes_what_the_batch_installed(fw, monkeypatch, first, kind):
+    """The batch commits but its answer never arrives: the call fails and leaves nothing."""
+    undo = UndoLog()
+    if not first:
+        fw.add_network(DB, undo)
+        fw.add_port_forwards(DB, [PortForward("tcp", None, 8080, A("10.2.16.2"), 80)], undo)
+    before = ruleset(fw.namespace)
+    steps = len(undo)
+    original = Netlink.fenced
+    calls = []
+
+    def lossy(self, requests, fence, timeout=30.0):
+        original(self, requests, fence, timeout)
+        calls.append(len(requests))
+        if len(calls) == 1:
+            raise OSError(errno.ENOBUFS, "answer lost")
+        return []
+
+    monkeypatch.setattr(Netlink, "fenced", lossy)
+    with pytest.raises(KernelError) as caught:
+        if kind == "network":
+            fw.add_network(WEB, undo)
+        else:
+            fw.add_port_forwards(WEB, [PortForward("tcp", None, 9090, A("10.1.0.2"), 80)], undo)
+    monkeypatch.undo()
+    assert caught.value.errno == errno.ENOBUFS
+    assert len(calls) == 2  # the batch, then the clean-up
+    assert ruleset(fw.namespace) == before
+    assert len(undo) == steps
+    assert undo.unwind() == []
+    assert ruleset(fw.namespace) == ""
+
+
+@needs_kernel
+def test_closed_backend_refuses_work_but_keeps_the_rules(fw):
+    undo = UndoLog()
+    fw.add_network(WEB, undo)
+    fw.close()
+    fw.close()
+    with pytest.raises(ClosedError):
+        fw.add_network(DB, UndoLog())
+    failures = undo.unwind()
+    assert [type(f) for f in failures] == [ClosedError]
+    assert fw.table in ruleset(fw.namespace)  # deleting the namespace removes it
+
+
+@needs_kernel
+def test_the_none_backend_installs_nothing(netns):
+    fw = firewall_backend("none")(netns, "abc123")
+    undo = UndoLog()
+    fw.add_network(WEB, undo)
+    fw.add_port_forwards(WEB, [PortForward("tcp", None, 8080, A("10.1.0.2"), 80)], undo)
+    assert len(undo) == 0
+    assert ruleset(netns) == ""
+    fw.close()
+    with pytest.raises(ClosedError):
+        fw.add_network(WEB, undo)
