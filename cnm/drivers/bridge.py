@@ -1,0 +1,79 @@
+"""The bridge driver: a Linux bridge in the host namespace, a veth per endpoint.
+
+Like Docker's default driver: the bridge carries the gateway address, each
+endpoint is a veth pair with one end enslaved to the bridge and the other
+inside the sandbox, and the host routes and NATs for the subnet (the
+firewall's job; this driver only marks the network as routed).
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Interface
+
+from ..errors import InvalidArgumentError
+from ..kernel import Rtnl
+from ..undo import UndoLog
+from . import EndpointSpec, NetworkPlumbing, NetworkSpec, SandboxPort
+
+__all__ = ["BridgeDriver"]
+
+OPT_NAME = "com.docker.network.bridge.name"
+OPT_MTU = "com.docker.network.driver.mtu"
+_KNOWN = {OPT_NAME, OPT_MTU}
+_IFNAMSIZ = 15
+
+
+def _bridge_name(spec: NetworkSpec) -> str:
+    return spec.options.get(OPT_NAME) or f"br-{spec.id[:12]}"
+
+
+class BridgeDriver:
+    name = "bridge"
+
+    def validate(self, spec: NetworkSpec) -> None:
+        unknown = sorted(set(spec.options) - _KNOWN)
+        if unknown:
+            raise InvalidArgumentError(
+                f"network {spec.name!r}: unknown bridge option(s) {', '.join(unknown)} (known: {', '.join(sorted(_KNOWN))})"
+            )
+        name = _bridge_name(spec)
+        if not 0 < len(name) <= _IFNAMSIZ or "/" in name or name.strip() != name:
+            raise InvalidArgumentError(f"network {spec.name!r}: bridge name {name!r} is not a valid interface name")
+        if OPT_MTU in spec.options:
+            mtu = spec.options[OPT_MTU]
+            if not mtu.isdigit() or not 68 <= int(mtu) <= 65535:
+                raise InvalidArgumentError(f"network {spec.name!r}: {OPT_MTU} {mtu!r} is not an MTU in 68..65535")
+
+    def create_network(self, host: Rtnl, spec: NetworkSpec, undo: UndoLog) -> NetworkPlumbing:
+        name = _bridge_name(spec)
+        mtu = int(spec.options[OPT_MTU]) if OPT_MTU in spec.options else None
+        what = f"network {spec.name!r}: bridge {name!r}"
+        mac = "02:" + ":".join(spec.id[i : i + 2] for i in range(0, 10, 2))  # locally administered
+        index = host.add_bridge(name, alias=f"cnm:{spec.owner}:network/{spec.name}", mac=mac, mtu=mtu)
+        undo.push(what, lambda: host.delete_link(index, what))
+        # The address and the sysctl belong to the bridge and go with it.
+        host.add_address(index, IPv4Interface(f"{spec.gateway}/{spec.subnet.prefixlen}"), what)
+        # The host reaching a published port through 127.0.0.1 is DNATed to a
+        # sandbox; routing a loopback source out of the bridge needs this.
+        host.namespace.write_sysctl(f"net/ipv4/conf/{name}/route_localnet", "1")
+        # IPv4 only for now: no IPv6 link-local address or route appears on the
+        # bridge when its first port comes up (as Docker does without --ipv6).
+        host.namespace.write_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
+        return NetworkPlumbing(interface=name, index=index, routed=True, mtu=mtu)
+
+    def join(
+        self, host: Rtnl, network: NetworkPlumbing, endpoint: EndpointSpec, sandbox: SandboxPort, undo: UndoLog
+    ) -> None:
+        host_end = f"veth{endpoint.id[:7]}"
+        what = f"endpoint {endpoint.name!r}: veth {host_end!r}"
+        index = host.add_veth(
+            host_end,
+            alias=f"cnm:endpoint/{endpoint.name}",
+            master=network.index,
+            peer_name=endpoint.interface,
+            peer_namespace=sandbox.namespace,
+            peer_mac=endpoint.mac,
+            mtu=network.mtu,
+        )
+        undo.push(what, lambda: sandbox.release_link(host, index, what))
+        sandbox.configure(endpoint.interface, endpoint.address, endpoint.gateway, f"endpoint {endpoint.name!r}")

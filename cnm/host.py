@@ -1,0 +1,858 @@
+"""Host, Network, Sandbox and Endpoint: the context-manager API.
+
+Every public operation here follows one pattern: validate everything that can
+be validated without the kernel (raising a typed error before any change),
+then make the changes inside :func:`cnm.undo.transaction`, where each change
+registers its inverse as it succeeds. On failure the transaction unwinds and
+the kernel is as it was; on success the undo log is handed to the object just
+made, and deleting that object replays it.
+
+Ownership: a Host owns its networks and sandboxes; a network owns its
+endpoints; an endpoint joined to a sandbox holds a second log (the join) that
+``leave()`` unwinds. Closing a Host deletes its children in reverse creation
+order, collects every failure, and raises them together as one
+:class:`~cnm.errors.TeardownError`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import secrets
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any, TypeVar
+
+from .drivers import EndpointSpec, NetworkDriver, NetworkPlumbing, NetworkSpec, network_driver
+from .errors import (
+    ClosedError,
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    StateError,
+)
+from .firewall import FirewallBackend, NetworkRules, PortForward, firewall_backend
+from .ipam import AddressPool, ipam_driver, parse_address, parse_subnet
+from .kernel import Rtnl, mac_for
+from .netns import Namespace
+from .ports import HostPortAllocator, PortMapping, PublishedPort, docker_ports_view, normalize_ports
+from .undo import UndoLog, raise_collected, transaction
+
+__all__ = ["Endpoint", "Host", "Network", "Outside", "Sandbox"]
+
+T = TypeVar("T")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+#: The link between an isolated host and its "outside": a /24 from the range
+#: reserved for benchmarking network devices (RFC 2544), so it never collides
+#: with Docker's default pools or with real networks.
+UPLINK_SUBNET = IPv4Network("198.18.0.0/24")
+OUTSIDE_ADDRESS = IPv4Interface("198.18.0.1/24")
+HOST_ADDRESS = IPv4Interface("198.18.0.2/24")
+
+#: How long deleting a sandbox waits for the kernel to dismantle its namespace
+#: (and with it the host ends of its veths) before deleting them one by one.
+NAMESPACE_GONE_TIMEOUT = 5.0
+
+
+def _check_name(kind: str, name: object) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidArgumentError(
+            f"{kind} name {name!r} is not valid: use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def _new_id() -> str:
+    return secrets.token_hex(32)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class _InNamespace:
+    """run / popen / call inside a namespace (shared by Host, Outside, Sandbox)."""
+
+    namespace: Namespace
+    _processes: list[subprocess.Popen[Any]]
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """``subprocess.run(argv, **kwargs)`` inside this namespace."""
+        self._check_open()
+        return self.namespace.run(lambda: subprocess.run(argv, **kwargs))
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """``subprocess.Popen(argv, **kwargs)`` inside this namespace.
+
+        The process is terminated (and reaped) when the owner is deleted.
+        """
+        self._check_open()
+        proc = self.namespace.run(lambda: subprocess.Popen(argv, **kwargs))
+        self._processes.append(proc)
+        return proc
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` in a thread inside this namespace; return its result.
+
+        Sockets created by *fn* belong to this namespace.
+        """
+        self._check_open()
+        return self.namespace.run(lambda: fn(*args, **kwargs))
+
+    def _stop_processes(self) -> None:
+        for proc in self._processes:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        self._processes.clear()
+
+
+class Outside(_InNamespace):
+    """The "internet" of an isolated host: a namespace linked to the host's uplink."""
+
+    name = "outside"
+
+    def __init__(self, namespace: Namespace, address: IPv4Address, host: Host) -> None:
+        self.namespace = namespace
+        self.address = address
+        self._processes = []
+        self._host = host
+
+    def _check_open(self) -> None:
+        self._host._check_open()
+
+    def __repr__(self) -> str:
+        return f"<Outside {self.namespace.name} {self.address}>"
+
+
+class Host(_InNamespace):
+    """A network namespace in which cnm builds networks, with sandboxes beside it.
+
+    ``Host()`` is the machine's own namespace, for container runtimes.
+    ``Host.isolated()`` makes a fresh one (plus an "outside" namespace playing
+    the internet), for tests, demos and experiments; closing it removes all.
+    """
+
+    def __init__(self, *, firewall: str = "nftables") -> None:
+        self._setup(Namespace.current(), None, firewall, secrets.token_hex(3), UndoLog())
+
+    def _setup(
+        self, namespace: Namespace, outside: Outside | None, firewall: str, token: str, undo: UndoLog
+    ) -> None:
+        self.namespace = namespace
+        self.outside = outside
+        self.name = namespace.name
+        self.token = token
+        self._processes = []
+        self._undo = undo
+        self._closed = False
+        self._networks: dict[str, Network] = {}
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._children: list[Network | Sandbox] = []
+        self._forwarding_users = 0
+        self._forwarding_was: str | None = None
+        self._ports = HostPortAllocator()
+        self._rtnl = Rtnl(namespace)
+        undo.push(f"host {self.name!r}: rtnetlink socket", self._rtnl.close)
+        factory = firewall_backend(firewall)
+        self._firewall: FirewallBackend = factory(namespace, token)
+        undo.push(f"host {self.name!r}: firewall", self._firewall.close)
+
+    @classmethod
+    def isolated(cls, name: str | None = None, *, firewall: str = "nftables") -> Host:
+        """A fresh host namespace, with ``host.outside`` linked to it by a veth.
+
+        The host has ``address`` 198.18.0.2/24 on its ``eth0``, the outside has
+        ``outside_address`` 198.18.0.1 and is the host's default gateway.
+        """
+        token = secrets.token_hex(3)
+        label = _check_name("host", name) if name is not None else "host"
+        host = cls.__new__(cls)
+        with transaction() as undo:
+            host_ns = Namespace.create(f"cnm-{token}-{label}", setup=_loopback_up_here)
+            undo.push(f"host {label!r}: namespace", host_ns.delete)
+            outside_ns = Namespace.create(f"cnm-{token}-outside", setup=_loopback_up_here)
+            undo.push(f"host {label!r}: outside namespace", outside_ns.delete)
+            host._setup(host_ns, Outside(outside_ns, OUTSIDE_ADDRESS.ip, host), firewall, token, undo)
+            host.name = label
+            # Both ends of the uplink live in namespaces deleted above: no undo step of their own.
+            uplink = host._rtnl.add_veth(
+                "eth0", alias=f"cnm:{token}:uplink", master=None, peer_name="eth0", peer_namespace=outside_ns
+            )
+            host._rtnl.add_address(uplink, HOST_ADDRESS, f"host {label!r}: uplink")
+            host._rtnl.add_route(IPv4Network("0.0.0.0/0"), OUTSIDE_ADDRESS.ip, f"host {label!r}: default route")
+            with Rtnl(outside_ns) as outside:
+                outside.configure_interface("eth0", OUTSIDE_ADDRESS, None, "outside: uplink")
+            host_ns.write_sysctl("net/ipv4/ip_forward", "1")
+            host._forwarding_users = 1  # always on in an isolated host; never restored
+        return host
+
+    # ---- properties ------------------------------------------------------------
+
+    @property
+    def address(self) -> IPv4Address | None:
+        """The host's address on its uplink (isolated hosts only)."""
+        return HOST_ADDRESS.ip if self.outside is not None else None
+
+    @property
+    def outside_address(self) -> IPv4Address | None:
+        return self.outside.address if self.outside is not None else None
+
+    @property
+    def networks(self) -> list[Network]:
+        return list(self._networks.values())
+
+    @property
+    def sandboxes(self) -> list[Sandbox]:
+        return list(self._sandboxes.values())
+
+    def network(self, name: str) -> Network:
+        try:
+            return self._networks[name]
+        except KeyError:
+            raise NotFoundError(f"host {self.name!r}: no network named {name!r}") from None
+
+    def sandbox(self, name: str) -> Sandbox:
+        try:
+            return self._sandboxes[name]
+        except KeyError:
+            raise NotFoundError(f"host {self.name!r}: no sandbox named {name!r}") from None
+
+    def __repr__(self) -> str:
+        return f"<Host {self.name!r} {self.namespace.name}{' closed' if self._closed else ''}>"
+
+    # ---- networks ----------------------------------------------------------------
+
+    def create_network(
+        self,
+        name: str,
+        driver: str = "bridge",
+        *,
+        subnet: str | IPv4Network | None = None,
+        gateway: str | IPv4Address | None = None,
+        ip_range: str | IPv4Network | None = None,
+        internal: bool = False,
+        options: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        ipam: str = "default",
+    ) -> Network:
+        """Create a network (like ``docker network create``).
+
+        With no *subnet* the next free pool of Docker's default list that
+        overlaps no network or route of this host is used.
+        """
+        self._check_open()
+        _check_name("network", name)
+        if name in self._networks:
+            raise ConflictError(f"network {name!r}: a network with that name already exists")
+        options = _string_map(f"network {name!r}: options", options)
+        labels = _string_map(f"network {name!r}: labels", labels)
+        drv = network_driver(driver)
+        ipam_drv = ipam_driver(ipam)
+        in_use = [n.subnet for n in self._networks.values()] + self._rtnl.routes()
+        pool = ipam_drv.request_pool(
+            network=name,
+            subnet=parse_subnet(name, subnet),
+            ip_range=parse_subnet(name, ip_range, what="ip_range"),
+            gateway=parse_address(name, "gateway", gateway),
+            in_use=in_use,
+        )
+        spec = NetworkSpec(
+            name=name,
+            id=_new_id(),
+            subnet=pool.subnet,
+            gateway=pool.gateway,
+            internal=internal,
+            options=options,
+            owner=self.token,
+        )
+        drv.validate(spec)
+        with transaction() as undo:
+            if not internal:
+                self._use_forwarding(undo)
+            plumbing = drv.create_network(self._rtnl, spec, undo)
+            rules = None
+            if plumbing.routed:
+                rules = NetworkRules(name=name, bridge=plumbing.interface, subnet=pool.subnet, internal=internal)
+                self._firewall.add_network(rules, undo)
+            network = Network(self, spec, drv, ipam, pool, plumbing, rules, labels)
+            self._adopt(self._networks, name, network, undo)
+        network._undo = undo
+        return network
+
+    # ---- sandboxes ---------------------------------------------------------------
+
+    def create_sandbox(self, name: str) -> Sandbox:
+        """A sandbox: its own network namespace with loopback up."""
+        self._check_open()
+        _check_name("sandbox", name)
+        if name in self._sandboxes:
+            raise ConflictError(f"sandbox {name!r}: a sandbox with that name already exists")
+        with transaction() as undo:
+            ns = Namespace.create(f"cnm-{self.token}-sb-{name}", setup=_loopback_up_here)
+            undo.push(f"sandbox {name!r}: namespace", ns.delete)
+            sandbox = Sandbox(self, name, ns)
+            self._adopt(self._sandboxes, name, sandbox, undo)
+        sandbox._undo = undo
+        return sandbox
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Delete everything this host made, in reverse order; idempotent.
+
+        Goes on past failures and raises them together as one TeardownError.
+        Sandboxes are torn down together: all their namespaces go first, then
+        one wait for the kernel to dismantle them.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        failures: list[Exception] = []
+        self._stop_processes()
+        if self.outside is not None:
+            self.outside._stop_processes()
+        sandboxes = [c for c in reversed(self._children) if isinstance(c, Sandbox)]
+        failures += Sandbox._delete_many(sandboxes)
+        for child in reversed(self._children):
+            if isinstance(child, Network):
+                failures += child._teardown(force=True)
+        failures += self._undo.unwind()
+        raise_collected(f"host {self.name!r}", failures)
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- internals ---------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"host {self.name!r} is closed")
+
+    def _adopt(self, registry: dict[str, Any], name: str, child: Network | Sandbox, undo: UndoLog) -> None:
+        registry[name] = child
+        self._children.append(child)
+
+        def forget() -> None:
+            registry.pop(name, None)
+            if child in self._children:
+                self._children.remove(child)
+
+        undo.push(f"forget {name!r}", forget)
+
+    def _use_forwarding(self, undo: UndoLog) -> None:
+        """Turn IPv4 forwarding on while any routed network needs it.
+
+        In the machine's own namespace the previous value is restored when the
+        last network that needed it goes (an isolated host just keeps it on).
+        """
+        if self._forwarding_users == 0:
+            before = self.namespace.read_sysctl("net/ipv4/ip_forward")
+            if before != "1":
+                self.namespace.write_sysctl("net/ipv4/ip_forward", "1")
+            self._forwarding_was = before
+        self._forwarding_users += 1
+
+        def release() -> None:
+            self._forwarding_users -= 1
+            if self._forwarding_users == 0 and self._forwarding_was not in (None, "1"):
+                self.namespace.write_sysctl("net/ipv4/ip_forward", self._forwarding_was or "0")
+
+        undo.push(f"host {self.name!r}: ip_forward", release)
+
+
+def _loopback_up_here() -> None:
+    with Rtnl(Namespace("new", "/proc/thread-self/ns/net"), here=True) as rtnl:
+        rtnl.loopback_up()
+
+
+def _string_map(what: str, value: Mapping[str, str] | None) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise InvalidArgumentError(f"{what} must map strings to strings, got {value!r}")
+    return dict(value)
+
+
+class Network:
+    """A network made by a driver on a host (``host.create_network``)."""
+
+    def __init__(
+        self,
+        host: Host,
+        spec: NetworkSpec,
+        driver: NetworkDriver,
+        ipam: str,
+        pool: AddressPool,
+        plumbing: NetworkPlumbing,
+        rules: NetworkRules | None,
+        labels: dict[str, str],
+    ) -> None:
+        self.host = host
+        self.name = spec.name
+        self.id = spec.id
+        self.created = _now()
+        self._spec = spec
+        self._driver = driver
+        self._ipam = ipam
+        self._pool = pool
+        self._plumbing = plumbing
+        self._rules = rules
+        self._labels = labels
+        self._endpoints: dict[str, Endpoint] = {}
+        self._undo = UndoLog()
+        self._deleted = False
+
+    def __repr__(self) -> str:
+        return f"<Network {self.name!r} {self.subnet} on {self._plumbing.interface}>"
+
+    @property
+    def driver(self) -> str:
+        return self._driver.name
+
+    @property
+    def subnet(self) -> IPv4Network:
+        return self._pool.subnet
+
+    @property
+    def gateway(self) -> IPv4Address:
+        return self._pool.gateway
+
+    @property
+    def ip_range(self) -> IPv4Network | None:
+        return self._pool.ip_range
+
+    @property
+    def internal(self) -> bool:
+        return self._spec.internal
+
+    @property
+    def interface(self) -> str:
+        """The host-side interface of this network (the bridge)."""
+        return self._plumbing.interface
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints.values())
+
+    def endpoint(self, name: str) -> Endpoint:
+        try:
+            return self._endpoints[name]
+        except KeyError:
+            raise NotFoundError(f"network {self.name!r}: no endpoint named {name!r}") from None
+
+    # ---- endpoints ---------------------------------------------------------------
+
+    def create_endpoint(
+        self,
+        name: str,
+        *,
+        ip: str | IPv4Address | None = None,
+        mac: str | None = None,
+        ports: Iterable[str | PortMapping] = (),
+    ) -> Endpoint:
+        """An endpoint with an address from this network's pool, not yet joined."""
+        self._check_open()
+        _check_name("endpoint", name)
+        if name in self._endpoints:
+            raise ConflictError(f"network {self.name!r}: an endpoint named {name!r} already exists")
+        mappings = normalize_ports(ports)
+        if mappings and self._rules is None:
+            raise InvalidArgumentError(f"endpoint {name!r}: network {self.name!r} ({self.driver}) cannot publish ports")
+        if mappings and self.internal:
+            raise InvalidArgumentError(f"endpoint {name!r}: network {self.name!r} is internal; ports cannot be published")
+        address = parse_address(self.name, "ip", ip)
+        if mac is not None and (not isinstance(mac, str) or not _MAC.match(mac.lower()) or int(mac[:2], 16) & 1):
+            raise InvalidArgumentError(f"endpoint {name!r}: {mac!r} is not a unicast MAC address like 02:42:ac:11:00:02")
+        with transaction() as undo:
+            allocated = self._pool.allocate(address)
+            undo.push(f"endpoint {name!r}: address {allocated}", lambda: self._pool.release(allocated))
+            endpoint = Endpoint(
+                self, name, IPv4Interface(f"{allocated}/{self.subnet.prefixlen}"), (mac or mac_for(allocated)).lower(), mappings, address is not None
+            )
+            self._endpoints[name] = endpoint
+            undo.push(f"forget endpoint {name!r}", lambda: self._endpoints.pop(name, None))
+        endpoint._undo = undo
+        return endpoint
+
+    def connect(
+        self,
+        sandbox: Sandbox,
+        *,
+        ip: str | IPv4Address | None = None,
+        mac: str | None = None,
+        ports: Iterable[str | PortMapping] = (),
+        name: str | None = None,
+    ) -> Endpoint:
+        """Create an endpoint and join *sandbox* to it (``docker network connect``).
+
+        The endpoint belongs to the connection: ``disconnect`` and deleting the
+        sandbox delete it.
+        """
+        self._check_open()
+        sandbox._check_open()
+        with transaction() as undo:
+            endpoint = self.create_endpoint(name or sandbox.name, ip=ip, mac=mac, ports=ports)
+            undo.push(f"endpoint {endpoint.name!r}", endpoint._discard)
+            endpoint.join(sandbox)
+        endpoint._owned_by_connection = True
+        return endpoint
+
+    def disconnect(self, sandbox: Sandbox) -> None:
+        """Make *sandbox* leave this network (``docker network disconnect``)."""
+        for endpoint in self._endpoints.values():
+            if endpoint.sandbox is sandbox:
+                endpoint._disconnect()
+                return
+        raise NotFoundError(f"network {self.name!r}: sandbox {sandbox.name!r} is not connected")
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    def delete(self, *, force: bool = False) -> None:
+        """Delete the network. With endpoints it refuses, unless *force* (then they go too)."""
+        if self._deleted:
+            return
+        if self._endpoints and not force:
+            names = ", ".join(sorted(self._endpoints))
+            raise StateError(f"network {self.name!r} has active endpoints ({names}); disconnect them or use force=True")
+        raise_collected(f"network {self.name!r}", self._teardown(force=force))
+
+    def _teardown(self, *, force: bool) -> list[Exception]:
+        if self._deleted:
+            return []
+        self._deleted = True
+        failures: list[Exception] = []
+        for endpoint in reversed(list(self._endpoints.values())):
+            failures += endpoint._teardown()
+        failures += self._undo.unwind()
+        return failures
+
+    def __enter__(self) -> Network:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.delete(force=True)
+
+    def _check_open(self) -> None:
+        if self._deleted:
+            raise ClosedError(f"network {self.name!r} was deleted")
+        self.host._check_open()
+
+    def inspect(self) -> dict[str, Any]:
+        """This network in the shape of ``docker network inspect``."""
+        containers = {}
+        for endpoint in self._endpoints.values():
+            if endpoint.sandbox is not None:
+                containers[endpoint.sandbox.id] = {
+                    "Name": endpoint.sandbox.name,
+                    "EndpointID": endpoint.id,
+                    "MacAddress": endpoint.mac,
+                    "IPv4Address": str(endpoint.address),
+                    "IPv6Address": "",
+                }
+        return {
+            "Name": self.name,
+            "Id": self.id,
+            "Created": self.created,
+            "Scope": "local",
+            "Driver": self.driver,
+            "EnableIPv4": True,
+            "EnableIPv6": False,
+            "IPAM": {
+                "Driver": self._ipam,
+                "Options": {},
+                "Config": [
+                    {
+                        "Subnet": str(self.subnet),
+                        "IPRange": str(self.ip_range) if self.ip_range else "",
+                        "Gateway": str(self.gateway),
+                        "AuxiliaryAddresses": {},
+                    }
+                ],
+            },
+            "Internal": self.internal,
+            "Attachable": False,
+            "Ingress": False,
+            "ConfigFrom": {"Network": ""},
+            "ConfigOnly": False,
+            "Containers": containers,
+            "Options": dict(self._spec.options),
+            "Labels": dict(self._labels),
+        }
+
+
+class Endpoint:
+    """An address (and published ports) on a network, joined to at most one sandbox."""
+
+    def __init__(
+        self,
+        network: Network,
+        name: str,
+        address: IPv4Interface,
+        mac: str,
+        ports: list[PortMapping],
+        static_ip: bool,
+    ) -> None:
+        self.network = network
+        self.name = name
+        self.id = _new_id()
+        self.address = address
+        self.mac = mac
+        self.ports = ports
+        self.published: list[PublishedPort] = []
+        self.sandbox: Sandbox | None = None
+        self.interface: str | None = None
+        self._static_ip = static_ip
+        self._undo = UndoLog()
+        self._join_undo = UndoLog()
+        self._owned_by_connection = False
+        self._deleted = False
+
+    def __repr__(self) -> str:
+        where = f" in {self.sandbox.name!r}" if self.sandbox else ""
+        return f"<Endpoint {self.name!r} {self.address} on {self.network.name!r}{where}>"
+
+    @property
+    def ip(self) -> IPv4Address:
+        return self.address.ip
+
+    def join(self, sandbox: Sandbox) -> None:
+        """Attach this endpoint to *sandbox*: interface, address, route, published ports."""
+        self._check_open()
+        sandbox._check_open()
+        network = self.network
+        host = network.host
+        if sandbox.host is not host:
+            raise InvalidArgumentError(f"endpoint {self.name!r}: sandbox {sandbox.name!r} belongs to another host")
+        if self.sandbox is not None:
+            raise StateError(f"endpoint {self.name!r} is already joined to sandbox {self.sandbox.name!r}")
+        for other in sandbox._endpoints:
+            if other.network is network:
+                raise ConflictError(
+                    f"endpoint {self.name!r}: sandbox {sandbox.name!r} is already connected to network {network.name!r}"
+                )
+        with transaction() as undo:
+            published = host._ports.reserve(f"endpoint {self.name!r}", self.ports)
+            undo.push(f"endpoint {self.name!r}: host ports", lambda: host._ports.release(published))
+            interface = sandbox._next_interface()
+            gives_route = not network.internal and not any(e._gives_route for e in sandbox._endpoints)
+            spec = EndpointSpec(
+                name=self.name,
+                id=self.id,
+                address=self.address,
+                mac=self.mac,
+                interface=interface,
+                gateway=network.gateway if gives_route else None,
+            )
+            network._driver.join(host._rtnl, network._plumbing, spec, sandbox, undo)
+            if published:
+                assert network._rules is not None  # checked in create_endpoint
+                forwards = [
+                    PortForward(p.protocol, p.host_ip, p.host_port, self.address.ip, p.container_port) for p in published
+                ]
+                host._firewall.add_port_forwards(network._rules, forwards, undo)
+            self.sandbox, self.interface, self.published, self._gives_route = sandbox, interface, published, gives_route
+            sandbox._endpoints.append(self)
+
+            def forget() -> None:
+                sandbox._endpoints.remove(self)
+                self.sandbox, self.interface, self.published, self._gives_route = None, None, [], False
+
+            undo.push(f"endpoint {self.name!r}: joined", forget)
+        self._join_undo = undo
+
+    _gives_route = False
+
+    def leave(self) -> None:
+        """Detach from the sandbox: the interface and published ports go; the address stays."""
+        if self.sandbox is None:
+            raise StateError(f"endpoint {self.name!r} is not joined to a sandbox")
+        raise_collected(f"endpoint {self.name!r}: leave", self._join_undo.unwind())
+
+    def delete(self) -> None:
+        """Leave (if joined) and release the address; idempotent."""
+        raise_collected(f"endpoint {self.name!r}", self._teardown())
+
+    def _teardown(self) -> list[Exception]:
+        if self._deleted:
+            return []
+        self._deleted = True
+        return self._join_undo.unwind() + self._undo.unwind()
+
+    def _discard(self) -> None:
+        raise_collected(f"endpoint {self.name!r}", self._teardown())
+
+    def _disconnect(self) -> None:
+        raise_collected(f"endpoint {self.name!r}: disconnect", self._disconnect_failures())
+
+    def _disconnect_failures(self) -> list[Exception]:
+        """Leave (and, for an endpoint made by connect, delete); return the failures."""
+        if self._owned_by_connection:
+            return self._teardown()
+        return self._join_undo.unwind()
+
+    def _check_open(self) -> None:
+        if self._deleted:
+            raise ClosedError(f"endpoint {self.name!r} was deleted")
+        self.network._check_open()
+
+    def __enter__(self) -> Endpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.delete()
+
+    def settings(self) -> dict[str, Any]:
+        """This endpoint in the shape of Docker's EndpointSettings."""
+        return {
+            "IPAMConfig": {"IPv4Address": str(self.ip)} if self._static_ip else None,
+            "Links": None,
+            "Aliases": None,
+            "MacAddress": self.mac,
+            "DriverOpts": None,
+            "NetworkID": self.network.id,
+            "EndpointID": self.id,
+            "Gateway": str(self.network.gateway) if self._gives_route else "",
+            "IPAddress": str(self.ip),
+            "IPPrefixLen": self.address.network.prefixlen,
+            "IPv6Gateway": "",
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "DNSNames": None,
+        }
+
+
+class Sandbox(_InNamespace):
+    """A network namespace that endpoints join (a container's network stack)."""
+
+    def __init__(self, host: Host, name: str, namespace: Namespace) -> None:
+        self.host = host
+        self.name = name
+        self.id = _new_id()
+        self.namespace = namespace
+        self._processes = []
+        self._endpoints: list[Endpoint] = []
+        self._undo = UndoLog()
+        self._deleted = False
+        #: set while the namespace is being deleted: links with an end in it go with it
+        self._dying_links: list[int] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.name!r} {self.namespace.path}>"
+
+    @property
+    def key(self) -> str:
+        """The namespace's path (Docker's SandboxKey): ``ip netns exec`` works on it."""
+        return self.namespace.path
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints)
+
+    def address(self, network: Network) -> IPv4Interface:
+        """The sandbox's interface address on *network*."""
+        for endpoint in self._endpoints:
+            if endpoint.network is network:
+                return endpoint.address
+        raise NotFoundError(f"sandbox {self.name!r} is not connected to network {network.name!r}")
+
+    def inspect(self) -> dict[str, Any]:
+        """This sandbox in the shape of a container's ``NetworkSettings``."""
+        published = [p for e in self._endpoints for p in e.published]
+        return {
+            "SandboxID": self.id,
+            "SandboxKey": self.key,
+            "Ports": docker_ports_view(published),
+            "Networks": {e.network.name: e.settings() for e in self._endpoints},
+        }
+
+    # ---- the SandboxPort drivers use ---------------------------------------------
+
+    def configure(self, interface: str, address: IPv4Interface, gateway: IPv4Address | None, what: str) -> None:
+        with Rtnl(self.namespace) as rtnl:
+            rtnl.configure_interface(interface, address, gateway, what)
+
+    def release_link(self, host: Rtnl, index: int, what: str) -> None:
+        if self._dying_links is not None:
+            self._dying_links.append(index)  # goes with the namespace; waited for in _delete_many
+        else:
+            host.delete_link(index, what)
+
+    def _next_interface(self) -> str:
+        used = {e.interface for e in self._endpoints}
+        n = 0
+        while f"eth{n}" in used:
+            n += 1
+        return f"eth{n}"
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    def delete(self) -> None:
+        """Delete the sandbox: its processes, its namespace and its interfaces; idempotent.
+
+        Endpoints made by ``network.connect`` are deleted; endpoints that were
+        created separately and joined are left (they keep their address).
+        """
+        raise_collected(f"sandbox {self.name!r}", Sandbox._delete_many([self]))
+
+    @staticmethod
+    def _delete_many(sandboxes: Sequence[Sandbox]) -> list[Exception]:
+        """Delete several sandboxes with one wait for the kernel.
+
+        Deleting a veth by itself costs ~16 ms (an RCU grace period each);
+        deleting the namespace takes the sandbox end, and so the pair, for
+        ~0.3 ms. So: every namespace goes first, then one wait until the
+        host ends are gone, and only what is left after the timeout is deleted
+        link by link.
+        """
+        failures: list[Exception] = []
+        dying: list[int] = []
+        rtnl: Rtnl | None = None
+        for sandbox in sandboxes:
+            if sandbox._deleted:
+                continue
+            sandbox._deleted = True
+            rtnl = sandbox.host._rtnl
+            sandbox._dying_links = dying
+            try:
+                sandbox._stop_processes()
+            except Exception as exc:  # noqa: BLE001 - collected, teardown goes on
+                failures.append(exc)
+            for endpoint in reversed(sandbox._endpoints[:]):
+                failures += endpoint._disconnect_failures()
+            failures += sandbox._undo.unwind()
+        if dying and rtnl is not None:
+            try:
+                for index in rtnl.wait_gone(dying, NAMESPACE_GONE_TIMEOUT):
+                    try:
+                        rtnl.delete_link(index, f"veth index {index}")
+                    except OSError as exc:
+                        if exc.errno not in (19,):  # ENODEV: gone meanwhile
+                            failures.append(exc)
+            except Exception as exc:  # noqa: BLE001
+                failures.append(exc)
+        for sandbox in sandboxes:
+            sandbox._dying_links = None
+        return failures
+
+    def _check_open(self) -> None:
+        if self._deleted:
+            raise ClosedError(f"sandbox {self.name!r} was deleted")
+        self.host._check_open()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.delete()
+
