@@ -642,7 +642,7 @@ class Endpoint:
                     f"endpoint {self.name!r}: sandbox {sandbox.name!r} is already connected to network {network.name!r}"
                 )
         with transaction() as undo:
-            published = host._ports.reserve(f"endpoint {self.name!r}", self.ports)
+            published = host._ports.reserve(self.name, self.ports)
             undo.push(f"endpoint {self.name!r}: host ports", lambda: host._ports.release(published))
             interface = sandbox._next_interface()
             gives_route = not network.internal and not any(e._gives_route for e in sandbox._endpoints)

@@ -1,0 +1,305 @@
+"""IP address management: the contract between cnm and an IPAM driver.
+
+An IPAM driver decides *which addresses a network uses*; it never touches the
+kernel. The work is split in two, mirroring the two moments of a network's
+life where addresses matter:
+
+1. **When a network is created**, cnm asks the driver for an address pool with
+   :meth:`IPAMDriver.request_pool`. The driver either validates the subnet the
+   user asked for or picks a free one itself, settles the gateway address, and
+   returns an :class:`AddressPool`. The pool belongs to that network alone.
+
+2. **When an endpoint is created** on the network, cnm asks the network's pool
+   for an address with :meth:`AddressPool.allocate`, and gives it back with
+   :meth:`AddressPool.release` when the endpoint is deleted (or when the
+   endpoint's creation is rolled back).
+
+Deleting a network simply drops its pool. There is no "release pool" call:
+the driver is *stateless* about pools. It does not remember which subnets it
+handed out; instead, every call to :meth:`~IPAMDriver.request_pool` receives
+``in_use``, the subnets that are already taken on the host (the subnets of
+the other networks and the routes the host already has). This keeps the only
+record of "which subnets are taken" in one place, the host, so a pool can
+never be leaked by a driver that was not told a network went away.
+
+The lifecycle, as cnm drives it::
+
+    driver = ipam_driver("default")
+    pool = driver.request_pool(network="web", subnet=None, ip_range=None,
+                               gateway=None, in_use=[...])   # create_network
+    ip = pool.allocate()              # create_endpoint (or allocate(static_ip))
+    pool.release(ip)                  # endpoint deleted or rolled back
+    del pool                          # network deleted
+
+Writing a driver
+----------------
+A third-party driver subclasses nothing: any object with the attributes and
+methods of :class:`IPAMDriver` will do, and its pools need only look like
+:class:`AddressPool`. Register a zero-argument factory (usually the class) in
+the ``cnm.ipam`` entry-point group of your distribution::
+
+    [project.entry-points."cnm.ipam"]
+    mine = "my_package.ipam:MyIPAM"
+
+:func:`ipam_driver` finds it the first time the name ``mine`` is asked for.
+
+Rules every driver and pool keeps
+---------------------------------
+* **Pure.** Neither a driver nor a pool may change the kernel. They answer
+  questions about numbers; cnm applies the answers, so rolling back an
+  endpoint never has to undo an IPAM side effect other than
+  :meth:`~AddressPool.release`.
+* **Errors** are cnm's own (see :mod:`cnm.errors`) and name the network and
+  the reason, e.g. ``network 'web': address 172.17.0.5 is already in use``:
+
+  - :class:`~cnm.errors.InvalidArgumentError` for a request that can never
+    succeed (a prefix too long, a gateway outside the subnet);
+  - :class:`~cnm.errors.ConflictError` for one that collides with what exists
+    (an overlapping subnet, an address already handed out);
+  - :class:`~cnm.errors.ExhaustedError` when nothing free is left.
+
+* **Releasing is idempotent.** Releasing an address the pool does not hold is
+  a silent no-op: "already gone" is success, which lets teardown run twice or
+  after a partial failure without special cases.
+* **Not thread-safe.** cnm serialises calls per host; a driver needs no locks.
+* **In memory only.** A pool keeps no files. After a restart, cnm rebuilds a
+  pool by requesting it again with the network's subnet and re-allocating
+  each endpoint's address with ``allocate(ip)``.
+
+Only IPv4 is covered for now. String input from users is turned into
+:mod:`ipaddress` objects before it reaches a driver, by :func:`parse_subnet`
+and :func:`parse_address`, so drivers never parse text.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Protocol, runtime_checkable
+
+from ..errors import InvalidArgumentError, NotFoundError
+from .default import DefaultIPAM
+
+__all__ = [
+    "AddressPool",
+    "IPAMDriver",
+    "IPAM_DRIVERS",
+    "ipam_driver",
+    "parse_address",
+    "parse_subnet",
+]
+
+
+# The attributes below are declared as read-only properties rather than plain
+# annotations so that a pool may expose them either as ordinary attributes or
+# as properties; a plain annotation would demand that they be writable.
+@runtime_checkable
+class AddressPool(Protocol):
+    """The addresses of one network's subnet, and which of them are handed out.
+
+    A pool is created by :meth:`IPAMDriver.request_pool` and lives exactly as
+    long as its network. Its three attributes never change after creation.
+    """
+
+    @property
+    def subnet(self) -> IPv4Network:
+        """The network's subnet. Every address the pool hands out lies inside it."""
+        ...
+
+    @property
+    def ip_range(self) -> IPv4Network | None:
+        """The part of :attr:`subnet` that automatic allocation draws from.
+
+        ``None`` means the whole subnet. A static request may still name an
+        address of the subnet outside this range (as Docker allows), so that
+        users can reserve the range for dynamic endpoints and place fixed
+        ones elsewhere.
+        """
+        ...
+
+    @property
+    def gateway(self) -> IPv4Address:
+        """The address the host side of the network uses.
+
+        It is inside :attr:`subnet`, is neither its network nor its broadcast
+        address, and is never handed out by :meth:`allocate`.
+        """
+        ...
+
+    def allocate(self, ip: IPv4Address | None = None) -> IPv4Address:
+        """Hand out an address and return it; it stays in use until released.
+
+        With ``ip=None`` the pool chooses: a free address inside
+        :attr:`ip_range` if one was given, else inside :attr:`subnet`. Which
+        free address is chosen is the pool's policy (the default pool takes
+        the lowest free one, so released addresses are reused first).
+
+        With an ``ip``, exactly that address is handed out, or an error is
+        raised. It must be inside :attr:`subnet` (it may lie outside
+        :attr:`ip_range`) and must not be the subnet's network or broadcast
+        address (:class:`~cnm.errors.InvalidArgumentError`), the gateway or an
+        address already in use (:class:`~cnm.errors.ConflictError`).
+
+        Raises :class:`~cnm.errors.ExhaustedError` when ``ip`` is ``None`` and
+        no free address is left. A failed call changes nothing.
+        """
+        ...
+
+    def release(self, ip: IPv4Address) -> None:
+        """Give *ip* back so that it can be handed out again.
+
+        Releasing an address the pool does not hold (never allocated, released
+        already, the gateway, or not in the subnet at all) does nothing and
+        raises nothing.
+        """
+        ...
+
+    def in_use(self, ip: IPv4Address) -> bool:
+        """Whether *ip* cannot be handed out because it is taken.
+
+        True for the gateway and for every allocated address; false for
+        anything else, including addresses outside the subnet.
+        """
+        ...
+
+    def allocated(self) -> frozenset[IPv4Address]:
+        """Every address handed out and not yet released (not the gateway)."""
+        ...
+
+
+@runtime_checkable
+class IPAMDriver(Protocol):
+    """Chooses and validates the address pools of new networks."""
+
+    @property
+    def name(self) -> str:
+        """The name the driver is registered under, e.g. ``"default"``."""
+        ...
+
+    def request_pool(
+        self,
+        *,
+        network: str,
+        subnet: IPv4Network | None,
+        ip_range: IPv4Network | None,
+        gateway: IPv4Address | None,
+        in_use: Sequence[IPv4Network],
+    ) -> AddressPool:
+        """Return a new, empty pool for the network called *network*.
+
+        *network* is used only to name the network in error messages.
+
+        *subnet* is the subnet the user asked for, or ``None`` to let the
+        driver choose one. Either way the resulting subnet must not overlap
+        any of *in_use*, the subnets already present on the host; an
+        explicit subnet that does raises :class:`~cnm.errors.ConflictError`
+        naming the subnet it overlaps, and a driver with no free subnet left
+        to choose raises :class:`~cnm.errors.ExhaustedError`.
+
+        *ip_range* and *gateway* may only be given together with *subnet*,
+        and must lie inside it; the gateway may not be the subnet's network
+        or broadcast address. When *gateway* is ``None`` the driver picks one
+        (the default driver takes the first host address, ``x.y.z.1`` of a
+        ``/24``). Invalid combinations raise
+        :class:`~cnm.errors.InvalidArgumentError`.
+
+        The driver keeps no record of the pool: requesting the same subnet
+        twice succeeds unless the caller lists the first one in *in_use*.
+        """
+        ...
+
+
+#: Registered IPAM drivers: name -> zero-argument factory. Built-ins are here
+#: from the start; third-party drivers from the ``cnm.ipam`` entry-point group
+#: are added the first time :func:`ipam_driver` is asked for them. Tests and
+#: applications may also add factories here directly.
+IPAM_DRIVERS: dict[str, Callable[[], IPAMDriver]] = {"default": DefaultIPAM}
+
+_ENTRY_POINT_GROUP = "cnm.ipam"
+
+
+def ipam_driver(name: str) -> IPAMDriver:
+    """Return a new instance of the IPAM driver registered as *name*.
+
+    Looks in :data:`IPAM_DRIVERS` first, then in the ``cnm.ipam`` entry
+    points of the installed distributions. Entry points are only scanned for
+    names that are not already known, so importing cnm never imports a
+    plugin that is not used. Raises :class:`~cnm.errors.NotFoundError` if no
+    driver has that name.
+    """
+    factory = IPAM_DRIVERS.get(name)
+    if factory is None:
+        factory = _load_entry_point(name)
+        IPAM_DRIVERS[name] = factory
+    return factory()
+
+
+def _load_entry_point(name: str) -> Callable[[], IPAMDriver]:
+    for entry_point in importlib.metadata.entry_points(group=_ENTRY_POINT_GROUP):
+        if entry_point.name == name:
+            try:
+                factory: Callable[[], IPAMDriver] = entry_point.load()
+            except Exception as exc:
+                # The plugin's own import error is the useful one; the note
+                # says which entry point pulled it in.
+                exc.add_note(f"while loading IPAM driver {name!r} from entry point {entry_point.value!r}")
+                raise
+            return factory
+    known = ", ".join(sorted(IPAM_DRIVERS))
+    raise NotFoundError(f"IPAM driver {name!r} not found (known drivers: {known})")
+
+
+def parse_subnet(
+    network_name: str, value: str | IPv4Network | None, *, what: str = "subnet"
+) -> IPv4Network | None:
+    """Turn user input into an :class:`~ipaddress.IPv4Network`, or ``None`` for ``None``.
+
+    *value* must be written in CIDR form (``"10.0.0.0/24"``) with no host bits
+    set. *what* names the argument in messages (``"subnet"``, ``"ip_range"``).
+    Raises :class:`~cnm.errors.InvalidArgumentError` naming *network_name* and
+    the bad value, e.g. ``network 'web': subnet '10.0.0.0/33' is not a valid
+    IPv4 prefix``. Whether the prefix is usable as a subnet (long enough for
+    a gateway) is the driver's decision, not this function's.
+    """
+    if value is None or isinstance(value, IPv4Network):
+        return value
+    where = f"network {network_name!r}: {what}"
+    if isinstance(value, IPv6Network) or (isinstance(value, str) and ":" in value):
+        raise InvalidArgumentError(f"{where} {str(value)!r} is IPv6, which is not supported yet")
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{where} must be a string or an IPv4Network, not {type(value).__name__}")
+    address, slash, _prefix = value.partition("/")
+    if not slash:
+        raise InvalidArgumentError(f"{where} {value!r} has no prefix length (write it as {value}/N)")
+    try:
+        net = IPv4Network(value, strict=False)
+        first = IPv4Address(address)
+    except ValueError:
+        raise InvalidArgumentError(f"{where} {value!r} is not a valid IPv4 prefix") from None
+    if first != net.network_address:
+        raise InvalidArgumentError(f"{where} {value!r} has host bits set (did you mean {net}?)")
+    return net
+
+
+def parse_address(network_name: str, what: str, value: str | IPv4Address | None) -> IPv4Address | None:
+    """Turn user input into an :class:`~ipaddress.IPv4Address`, or ``None`` for ``None``.
+
+    *what* names the argument in messages (``"gateway"``, ``"address"``).
+    Raises :class:`~cnm.errors.InvalidArgumentError` naming *network_name* and
+    the bad value, e.g. ``network 'web': gateway '10.0.0.300' is not a valid
+    IPv4 address``.
+    """
+    if value is None or isinstance(value, IPv4Address):
+        return value
+    where = f"network {network_name!r}: {what}"
+    if isinstance(value, IPv6Address) or (isinstance(value, str) and ":" in value):
+        raise InvalidArgumentError(f"{where} {str(value)!r} is IPv6, which is not supported yet")
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{where} must be a string or an IPv4Address, not {type(value).__name__}")
+    if "/" in value:
+        raise InvalidArgumentError(f"{where} {value!r} is not a valid IPv4 address (give it without a prefix length)")
+    try:
+        return IPv4Address(value)
+    except ValueError:
+        raise InvalidArgumentError(f"{where} {value!r} is not a valid IPv4 address") from None

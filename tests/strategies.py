@@ -1,0 +1,172 @@
+"""Hypothesis strategies shared by the unit tests: subnets, ranges, ports, port specs."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from hypothesis import strategies as st
+
+from cnm.ports import PROTOCOLS, PortMapping
+
+__all__ = [
+    "bad_port_specs",
+    "host_ips",
+    "ip_ranges",
+    "ipv4_subnets",
+    "pool_requests",
+    "port_mappings",
+    "port_numbers",
+    "port_specs",
+    "protocols",
+    "subnet_addresses",
+]
+
+port_numbers = st.integers(min_value=1, max_value=65535)
+protocols = st.sampled_from(PROTOCOLS)
+
+
+def ipv4_subnets(min_prefix: int = 8, max_prefix: int = 30) -> st.SearchStrategy[IPv4Network]:
+    """Any IPv4 subnet with a prefix length in [min_prefix, max_prefix]."""
+    return st.builds(
+        lambda address, prefix: IPv4Network((address, prefix), strict=False),
+        st.integers(min_value=0, max_value=2**32 - 1),
+        st.integers(min_value=min_prefix, max_value=max_prefix),
+    )
+
+
+@st.composite
+def ip_ranges(draw: st.DrawFn, subnet: IPv4Network) -> IPv4Network:
+    """A block inside *subnet* (possibly all of it, possibly a single /32)."""
+    prefix = draw(st.integers(min_value=subnet.prefixlen, max_value=32))
+    index = draw(st.integers(min_value=0, max_value=2 ** (prefix - subnet.prefixlen) - 1))
+    return IPv4Network((int(subnet.network_address) + index * 2 ** (32 - prefix), prefix))
+
+
+def subnet_addresses(subnet: IPv4Network) -> st.SearchStrategy[IPv4Address]:
+    """Any address of *subnet*, network and broadcast addresses included."""
+    return st.integers(
+        min_value=int(subnet.network_address), max_value=int(subnet.broadcast_address)
+    ).map(IPv4Address)
+
+
+@st.composite
+def pool_requests(
+    draw: st.DrawFn, min_prefix: int = 22, max_prefix: int = 30
+) -> tuple[IPv4Network, IPv4Network | None, IPv4Address | None]:
+    """A valid (subnet, ip_range, gateway) triple; range and gateway may be None.
+
+    Small subnets by default, so that tests can compare against a model that
+    lists every address.
+    """
+    subnet = draw(ipv4_subnets(min_prefix, max_prefix))
+    ip_range = draw(st.none() | ip_ranges(subnet))
+    gateway = draw(
+        st.none()
+        | st.integers(
+            min_value=int(subnet.network_address) + 1, max_value=int(subnet.broadcast_address) - 1
+        ).map(IPv4Address)
+    )
+    return subnet, ip_range, gateway
+
+
+#: A host address for a port mapping: None (every address) or a specific one.
+host_ips = st.none() | st.integers(min_value=1, max_value=2**32 - 1).map(IPv4Address)
+
+port_mappings = st.builds(
+    PortMapping,
+    container_port=port_numbers,
+    host_port=st.none() | port_numbers,
+    protocol=protocols,
+    host_ip=host_ips,
+)
+
+
+@st.composite
+def _port_range(draw: st.DrawFn, length: int | None = None) -> tuple[str, int, int]:
+    """Text for a port or a port range, with its ends; *length* fixes the count."""
+    if length is None:
+        length = draw(st.integers(min_value=1, max_value=4))
+    first = draw(st.integers(min_value=1, max_value=65536 - length))
+    last = first + length - 1
+    if length == 1 and draw(st.booleans()):
+        return f"{first}", first, last
+    return f"{first}-{last}", first, last
+
+
+@st.composite
+def port_specs(draw: st.DrawFn) -> tuple[str, list[PortMapping]]:
+    """A valid ``-p`` spec in any of its forms, with the mappings it means.
+
+    The expected mappings are built from the parts drawn, not by parsing, so
+    that a test comparing them with :meth:`PortMapping.parse` checks the
+    parser against an independent description of the syntax.
+    """
+    container_text, container_first, container_last = draw(_port_range())
+    count = container_last - container_first + 1
+    with_host_port = draw(st.booleans())
+    host_text, host_first = "", None
+    if with_host_port:
+        host_text, host_first, _ = draw(_port_range(length=count))
+    host_ip = draw(st.none() | st.integers(min_value=0, max_value=2**32 - 1).map(IPv4Address))
+    protocol = draw(st.none() | protocols)
+    protocol_text = "" if protocol is None else "/" + draw(st.sampled_from([protocol, protocol.upper()]))
+
+    if host_ip is not None:
+        spec = f"{host_ip}:{host_text}:{container_text}"
+    elif with_host_port:
+        spec = f"{host_text}:{container_text}"
+    else:
+        spec = container_text
+    spec += protocol_text
+
+    wildcard = host_ip is None or host_ip == IPv4Address("0.0.0.0")
+    expected = [
+        PortMapping(
+            container_port=container_first + offset,
+            host_port=None if host_first is None else host_first + offset,
+            protocol=protocol or "tcp",
+            host_ip=None if wildcard else host_ip,
+        )
+        for offset in range(count)
+    ]
+    return spec, expected
+
+
+@st.composite
+def bad_port_specs(draw: st.DrawFn) -> tuple[str, str]:
+    """An invalid ``-p`` spec and a word its error message must contain."""
+    good_port = draw(port_numbers)
+    kind = draw(
+        st.sampled_from(
+            ["port_out_of_range", "protocol", "unequal_ranges", "reversed_range", "ipv6", "bad_ip", "not_a_number"]
+        )
+    )
+    if kind == "port_out_of_range":
+        bad = draw(st.integers(min_value=65536, max_value=10**9) | st.just(0))
+        return draw(st.sampled_from([f"{bad}", f"{bad}:{good_port}", f"{good_port}:{bad}"])), "range"
+    if kind == "protocol":
+        name = draw(st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=6))
+        if name in PROTOCOLS:
+            name += "x"
+        return f"{good_port}/{name}", "protocol"
+    if kind == "unequal_ranges":
+        first = draw(st.integers(min_value=1, max_value=60000))
+        host_length, container_length = draw(
+            st.tuples(st.integers(1, 5), st.integers(1, 5)).filter(lambda lengths: lengths[0] != lengths[1])
+        )
+        host = f"{first}-{first + host_length - 1}" if host_length > 1 else f"{first}"
+        container = f"{first}-{first + container_length - 1}" if container_length > 1 else f"{first}"
+        return f"{host}:{container}", "same length"
+    if kind == "reversed_range":
+        low = draw(st.integers(min_value=1, max_value=65534))
+        high = draw(st.integers(min_value=low + 1, max_value=65535))
+        return f"{high}-{low}", "ends before it starts"
+    if kind == "ipv6":
+        address = draw(st.sampled_from(["::1", "fe80::1", "2001:db8::5"]))
+        return draw(st.sampled_from([f"[{address}]:80:80", f"{address}:80:80", f"[{address}]::80"])), "IPv6"
+    if kind == "bad_ip":
+        octets = draw(st.lists(st.integers(0, 300), min_size=1, max_size=5).filter(lambda o: len(o) != 4 or max(o) > 255))
+        address = ".".join(map(str, octets))
+        return f"{address}:8080:80", "host address"
+    word = draw(st.text(alphabet="abcxyz _+", min_size=1, max_size=5))
+    return draw(st.sampled_from([f"{word}", f"{word}:80", f"80:{word}"])), "port"

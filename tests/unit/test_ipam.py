@@ -1,0 +1,517 @@
+"""The IPAM contract, the default driver and its allocator: pure, no kernel."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tracemalloc
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import cnm.ipam
+from cnm.errors import ConflictError, ExhaustedError, InvalidArgumentError, NotFoundError
+from cnm.ipam import AddressPool, IPAMDriver, ipam_driver, parse_address, parse_subnet
+from cnm.ipam.default import DefaultIPAM, SubnetAllocator
+from tests.strategies import ip_ranges, ipv4_subnets, pool_requests, subnet_addresses
+
+# Docker's default pools, spelled out here rather than imported, so that a
+# mistake in the module's list shows up as a failure.
+DOCKER_DEFAULT_POOLS = [IPv4Network(f"172.{n}.0.0/16") for n in range(17, 32)] + [
+    IPv4Network(f"192.168.{16 * n}.0/20") for n in range(16)
+]
+
+
+class NaivePool:
+    """The allocation policy stated as plainly as possible: scan for the lowest free."""
+
+    def __init__(self, subnet: IPv4Network, ip_range: IPv4Network | None, gateway: IPv4Address | None) -> None:
+        self.gateway = gateway if gateway is not None else subnet.network_address + 1
+        self.reserved = {subnet.network_address, subnet.broadcast_address, self.gateway}
+        self.auto = [a for a in (ip_range or subnet) if a not in self.reserved]
+        self.taken: set[IPv4Address] = set()
+
+    def allocate(self) -> IPv4Address:
+        for address in self.auto:
+            if address not in self.taken:
+                self.taken.add(address)
+                return address
+        raise ExhaustedError("model: exhausted")
+
+
+def make_pool(request: tuple[IPv4Network, IPv4Network | None, IPv4Address | None]) -> SubnetAllocator:
+    subnet, ip_range, gateway = request
+    return SubnetAllocator(subnet, ip_range=ip_range, gateway=gateway, network="web")
+
+
+def drain(pool: SubnetAllocator) -> list[IPv4Address]:
+    handed_out = []
+    while True:
+        try:
+            handed_out.append(pool.allocate())
+        except ExhaustedError:
+            return handed_out
+
+
+# --- the allocator -----------------------------------------------------------------------
+
+
+# Statics and releases name either an address handed out before ("seen") or
+# any offset into the subnet; the first kind makes release-then-retake
+# sequences likely, the second reaches the gateway, the edges and the rest.
+_targets = st.tuples(st.sampled_from(["seen", "offset"]), st.integers(min_value=0, max_value=2**10))
+_operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("auto")),
+        st.tuples(st.just("static"), _targets),
+        st.tuples(st.just("release"), _targets),
+    ),
+    max_size=80,
+)
+
+
+def target(subnet: IPv4Network, seen: list[IPv4Address], where: tuple[str, int]) -> IPv4Address:
+    kind, number = where
+    if kind == "seen" and seen:
+        return seen[number % len(seen)]
+    return subnet.network_address + number % subnet.num_addresses
+
+
+@given(pool_requests(), _operations)
+def test_allocator_matches_lowest_free_model(request, operations):
+    """Every answer, error or address, is what the naive lowest-free scan gives."""
+    pool, model = make_pool(request), NaivePool(*request)
+    subnet = request[0]
+    seen: list[IPv4Address] = []
+    for operation in operations:
+        if operation[0] == "auto":
+            try:
+                expected = model.allocate()
+            except ExhaustedError:
+                with pytest.raises(ExhaustedError):
+                    pool.allocate()
+            else:
+                assert pool.allocate() == expected
+                seen.append(expected)
+        elif operation[0] == "static":
+            address = target(subnet, seen, operation[1])
+            if address in (subnet.network_address, subnet.broadcast_address):
+                with pytest.raises(InvalidArgumentError) as caught:
+                    pool.allocate(address)
+                assert not isinstance(caught.value, ConflictError)
+            elif address == model.gateway or address in model.taken:
+                with pytest.raises(ConflictError):
+                    pool.allocate(address)
+            else:
+                assert pool.allocate(address) == address
+                model.taken.add(address)
+        else:
+            address = target(subnet, seen, operation[1])
+            pool.release(address)
+            model.taken.discard(address)
+        assert pool.allocated() == frozenset(model.taken)
+
+
+@given(pool_requests(), _operations)
+def test_an_address_is_never_handed_out_twice(request, operations):
+    pool = make_pool(request)
+    subnet = request[0]
+    held: set[IPv4Address] = set()
+    seen: list[IPv4Address] = []
+    for operation in operations:
+        try:
+            if operation[0] == "auto":
+                address = pool.allocate()
+                seen.append(address)
+            elif operation[0] == "static":
+                address = pool.allocate(target(subnet, seen, operation[1]))
+            else:
+                released = target(subnet, seen, operation[1])
+                pool.release(released)
+                held.discard(released)
+                continue
+        except (InvalidArgumentError, ExhaustedError):
+            continue
+        assert address not in held
+        held.add(address)
+    assert pool.allocated() == held
+
+
+@given(pool_requests(min_prefix=24), st.data())
+def test_released_addresses_are_reused_lowest_first(request, data):
+    pool = make_pool(request)
+    first = drain(pool)
+    assume(first)
+    released = data.draw(st.lists(st.sampled_from(first), unique=True, min_size=1))
+    for address in released:
+        pool.release(address)
+    assert [pool.allocate() for _ in released] == sorted(released)
+    with pytest.raises(ExhaustedError):
+        pool.allocate()
+
+
+@given(pool_requests(min_prefix=24))
+def test_network_gateway_and_broadcast_are_never_handed_out(request):
+    pool = make_pool(request)
+    handed_out = set(drain(pool))
+    subnet = request[0]
+    assert subnet.network_address not in handed_out
+    assert subnet.broadcast_address not in handed_out
+    assert pool.gateway not in handed_out
+
+
+@given(pool_requests(min_prefix=24))
+def test_automatic_allocations_stay_inside_ip_range_and_subnet(request):
+    subnet, ip_range, _ = request
+    for address in drain(make_pool(request)):
+        assert address in subnet
+        if ip_range is not None:
+            assert address in ip_range
+
+
+@given(pool_requests(min_prefix=23))
+def test_exhaustion_comes_after_exactly_the_free_addresses(request):
+    subnet, ip_range, gateway = request
+    gateway = gateway or subnet.network_address + 1
+    source = ip_range or subnet
+    expected = source.num_addresses - sum(
+        1 for special in {subnet.network_address, subnet.broadcast_address, gateway} if special in source
+    )
+    pool = make_pool(request)
+    for _ in range(expected):
+        pool.allocate()
+    with pytest.raises(ExhaustedError, match=r"network 'web': no free address left"):
+        pool.allocate()
+
+
+@pytest.mark.parametrize(("subnet", "count"), [("10.0.0.0/30", 1), ("10.0.0.0/29", 5), ("10.0.0.0/24", 253)])
+def test_small_subnets_hold_a_known_number_of_addresses(subnet, count):
+    pool = SubnetAllocator(IPv4Network(subnet))
+    assert len(drain(pool)) == count
+
+
+@given(pool_requests(), st.data())
+def test_a_static_address_is_honoured_even_outside_ip_range(request, data):
+    subnet = request[0]
+    pool = make_pool(request)
+    address = data.draw(
+        subnet_addresses(subnet).filter(
+            lambda a: a not in (subnet.network_address, subnet.broadcast_address, pool.gateway)
+        )
+    )
+    assert pool.allocate(address) == address
+    assert pool.in_use(address)
+    assert address not in drain(pool)
+    assert address in pool.allocated()
+
+
+def test_static_request_errors_name_the_network_and_reason():
+    pool = SubnetAllocator(IPv4Network("172.17.0.0/16"), network="web")
+    pool.allocate(IPv4Address("172.17.0.5"))
+    cases = [
+        ("172.17.0.5", ConflictError, "network 'web': address 172.17.0.5 is already in use"),
+        ("172.17.0.1", ConflictError, "network 'web': address 172.17.0.1 is already in use as the gateway"),
+        ("172.17.0.0", InvalidArgumentError, "network 'web': address 172.17.0.0 is the network address"),
+        ("172.17.255.255", InvalidArgumentError, "network 'web': address 172.17.255.255 is the broadcast address"),
+        ("10.0.0.1", InvalidArgumentError, "network 'web': address 10.0.0.1 is not inside subnet 172.17.0.0/16"),
+    ]
+    for address, error, message in cases:
+        with pytest.raises(error) as caught:
+            pool.allocate(IPv4Address(address))
+        assert str(caught.value).startswith(message)
+    # The network and broadcast addresses are invalid, not merely taken.
+    for address in ("172.17.0.0", "172.17.255.255"):
+        with pytest.raises(InvalidArgumentError) as caught:
+            pool.allocate(IPv4Address(address))
+        assert not isinstance(caught.value, ConflictError)
+    assert pool.allocated() == {IPv4Address("172.17.0.5")}
+
+
+def test_a_released_address_taken_statically_is_not_handed_out_again():
+    pool = SubnetAllocator(IPv4Network("10.1.0.0/29"))
+    first, second = pool.allocate(), pool.allocate()
+    pool.release(first)
+    pool.allocate(first)
+    assert pool.allocate() not in (first, second)
+
+
+def test_release_of_what_is_not_held_is_a_no_op():
+    pool = SubnetAllocator(IPv4Network("10.1.0.0/29"))
+    a = pool.allocate()
+    pool.release(a)
+    pool.release(a)  # already gone is success
+    pool.release(pool.gateway)
+    pool.release(IPv4Address("192.0.2.1"))
+    assert pool.in_use(pool.gateway)
+    assert pool.allocated() == frozenset()
+    # The gateway was not freed by the release attempt.
+    assert pool.gateway not in drain(pool)
+
+
+def test_in_use_covers_gateway_and_allocations_only():
+    pool = SubnetAllocator(IPv4Network("10.1.0.0/24"))
+    a = pool.allocate()
+    assert pool.in_use(a)
+    assert pool.in_use(IPv4Address("10.1.0.1"))
+    assert not pool.in_use(IPv4Address("10.1.0.3"))
+    assert not pool.in_use(IPv4Address("10.2.0.2"))
+    assert pool.gateway not in pool.allocated()
+
+
+def test_a_slash_8_is_not_materialised():
+    tracemalloc.start()
+    try:
+        pool = SubnetAllocator(IPv4Network("10.0.0.0/8"))
+        handed_out = [pool.allocate() for _ in range(1000)]
+        top = pool.allocate(IPv4Address("10.255.255.254"))
+        for address in handed_out[::2]:
+            pool.release(address)
+        again = pool.allocate()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert handed_out[0] == IPv4Address("10.0.0.2")
+    assert top == IPv4Address("10.255.255.254")
+    assert again == handed_out[0]
+    # Listing the 16 million addresses would take hundreds of megabytes.
+    assert peak < 2_000_000
+
+
+def test_repeated_static_reuse_does_not_grow_without_bound():
+    pool = SubnetAllocator(IPv4Network("10.0.0.0/29"))
+    first = pool.allocate()
+    tracemalloc.start()
+    try:
+        baseline, _ = tracemalloc.get_traced_memory()
+        for _ in range(20_000):
+            pool.release(first)
+            pool.allocate(first)
+        current, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert current - baseline < 50_000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"subnet": "10.0.0.0/31"}, "network 'web': subnet 10.0.0.0/31 is too small"),
+        ({"subnet": "10.0.0.0/32"}, "network 'web': subnet 10.0.0.0/32 is too small"),
+        ({"ip_range": "10.0.1.0/24"}, "network 'web': ip_range 10.0.1.0/24 is not inside subnet 10.0.0.0/24"),
+        ({"gateway": "10.0.1.1"}, "network 'web': gateway 10.0.1.1 is not inside subnet 10.0.0.0/24"),
+        ({"gateway": "10.0.0.0"}, "network 'web': gateway 10.0.0.0 is the network address"),
+        ({"gateway": "10.0.0.255"}, "network 'web': gateway 10.0.0.255 is the broadcast address"),
+    ],
+)
+def test_invalid_pools_are_refused(kwargs, message):
+    subnet = IPv4Network(kwargs.get("subnet", "10.0.0.0/24"))
+    ip_range = IPv4Network(kwargs["ip_range"]) if "ip_range" in kwargs else None
+    gateway = IPv4Address(kwargs["gateway"]) if "gateway" in kwargs else None
+    with pytest.raises(InvalidArgumentError) as caught:
+        DefaultIPAM().request_pool(network="web", subnet=subnet, ip_range=ip_range, gateway=gateway, in_use=[])
+    assert str(caught.value).startswith(message)
+    assert not isinstance(caught.value, ConflictError)
+
+
+@given(ipv4_subnets(max_prefix=30), st.data())
+def test_gateway_defaults_to_the_first_host_address(subnet, data):
+    ip_range = data.draw(st.none() | ip_ranges(subnet))
+    pool = DefaultIPAM().request_pool(network="web", subnet=subnet, ip_range=ip_range, gateway=None, in_use=[])
+    assert pool.gateway == subnet.network_address + 1
+    assert (pool.subnet, pool.ip_range) == (subnet, ip_range)
+
+
+# --- the default driver's choice of subnet ------------------------------------------------
+
+
+def test_default_pools_are_dockers():
+    assert DefaultIPAM().pools == tuple(DOCKER_DEFAULT_POOLS)
+    assert len(DOCKER_DEFAULT_POOLS) == 31
+
+
+@pytest.mark.parametrize(
+    ("in_use", "expected"),
+    [
+        ([], "172.17.0.0/16"),
+        (["172.17.0.0/16"], "172.18.0.0/16"),
+        (["172.17.5.0/24", "172.18.0.0/15"], "172.20.0.0/16"),
+        (["172.16.0.0/12"], "192.168.0.0/20"),
+        (["172.16.0.0/12", "192.168.0.0/20", "192.168.20.0/24"], "192.168.32.0/20"),
+        (["0.0.0.0/1"], "172.17.0.0/16"),
+    ],
+)
+def test_default_pool_choice_examples(in_use, expected):
+    pool = DefaultIPAM().request_pool(
+        network="web", subnet=None, ip_range=None, gateway=None, in_use=[IPv4Network(n) for n in in_use]
+    )
+    assert pool.subnet == IPv4Network(expected)
+    assert pool.gateway == IPv4Network(expected).network_address + 1
+
+
+@given(st.lists(st.sampled_from(DOCKER_DEFAULT_POOLS) | ipv4_subnets(min_prefix=8, max_prefix=28), max_size=40))
+def test_default_pool_choice_skips_overlaps(in_use):
+    free = [pool for pool in DOCKER_DEFAULT_POOLS if not any(pool.overlaps(taken) for taken in in_use)]
+    driver = DefaultIPAM()
+    if not free:
+        with pytest.raises(ExhaustedError):
+            driver.request_pool(network="web", subnet=None, ip_range=None, gateway=None, in_use=in_use)
+        return
+    pool = driver.request_pool(network="web", subnet=None, ip_range=None, gateway=None, in_use=in_use)
+    assert pool.subnet == free[0]
+
+
+def test_no_free_default_pool_is_exhaustion():
+    in_use = [IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16")]
+    with pytest.raises(ExhaustedError, match="network 'web': no free subnet"):
+        DefaultIPAM().request_pool(network="web", subnet=None, ip_range=None, gateway=None, in_use=in_use)
+
+
+def test_ipv6_routes_in_use_are_ignored():
+    pool = DefaultIPAM().request_pool(
+        network="web", subnet=None, ip_range=None, gateway=None, in_use=[IPv6Network("::/0")]
+    )
+    assert pool.subnet == IPv4Network("172.17.0.0/16")
+
+
+@given(ipv4_subnets(max_prefix=30), st.data())
+def test_an_explicit_subnet_overlapping_in_use_is_a_conflict(subnet, data):
+    overlapping = data.draw(
+        st.one_of(ip_ranges(subnet), st.integers(0, subnet.prefixlen).map(lambda p: subnet.supernet(new_prefix=p)))
+    )
+    others = data.draw(st.lists(ipv4_subnets().filter(lambda n: not n.overlaps(subnet)), max_size=3))
+    with pytest.raises(ConflictError) as caught:
+        DefaultIPAM().request_pool(
+            network="web", subnet=subnet, ip_range=None, gateway=None, in_use=[*others, overlapping]
+        )
+    assert str(caught.value) == f"network 'web': subnet {subnet} overlaps {overlapping}, which is already in use"
+
+
+@given(ipv4_subnets(max_prefix=30), st.lists(ipv4_subnets(), max_size=5))
+def test_an_explicit_subnet_clear_of_in_use_is_granted(subnet, in_use):
+    assume(not any(subnet.overlaps(n) for n in in_use))
+    pool = DefaultIPAM().request_pool(network="web", subnet=subnet, ip_range=None, gateway=None, in_use=in_use)
+    assert pool.subnet == subnet
+    assert pool.allocated() == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("ip_range", "gateway", "word"),
+    [(IPv4Network("10.0.0.0/24"), None, "ip_range"), (None, IPv4Address("10.0.0.1"), "gateway")],
+)
+def test_range_or_gateway_without_subnet_is_refused(ip_range, gateway, word):
+    with pytest.raises(InvalidArgumentError, match=f"network 'web': {word} .* without a subnet"):
+        DefaultIPAM().request_pool(network="web", subnet=None, ip_range=ip_range, gateway=gateway, in_use=[])
+
+
+# --- parsing user input --------------------------------------------------------------------
+
+
+@given(ipv4_subnets(min_prefix=0, max_prefix=32))
+def test_parse_subnet_reads_cidr_text(subnet):
+    assert parse_subnet("web", str(subnet)) == subnet
+    assert parse_subnet("web", subnet) is subnet
+
+
+@given(ipv4_subnets(min_prefix=1, max_prefix=31), st.data())
+def test_parse_subnet_refuses_host_bits(subnet, data):
+    offset = data.draw(st.integers(min_value=1, max_value=subnet.num_addresses - 1))
+    text = f"{subnet.network_address + offset}/{subnet.prefixlen}"
+    with pytest.raises(InvalidArgumentError, match="has host bits set") as caught:
+        parse_subnet("web", text)
+    assert str(caught.value).startswith(f"network 'web': subnet {text!r}")
+    assert str(subnet) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("10.0.0.0/33", "network 'web': subnet '10.0.0.0/33' is not a valid IPv4 prefix"),
+        ("10.0.0.256/24", "network 'web': subnet '10.0.0.256/24' is not a valid IPv4 prefix"),
+        ("banana/8", "network 'web': subnet 'banana/8' is not a valid IPv4 prefix"),
+        ("10.0.0.0", "network 'web': subnet '10.0.0.0' has no prefix length"),
+        ("fd00::/64", "network 'web': subnet 'fd00::/64' is IPv6, which is not supported yet"),
+        (24, "network 'web': subnet must be a string or an IPv4Network, not int"),
+    ],
+)
+def test_parse_subnet_errors(value, message):
+    with pytest.raises(InvalidArgumentError) as caught:
+        parse_subnet("web", value)
+    assert str(caught.value).startswith(message)
+
+
+def test_parse_subnet_names_the_argument():
+    assert parse_subnet("web", None) is None
+    with pytest.raises(InvalidArgumentError, match=r"^network 'web': ip_range '10\.0\.0\.1/24' has host bits"):
+        parse_subnet("web", "10.0.0.1/24", what="ip_range")
+
+
+@given(st.integers(min_value=0, max_value=2**32 - 1).map(IPv4Address))
+def test_parse_address_reads_dotted_quads(address):
+    assert parse_address("web", "gateway", str(address)) == address
+    assert parse_address("web", "gateway", address) is address
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("10.0.0.300", "network 'web': gateway '10.0.0.300' is not a valid IPv4 address"),
+        ("10.0.0.1/24", "network 'web': gateway '10.0.0.1/24' is not a valid IPv4 address (give it without"),
+        ("gw", "network 'web': gateway 'gw' is not a valid IPv4 address"),
+        ("fe80::1", "network 'web': gateway 'fe80::1' is IPv6, which is not supported yet"),
+    ],
+)
+def test_parse_address_errors(value, message):
+    with pytest.raises(InvalidArgumentError) as caught:
+        parse_address("web", "gateway", value)
+    assert str(caught.value).startswith(message)
+    assert parse_address("web", "gateway", None) is None
+
+
+# --- the registry and the protocols ----------------------------------------------------------
+
+
+class FakeIPAM:
+    """A third-party driver: subclasses nothing, found through an entry point."""
+
+    name = "fake"
+
+    def request_pool(self, *, network, subnet, ip_range, gateway, in_use):
+        return SubnetAllocator(IPv4Network("198.51.100.0/24"), network=network)
+
+
+def test_builtins_satisfy_the_protocols():
+    driver = ipam_driver("default")
+    assert isinstance(driver, DefaultIPAM)
+    assert isinstance(driver, IPAMDriver)
+    assert driver.name == "default"
+    pool = driver.request_pool(network="web", subnet=None, ip_range=None, gateway=None, in_use=[])
+    assert isinstance(pool, AddressPool)
+
+
+def test_unknown_driver_is_not_found(monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [])
+    with pytest.raises(NotFoundError, match="IPAM driver 'nope' not found") as caught:
+        ipam_driver("nope")
+    assert isinstance(caught.value, LookupError)
+
+
+def test_third_party_driver_is_loaded_lazily_from_entry_points(monkeypatch):
+    monkeypatch.setattr(cnm.ipam, "IPAM_DRIVERS", dict(cnm.ipam.IPAM_DRIVERS))
+    groups_asked: list[str] = []
+    entry_point = importlib.metadata.EntryPoint(name="fake", value=f"{__name__}:FakeIPAM", group="cnm.ipam")
+
+    def entry_points(group):
+        groups_asked.append(group)
+        return [entry_point]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    ipam_driver("default")
+    assert groups_asked == []  # built-ins never scan the entry points
+    driver = ipam_driver("fake")
+    assert isinstance(driver, FakeIPAM)
+    assert groups_asked == ["cnm.ipam"]
+    assert ipam_driver("fake") is not driver  # a fresh instance each time ...
+    assert groups_asked == ["cnm.ipam"]  # ... from the cached factory
+    pool = driver.request_pool(network="x", subnet=None, ip_range=None, gateway=None, in_use=[])
+    assert isinstance(pool, AddressPool)
