@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import pytest
+
+import cnm
+from tests.conftest import KERNEL_TESTS_POSSIBLE
+
+pytestmark = pytest.mark.kernel
+
+
+def pytest_collection_modifyitems(items):
+    if KERNEL_TESTS_POSSIBLE:
+        return
+    skip = pytest.mark.skip(reason="kernel tests need root, iproute2 and nftables (the nft CLI inspects rules)")
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def host():
+    """A fresh isolated host, closed (and checked closed) after the test."""
+    h = cnm.Host.isolated()
+    try:
+        yield h
+    finally:
+        h.close()

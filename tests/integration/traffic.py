@@ -1,0 +1,91 @@
+"""Real traffic between namespaces, with sockets only (no external tools).
+
+A server is a listening socket created inside a namespace (through
+``owner.call``) and served from a thread here; a client connects from inside
+another namespace. The server reports the peer address it saw, so tests can
+check NAT.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+TIMEOUT = 5.0
+
+
+class Server:
+    """Accepts one TCP connection (or one UDP datagram), answers, records the peer."""
+
+    def __init__(self, owner: Any, port: int, *, address: str = "0.0.0.0", udp: bool = False, count: int = 1) -> None:
+        self.peers: list[tuple[str, int]] = []
+        self.udp = udp
+        if udp:
+            def make() -> socket.socket:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind((address, port))
+                return s
+            self.sock = owner.call(make)
+        else:
+            self.sock = owner.call(socket.create_server, (address, port))
+        self.sock.settimeout(TIMEOUT)
+        self.thread = threading.Thread(target=self._serve, args=(count,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, count: int) -> None:
+        try:
+            for _ in range(count):
+                # The peer is recorded before answering: once a client has its
+                # answer, the record is there.
+                if self.udp:
+                    data, peer = self.sock.recvfrom(100)
+                    self.peers.append(peer[0:2])
+                    self.sock.sendto(b"pong:" + data, peer)
+                else:
+                    conn, peer = self.sock.accept()
+                    self.peers.append(peer[0:2])
+                    with conn:
+                        conn.sendall(b"hello")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.thread.join(0.2)
+        if self.thread.is_alive():  # nobody came (as some tests expect): wake the accept
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.thread.join(TIMEOUT)
+        self.sock.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+#: for connections that must fail: a dropped SYN would otherwise wait the full TIMEOUT
+REFUSED_TIMEOUT = 1.0
+
+
+def tcp_hello(owner: Any, address: object, port: int, timeout: float = TIMEOUT) -> bytes:
+    """Connect from inside *owner*'s namespace; return what the server sent."""
+
+    def go() -> bytes:
+        with socket.create_connection((str(address), port), timeout=timeout) as c:
+            return c.recv(100)
+
+    return owner.call(go)
+
+
+def udp_ping(owner: Any, address: object, port: int) -> bytes:
+    def go() -> bytes:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(TIMEOUT)
+            s.sendto(b"ping", (str(address), port))
+            return s.recvfrom(100)[0]
+
+    return owner.call(go)
