@@ -779,8 +779,11 @@ class Sandbox(_InNamespace):
     # ---- the SandboxPort drivers use ---------------------------------------------
 
     def configure(self, interface: str, address: IPv4Interface, gateway: IPv4Address | None, what: str) -> None:
-        with Rtnl(self.namespace) as rtnl:
-            rtnl.configure_interface(interface, address, gateway, what)
+        def inside() -> None:  # one trip into the namespace: socket, requests, close
+            with Rtnl(self.namespace, here=True) as rtnl:
+                rtnl.configure_interface(interface, address, gateway, what)
+
+        self.namespace.quick(inside)
 
     def release_link(self, host: Rtnl, index: int, what: str) -> None:
         if self._dying_links is not None:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import time
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
 from pyroute2.netlink import rtnl as rt
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -29,7 +30,7 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from .errors import KernelError, MissingKernelFeatureError, kernel_error
-from .netlink import Netlink
+from .netlink import Netlink, NetlinkReply
 from .netns import Namespace
 
 __all__ = ["Rtnl", "LinkInfo"]
@@ -53,6 +54,28 @@ class LinkInfo:
         self.alias: str | None = msg.get_attr("IFLA_IFALIAS")
         self.mac: str | None = msg.get_attr("IFLA_ADDRESS")
         self.up = bool(msg["flags"] & _IFF_UP)
+
+
+def _getlink_by_name(name: str) -> tuple[int, bytes]:
+    """A hand-packed RTM_GETLINK for *name*: (seq, bytes).
+
+    Looking up an index is on every hot path; packing these 40 bytes by hand
+    and reading the index straight from the answer avoids pyroute2's generic
+    encoder and decoder, which cost far more than the kernel's work here.
+    """
+    seq, _ = Netlink.encode(ifinfmsg(), rt.RTM_GETLINK, 0)  # only for a fresh sequence number
+    ifname = name.encode() + b"\0"
+    attr = struct.pack("=HH", 4 + len(ifname), 3) + ifname  # IFLA_IFNAME
+    attr += b"\0" * (-len(attr) % 4)
+    body = struct.pack("=BxHiII", 0, 0, 0, 0, 0) + attr
+    header = struct.pack("=IHHII", 16 + len(body), rt.RTM_GETLINK, NLM_F_REQUEST, seq, 0)
+    return seq, header + body
+
+
+def _index_of(reply: NetlinkReply) -> int:
+    """The ifindex in an RTM_NEWLINK answer (ifinfomsg.ifi_index)."""
+    assert reply.data is not None
+    return int(struct.unpack_from("=i", reply.data, 16 + 4)[0])
 
 
 class Rtnl:
@@ -91,6 +114,18 @@ class Rtnl:
         except OSError as exc:
             raise kernel_error(exc, f"link {name or index}: look-up") from exc
         return LinkInfo(found) if found is not None else None
+
+    def link_index(self, name: str) -> int | None:
+        """The index of link *name*, or None when there is none."""
+        seq, data = _getlink_by_name(name)
+        reply = self._nl.transact([(seq, data)])[seq]
+        if reply.error in (errno.ENODEV, errno.ENOENT):
+            return None
+        try:
+            reply.raise_for()
+        except OSError as exc:
+            raise kernel_error(exc, f"link {name!r}: look-up") from exc
+        return _index_of(reply)
 
     def links(self) -> list[LinkInfo]:
         return [LinkInfo(m) for m in self._nl.dump(ifinfmsg(), rt.RTM_GETLINK)]
@@ -223,6 +258,9 @@ class Rtnl:
             settings = ifinfmsg()
             settings["attrs"] = [("IFLA_IFNAME", name), *then]
             requests.append(self._nl.encode(settings, rt.RTM_NEWLINK, NLM_F_ACK))
+        # The new index comes back in the same round trip: the look-up is the last request.
+        lookup = _getlink_by_name(name)
+        requests.append(lookup)
         try:
             replies = self._nl.transact(requests)
         except BaseException:
@@ -241,15 +279,12 @@ class Rtnl:
         try:
             for seq, _ in requests[1:]:
                 replies[seq].raise_for()
-            created = self.link(name=name)
-            if created is None:  # only if someone deleted it under us
-                raise KernelError(errno.ENODEV, f"link {name!r}: vanished right after creation")
+            return _index_of(replies[lookup[0]])
         except BaseException as exc:
             self._delete_by_name(name, alias)
             if isinstance(exc, OSError) and not isinstance(exc, KernelError):
                 raise kernel_error(exc, f"link {name!r} ({kind}): configure") from exc
             raise
-        return created.index
 
     def _delete_by_name(self, name: str, alias: str | None) -> None:
         """Best-effort removal of a link this process just made, while already failing.
@@ -325,18 +360,18 @@ class Rtnl:
         The requests are pipelined in one write (the link is looked up first);
         the kernel handles them in order.
         """
-        link = self.link(name=name)
-        if link is None:
+        index = self.link_index(name)
+        if index is None:
             raise KernelError(errno.ENODEV, f"{what}: interface {name!r} not found")
         up = ifinfmsg()
-        up["index"] = link.index
+        up["index"] = index
         up["flags"] = _IFF_UP
         up["change"] = _IFF_UP
         requests = [(self._nl.encode(up, rt.RTM_NEWLINK, NLM_F_ACK), f"set {name} up")]
         addr = ifaddrmsg()
         addr["family"] = socket.AF_INET
         addr["prefixlen"] = address.network.prefixlen
-        addr["index"] = link.index
+        addr["index"] = index
         addr["attrs"] = [
             ("IFA_LOCAL", str(address.ip)),
             ("IFA_ADDRESS", str(address.ip)),
@@ -349,7 +384,7 @@ class Rtnl:
             route["table"] = _RT_TABLE_MAIN
             route["proto"] = 4
             route["type"] = 1
-            route["attrs"] = [("RTA_GATEWAY", str(gateway)), ("RTA_OIF", link.index)]
+            route["attrs"] = [("RTA_GATEWAY", str(gateway)), ("RTA_OIF", index)]
             requests.append((self._nl.encode(route, rt.RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK), f"add default route via {gateway}"))
         replies = self._nl.transact([r for r, _ in requests])
         for (seq, _), label in requests:

@@ -36,13 +36,18 @@ _sequence = itertools.count(1)
 
 
 class NetlinkReply:
-    """The outcome of one request: ``error`` is 0 or a positive errno."""
+    """The outcome of one request: ``error`` is 0 or a positive errno.
 
-    __slots__ = ("error", "message")
+    For a request answered by a message rather than an acknowledgement (a
+    GET), ``data`` holds that message's raw bytes.
+    """
 
-    def __init__(self, error: int, message: str | None) -> None:
+    __slots__ = ("error", "message", "data")
+
+    def __init__(self, error: int, message: str | None, data: bytes | None = None) -> None:
         self.error = error
         self.message = message
+        self.data = data
 
     def raise_for(self) -> None:
         """Raise OSError(errno, the kernel's own text or strerror) if this is an error."""
@@ -88,8 +93,9 @@ class Netlink:
     def transact(self, requests: Sequence[tuple[int, bytes]], acked: Iterable[int] | None = None) -> dict[int, NetlinkReply]:
         """Send pre-encoded requests in one write; wait for their acknowledgements.
 
-        *acked* lists the sequence numbers that will be acknowledged (default:
-        all of them). Returns ``{seq: NetlinkReply}``.
+        *acked* lists the sequence numbers that will be answered (default:
+        all of them): by an acknowledgement, or for a GET by its reply
+        message. Returns ``{seq: NetlinkReply}``.
         """
         waiting = set(seq for seq, _ in requests) if acked is None else set(acked)
         self.sock.sendall(b"".join(data for _, data in requests))
@@ -185,7 +191,8 @@ class Netlink:
 
     @staticmethod
     def _acks(data: bytes) -> Iterable[tuple[int, NetlinkReply]]:
-        """Yield (seq, reply) for every NLMSG_ERROR (acknowledgement) in *data*."""
+        """Yield (seq, reply) for every message in *data*: acknowledgements
+        (NLMSG_ERROR) and answers."""
         offset = 0
         while offset + 16 <= len(data):
             length, mtype, flags, seq, _pid = _HEADER.unpack_from(data, offset)
@@ -194,6 +201,8 @@ class Netlink:
             if mtype == NLMSG_ERROR:
                 (code,) = struct.unpack_from("=i", data, offset + 16)
                 yield seq, NetlinkReply(-code, _ext_ack_message(data, offset, length, flags) if code else None)
+            elif mtype != NLMSG_DONE:
+                yield seq, NetlinkReply(0, None, data[offset : offset + length])
             offset += (length + 3) & ~3
 
 

@@ -2,10 +2,19 @@
 
 Everything here runs in this process. Python 3.11 has no ``os.setns`` or
 ``os.unshare``, so libc is called through ctypes. ``setns(CLONE_NEWNET)`` and
-``unshare(CLONE_NEWNET)`` only move the *calling thread*, so all namespace work
-happens in a short-lived worker thread and the caller's thread never moves.
-(pyroute2's own ``netns=`` support forks a helper process per call instead:
-5-8 ms each, see FACTS.md.)
+``unshare(CLONE_NEWNET)`` only move the *calling thread*, so namespace work
+happens in another thread and the caller's thread never moves. (pyroute2's
+own ``netns=`` support forks a helper process per call instead: 5-8 ms each,
+see FACTS.md.)
+
+Two kinds of thread do it:
+
+* cnm's own short kernel calls (create a namespace, open a socket in it,
+  write a sysctl) go to one long-lived worker thread, which enters the
+  namespace, does the call and goes back home. Handing a call over costs
+  about a fifth of starting a thread on the machines we measured.
+* user code (:meth:`Namespace.run`: ``sandbox.run``, ``call``, ``popen``) gets
+  a fresh thread each time, because it may block for as long as it likes.
 
 A namespace outlives the thread that made it because it is bind-mounted on
 ``/run/netns/NAME``, the same place ``ip netns`` uses, so operators can look
@@ -23,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import queue
 import socket
 import threading
 from collections.abc import Callable
@@ -57,7 +67,7 @@ def _check(rc: int, what: str) -> None:
 
 def _in_thread(fn: Callable[[], T]) -> T:
     """Run *fn* in a fresh thread and return its result (or raise its exception)."""
-    box: list[object] = []
+    box: list[tuple[bool, object]] = []
 
     def target() -> None:
         try:
@@ -68,10 +78,86 @@ def _in_thread(fn: Callable[[], T]) -> T:
     worker = threading.Thread(target=target, name="cnm-netns")
     worker.start()
     worker.join()
-    ok, value = box[0]  # type: ignore[misc]
+    return _unbox(box[0])
+
+
+def _unbox(outcome: tuple[bool, object]) -> T:  # type: ignore[type-var]
+    ok, value = outcome
     if not ok:
         raise value  # type: ignore[misc]
     return value  # type: ignore[return-value]
+
+
+class _Worker:
+    """The long-lived thread that runs cnm's own namespace calls, one at a time.
+
+    Between calls it is always in the process's home namespace (the main
+    thread's). A call that cannot return it home kills the worker, and the
+    next call starts a new one, so no call ever runs in a stale namespace.
+    """
+
+    _lock = threading.Lock()
+    _current: _Worker | None = None
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Callable[[], object], list[tuple[bool, object]], threading.Event] | None] = (
+            queue.SimpleQueue()
+        )
+        self.alive = True
+        self.thread = threading.Thread(target=self._loop, name="cnm-netns-worker", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def submit(cls, fn: Callable[[], T]) -> T:
+        with cls._lock:
+            if cls._current is None or not cls._current.alive:
+                cls._current = cls()
+            worker = cls._current
+        box: list[tuple[bool, object]] = []
+        done = threading.Event()
+        worker.jobs.put((fn, box, done))
+        done.wait()
+        return _unbox(box[0])
+
+    def _loop(self) -> None:
+        home = os.open(f"/proc/{os.getpid()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            while self.alive:
+                job = self.jobs.get()
+                if job is None:
+                    return
+                fn, box, done = job
+                try:
+                    box.append((True, fn()))
+                except BaseException as exc:  # handed back to the caller
+                    box.append((False, exc))
+                if _libc.setns(home, _CLONE_NEWNET) != 0:
+                    self.alive = False  # stranded: a new worker takes over
+                done.set()
+        finally:
+            os.close(home)
+            # Anything queued behind a dead worker is retried by a new one.
+            while True:
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    fn, box, done = job
+                    try:
+                        box.append((True, _Worker.submit(fn)))
+                    except BaseException as exc:
+                        box.append((False, exc))
+                    done.set()
+
+
+def _enter(path: str, what: str) -> None:
+    """setns the calling thread into the namespace at *path*."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(fd, _CLONE_NEWNET), f"namespace {what!r}: setns")
+    finally:
+        os.close(fd)
 
 
 class Namespace:
@@ -113,7 +199,7 @@ class Namespace:
         os.close(fd)
         ns = cls(name, path)
 
-        def make() -> None:
+        def make() -> None:  # in the worker, which goes home afterwards
             _check(_libc.unshare(_CLONE_NEWNET), f"namespace {name!r}: unshare")
             self_ns = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
             _check(_libc.mount(self_ns, path.encode(), b"none", _MS_BIND, None), f"namespace {name!r}: bind mount")
@@ -121,7 +207,7 @@ class Namespace:
                 setup()
 
         try:
-            _in_thread(make)
+            _Worker.submit(make)
         except BaseException:
             ns.delete()
             raise
@@ -149,21 +235,32 @@ class Namespace:
         return os.path.exists(self.path)
 
     def run(self, fn: Callable[[], T]) -> T:
-        """Run *fn* in a thread that has entered this namespace; return its result."""
+        """Run *fn* in a fresh thread that has entered this namespace; return its result.
+
+        For user code, which may block: it never holds up cnm's own calls.
+        """
 
         def entered() -> T:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _check(_libc.setns(fd, _CLONE_NEWNET), f"namespace {self.name!r}: setns")
-            finally:
-                os.close(fd)
+            _enter(self.path, self.name)
             return fn()
 
         return _in_thread(entered)
 
+    def quick(self, fn: Callable[[], T]) -> T:
+        """Run *fn*, a short call of cnm's own, inside this namespace; return its result.
+
+        Runs on the shared worker thread, so *fn* must not block.
+        """
+
+        def entered() -> T:
+            _enter(self.path, self.name)
+            return fn()
+
+        return _Worker.submit(entered)
+
     def socket(self, family: int, kind: int, proto: int = 0) -> socket.socket:
         """A socket created inside this namespace (it stays bound to it)."""
-        return self.run(lambda: socket.socket(family, kind, proto))
+        return self.quick(lambda: socket.socket(family, kind, proto))
 
     def write_sysctl(self, key: str, value: str) -> None:
         """Set a per-namespace sysctl such as ``net/ipv4/ip_forward``.
@@ -171,10 +268,10 @@ class Namespace:
         ``/proc/sys/net`` shows the namespace of the thread that opens it, so
         the write happens from a thread inside this namespace.
         """
-        self.run(lambda: _write_proc_sys(key, value))
+        self.quick(lambda: _write_proc_sys(key, value))
 
     def read_sysctl(self, key: str) -> str:
-        return self.run(lambda: _read_proc_sys(key))
+        return self.quick(lambda: _read_proc_sys(key))
 
 
 def _write_proc_sys(key: str, value: str) -> None:
