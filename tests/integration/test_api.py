@@ -218,3 +218,11 @@ def test_closed_host_refuses_work_and_closes_once(host):
     host.close()
     with pytest.raises(cnm.ClosedError):
         host.create_sandbox("a")
+
+
+def test_the_machines_own_host_opens_and_closes_without_changing_anything():
+    # Only reads: the session guard checks that the root namespace is unchanged.
+    with cnm.Host() as machine:
+        assert machine.networks == [] and machine.sandboxes == []
+        assert machine.address is None and machine.outside is None
+        assert machine.namespace.owned is False

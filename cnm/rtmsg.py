@@ -1,0 +1,176 @@
+"""Packing of the few rtnetlink requests on cnm's hot paths (used by :mod:`cnm.kernel` only).
+
+pyroute2's generic encoder builds each message from nested dictionaries and
+costs several times what the kernel spends creating a veth pair, so the
+requests made for every sandbox are packed here with :mod:`struct`. Answers
+and dumps are still decoded by pyroute2. ``tests/unit/test_rtmsg.py`` checks
+every packer byte for byte against pyroute2's encoding of the same message.
+
+Each function returns the message *body* (everything after the 16-byte
+netlink header); :func:`message` adds the header.
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import struct
+from ipaddress import IPv4Address, IPv4Network
+
+__all__ = [
+    "RTM_DELLINK",
+    "RTM_GETLINK",
+    "RTM_NEWADDR",
+    "RTM_NEWLINK",
+    "RTM_NEWROUTE",
+    "address",
+    "bridge",
+    "dellink",
+    "getlink",
+    "link_settings",
+    "message",
+    "next_seq",
+    "route",
+    "set_up",
+    "veth",
+]
+
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR = 20
+RTM_NEWROUTE = 24
+
+NLM_F_REQUEST = 0x1
+_IFF_UP = 0x1
+
+# attribute numbers (linux/if_link.h, if_addr.h, rtnetlink.h, veth.h)
+_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
+_IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_NET_NS_FD = 18, 20, 28
+_IFLA_INFO_KIND, _IFLA_INFO_DATA, _IFLA_INFO_SLAVE_KIND, _IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+_VETH_INFO_PEER = 1
+_IFLA_BRPORT_MODE = 4
+_IFA_ADDRESS, _IFA_LOCAL, _IFA_BROADCAST = 1, 2, 4
+_RTA_DST, _RTA_OIF, _RTA_GATEWAY = 1, 4, 5
+_RT_TABLE_MAIN, _RTPROT_STATIC, _RTN_UNICAST = 254, 4, 1
+_RT_SCOPE_UNIVERSE, _RT_SCOPE_LINK = 0, 253
+
+_HEADER = struct.Struct("=IHHII")
+_IFINFO = struct.Struct("=BxHiII")
+_IFADDR = struct.Struct("=BBBBi")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+
+_sequence = itertools.count(1 << 24)  # apart from the sequence numbers of netlink.Netlink.encode
+
+
+def next_seq() -> int:
+    return next(_sequence) & 0xFFFFFFFF
+
+
+def message(mtype: int, flags: int, body: bytes, seq: int | None = None) -> tuple[int, bytes]:
+    """Prefix *body* with a netlink header; return (sequence number, bytes)."""
+    seq = next_seq() if seq is None else seq
+    return seq, _HEADER.pack(16 + len(body), mtype, flags | NLM_F_REQUEST, seq, 0) + body
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _string(kind: int, value: str) -> bytes:
+    return _attr(kind, value.encode() + b"\0")
+
+
+def _u32(kind: int, value: int) -> bytes:
+    return _attr(kind, struct.pack("=I", value))
+
+
+def _mac(kind: int, value: str) -> bytes:
+    return _attr(kind, bytes.fromhex(value.replace(":", "")))
+
+
+def _ifinfo(index: int = 0, up: bool = False) -> bytes:
+    flags = _IFF_UP if up else 0
+    return _IFINFO.pack(0, 0, index, flags, flags)
+
+
+def getlink(name: str) -> bytes:
+    """RTM_GETLINK body asking for link *name*."""
+    return _ifinfo() + _string(_IFLA_IFNAME, name)
+
+
+def dellink(index: int) -> bytes:
+    """RTM_DELLINK body for link *index*."""
+    return _ifinfo(index)
+
+
+def set_up(index: int) -> bytes:
+    """RTM_NEWLINK body setting link *index* up."""
+    return _ifinfo(index, up=True)
+
+
+def bridge(name: str, mac: str, mtu: int | None) -> bytes:
+    """RTM_NEWLINK body creating an up bridge *name* with a fixed *mac*."""
+    attrs = _string(_IFLA_IFNAME, name) + _mac(_IFLA_ADDRESS, mac)
+    if mtu is not None:
+        attrs += _u32(_IFLA_MTU, mtu)
+    return _ifinfo(up=True) + attrs + _attr(_IFLA_LINKINFO, _string(_IFLA_INFO_KIND, "bridge"))
+
+
+def veth(
+    name: str,
+    master: int | None,
+    mtu: int | None,
+    peer_name: str,
+    peer_netns_fd: int | None,
+    peer_mac: str | None,
+) -> bytes:
+    """RTM_NEWLINK body creating veth *name* (up, enslaved to *master*) with
+    its peer *peer_name* (down) in the namespace behind *peer_netns_fd*."""
+    peer = _string(_IFLA_IFNAME, peer_name)
+    if peer_mac is not None:
+        peer += _mac(_IFLA_ADDRESS, peer_mac)
+    if mtu is not None:
+        peer += _u32(_IFLA_MTU, mtu)
+    if peer_netns_fd is not None:
+        peer += _u32(_IFLA_NET_NS_FD, peer_netns_fd)
+    info = _string(_IFLA_INFO_KIND, "veth") + _attr(_IFLA_INFO_DATA, _attr(_VETH_INFO_PEER, _ifinfo() + peer))
+    attrs = _string(_IFLA_IFNAME, name)
+    if mtu is not None:
+        attrs += _u32(_IFLA_MTU, mtu)
+    attrs += _attr(_IFLA_LINKINFO, info)
+    if master is not None:
+        attrs += _u32(_IFLA_MASTER, master)
+    return _ifinfo(up=True) + attrs
+
+
+def link_settings(name: str, alias: str | None, hairpin: bool) -> bytes:
+    """RTM_NEWLINK body changing link *name*: its alias, and hairpin mode on its bridge port."""
+    attrs = _string(_IFLA_IFNAME, name)
+    if alias is not None:
+        attrs += _string(_IFLA_IFALIAS, alias)
+    if hairpin:
+        port = _attr(_IFLA_BRPORT_MODE, b"\x01")
+        attrs += _attr(_IFLA_LINKINFO, _string(_IFLA_INFO_SLAVE_KIND, "bridge") + _attr(_IFLA_INFO_SLAVE_DATA, port))
+    return _ifinfo() + attrs
+
+
+def address(index: int, ip: IPv4Address, network: IPv4Network) -> bytes:
+    """RTM_NEWADDR body putting *ip* (in *network*) on link *index*."""
+    attrs = _attr(_IFA_LOCAL, ip.packed) + _attr(_IFA_ADDRESS, ip.packed)
+    if network.prefixlen < 31:
+        attrs += _attr(_IFA_BROADCAST, network.broadcast_address.packed)
+    return _IFADDR.pack(socket.AF_INET, network.prefixlen, 0, 0, index) + attrs
+
+
+def route(destination: IPv4Network, gateway: IPv4Address | None, oif: int | None) -> bytes:
+    """RTM_NEWROUTE body: *destination* via *gateway* (or on-link) out of *oif*, main table."""
+    scope = _RT_SCOPE_UNIVERSE if gateway is not None else _RT_SCOPE_LINK
+    head = _RTMSG.pack(socket.AF_INET, destination.prefixlen, 0, 0, _RT_TABLE_MAIN, _RTPROT_STATIC, scope, _RTN_UNICAST, 0)
+    attrs = b""
+    if destination.prefixlen:
+        attrs += _attr(_RTA_DST, destination.network_address.packed)
+    if gateway is not None:
+        attrs += _attr(_RTA_GATEWAY, gateway.packed)
+    if oif is not None:
+        attrs += _u32(_RTA_OIF, oif)
+    return head + attrs

@@ -1,0 +1,36 @@
+"""Every example in examples/ runs, prints what it promises, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_example(name: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_quickstart():
+    out = run_example("quickstart.py")
+    assert "'hello from b' (server saw 172.17.0.2)" in out  # same bridge, no NAT
+    assert "'hello from outside' (server saw 198.18.0.2)" in out  # masquerade
+    assert out.count("'hello from a'") == 3  # published port: from outside, hairpin, localhost
+    assert '"Name": "web"' in out and '"HostPort": "8080"' in out
+    assert "torn down: 4 namespaces removed, 0 left" in out
+
+
+def test_endpoints():
+    out = run_example("endpoints.py")
+    assert "joined: eth0 10.30.0.10/24 ['127.0.0.1:9000->9000/tcp', '0.0.0.0:49153->53/udp']" in out
+    assert "left; address kept: 10.30.0.10/24 sandbox: None" in out
+    assert "connected: 10.30.0.128/24" in out
+    assert out.count("Error: network") == 3

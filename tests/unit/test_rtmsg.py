@@ -1,0 +1,125 @@
+"""cnm.rtmsg packs by hand what pyroute2 would encode: check it byte for byte."""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+from cnm import rtmsg as pack
+
+
+def pyroute2_bytes(msg, mtype: int, flags: int, seq: int) -> bytes:
+    msg["header"]["type"] = mtype
+    msg["header"]["flags"] = flags | 1
+    msg["header"]["sequence_number"] = seq
+    msg["header"]["pid"] = 0
+    msg.encode()
+    return bytes(msg.data)
+
+
+def packed(mtype: int, flags: int, body: bytes, seq: int) -> bytes:
+    return pack.message(mtype, flags, body, seq=seq)[1]
+
+
+def ifinfo(index=0, up=False, attrs=()):
+    m = ifinfmsg()
+    m["index"] = index
+    m["flags"] = m["change"] = 1 if up else 0
+    m["attrs"] = list(attrs)
+    return m
+
+
+def test_getlink_dellink_set_up():
+    assert packed(18, 0, pack.getlink("eth0"), 7) == pyroute2_bytes(ifinfo(attrs=[("IFLA_IFNAME", "eth0")]), 18, 0, 7)
+    assert packed(17, 4, pack.dellink(42), 8) == pyroute2_bytes(ifinfo(42), 17, 4, 8)
+    assert packed(16, 4, pack.set_up(3), 9) == pyroute2_bytes(ifinfo(3, up=True), 16, 4, 9)
+
+
+@pytest.mark.parametrize("mtu", [None, 1400])
+def test_bridge(mtu):
+    attrs = [("IFLA_IFNAME", "br-0123456789a"), ("IFLA_ADDRESS", "02:aa:bb:cc:dd:ee")]
+    if mtu:
+        attrs.append(("IFLA_MTU", mtu))
+    attrs.append(("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]}))
+    expected = pyroute2_bytes(ifinfo(up=True, attrs=attrs), 16, 0x605, 11)
+    assert packed(16, 0x605, pack.bridge("br-0123456789a", "02:aa:bb:cc:dd:ee", mtu), 11) == expected
+
+
+@pytest.mark.parametrize("mtu, master, mac", [(None, 5, "02:42:ac:11:00:02"), (9000, None, None)])
+def test_veth(mtu, master, mac):
+    peer = [["IFLA_IFNAME", "eth0"]]
+    if mac:
+        peer.append(["IFLA_ADDRESS", mac])
+    if mtu:
+        peer.append(["IFLA_MTU", mtu])
+    peer.append(["IFLA_NET_NS_FD", 17])
+    attrs = [("IFLA_IFNAME", "vethabcdef0")]
+    if mtu:
+        attrs.append(("IFLA_MTU", mtu))
+    attrs.append(
+        (
+            "IFLA_LINKINFO",
+            {"attrs": [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", {"attrs": peer})]})]},
+        )
+    )
+    if master:
+        attrs.append(("IFLA_MASTER", master))
+    expected = pyroute2_bytes(ifinfo(up=True, attrs=attrs), 16, 0x605, 12)
+    assert packed(16, 0x605, pack.veth("vethabcdef0", master, mtu, "eth0", 17, mac), 12) == expected
+
+
+@pytest.mark.parametrize("alias, hairpin", [("cnm:x:network/web", True), ("cnm:y", False), (None, True)])
+def test_link_settings(alias, hairpin):
+    attrs = [("IFLA_IFNAME", "veth1234567")]
+    if alias:
+        attrs.append(("IFLA_IFALIAS", alias))
+    if hairpin:
+        slave = {"attrs": [("IFLA_INFO_SLAVE_KIND", "bridge"), ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]})]}
+        attrs.append(("IFLA_LINKINFO", slave))
+    expected = pyroute2_bytes(ifinfo(attrs=attrs), 16, 4, 13)
+    assert packed(16, 4, pack.link_settings("veth1234567", alias, hairpin), 13) == expected
+
+
+@pytest.mark.parametrize("network", ["172.17.0.0/16", "10.0.0.0/31"])
+def test_address(network):
+    net = IPv4Network(network)
+    ip = next(net.hosts()) if net.prefixlen < 31 else net.network_address
+    m = ifaddrmsg()
+    m["family"] = socket.AF_INET
+    m["prefixlen"] = net.prefixlen
+    m["index"] = 4
+    attrs = [("IFA_LOCAL", str(ip)), ("IFA_ADDRESS", str(ip))]
+    if net.prefixlen < 31:
+        attrs.append(("IFA_BROADCAST", str(net.broadcast_address)))
+    m["attrs"] = attrs
+    assert packed(20, 0x605, pack.address(4, ip, net), 14) == pyroute2_bytes(m, 20, 0x605, 14)
+
+
+@pytest.mark.parametrize(
+    "destination, gateway, oif",
+    [("0.0.0.0/0", "172.17.0.1", 2), ("10.1.0.0/16", None, 3), ("0.0.0.0/0", "198.18.0.1", None)],
+)
+def test_route(destination, gateway, oif):
+    dst = IPv4Network(destination)
+    m = rtmsg()
+    m["family"] = socket.AF_INET
+    m["dst_len"] = dst.prefixlen
+    m["table"] = 254
+    m["proto"] = 4
+    m["scope"] = 0 if gateway else 253
+    m["type"] = 1
+    attrs = []
+    if dst.prefixlen:
+        attrs.append(("RTA_DST", str(dst.network_address)))
+    if gateway:
+        attrs.append(("RTA_GATEWAY", gateway))
+    if oif:
+        attrs.append(("RTA_OIF", oif))
+    m["attrs"] = attrs
+    gw = IPv4Address(gateway) if gateway else None
+    assert packed(24, 0x605, pack.route(dst, gw, oif), 15) == pyroute2_bytes(m, 24, 0x605, 15)
