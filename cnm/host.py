@@ -176,14 +176,14 @@ class Host(_InNamespace):
         label = _check_name("host", name) if name is not None else "host"
         host = cls.__new__(cls)
         with transaction() as undo:
-            host_ns = Namespace.create(f"cnm-{token}-{label}", setup=_loopback_up_here)
+            host_ns = Namespace.create(f"cnm-{token}-{label}", setup=_prepare_new_namespace)
             undo.push(f"host {label!r}: namespace", host_ns.delete)
-            outside_ns = Namespace.create(f"cnm-{token}-outside", setup=_loopback_up_here)
+            outside_ns = Namespace.create(f"cnm-{token}-outside", setup=_prepare_new_namespace)
             undo.push(f"host {label!r}: outside namespace", outside_ns.delete)
             host._setup(host_ns, Outside(outside_ns, OUTSIDE_ADDRESS.ip, host), firewall, token, undo)
             host.name = label
             # Both ends of the uplink live in namespaces deleted above: no undo step of their own.
-            uplink = host._rtnl.add_veth(
+            uplink, _ = host._rtnl.add_veth(
                 "eth0", alias=f"cnm:{token}:uplink", master=None, peer_name="eth0", peer_namespace=outside_ns
             )
             host._rtnl.add_address(uplink, HOST_ADDRESS, f"host {label!r}: uplink")
@@ -296,7 +296,7 @@ class Host(_InNamespace):
         if name in self._sandboxes:
             raise ConflictError(f"sandbox {name!r}: a sandbox with that name already exists")
         with transaction() as undo:
-            ns = Namespace.create(f"cnm-{self.token}-sb-{name}", setup=_loopback_up_here)
+            ns = Namespace.create(f"cnm-{self.token}-sb-{name}", setup=_prepare_new_namespace)
             undo.push(f"sandbox {name!r}: namespace", ns.delete)
             sandbox = Sandbox(self, name, ns)
             self._adopt(self._sandboxes, name, sandbox, undo)
@@ -371,9 +371,15 @@ class Host(_InNamespace):
         undo.push(f"host {self.name!r}: ip_forward", release)
 
 
-def _loopback_up_here() -> None:
+def _prepare_new_namespace() -> None:
+    """Runs inside each namespace cnm makes, as it is made: loopback up, and
+    IPv6 off for the interfaces that will be added (cnm's networks are IPv4
+    only for now, as Docker's are without --ipv6; it also halves what the
+    kernel does when a veth comes up)."""
     with Rtnl(Namespace("new", "/proc/thread-self/ns/net"), here=True) as rtnl:
         rtnl.loopback_up()
+    with open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as f:
+        f.write("1")
 
 
 def _string_map(what: str, value: Mapping[str, str] | None) -> dict[str, str]:
@@ -778,10 +784,12 @@ class Sandbox(_InNamespace):
 
     # ---- the SandboxPort drivers use ---------------------------------------------
 
-    def configure(self, interface: str, address: IPv4Interface, gateway: IPv4Address | None, what: str) -> None:
+    def configure(
+        self, interface: str, address: IPv4Interface, gateway: IPv4Address | None, what: str, *, index: int | None = None
+    ) -> None:
         def inside() -> None:  # one trip into the namespace: socket, requests, close
             with Rtnl(self.namespace, here=True) as rtnl:
-                rtnl.configure_interface(interface, address, gateway, what)
+                rtnl.configure_interface(interface, address, gateway, what, index=index)
 
         self.namespace.quick(inside)
 

@@ -65,6 +65,22 @@ def _index_of(reply: NetlinkReply) -> int:
     return int(struct.unpack_from("=i", reply.data, 16 + 4)[0])
 
 
+def _peer_index_of(reply: NetlinkReply) -> int | None:
+    """IFLA_LINK of an RTM_NEWLINK answer: for a veth, the other end's index
+    (in the other end's namespace)."""
+    data = reply.data
+    assert data is not None
+    offset, end = 32, min(len(data), struct.unpack_from("=I", data, 0)[0])
+    while offset + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        if kind & 0x3FFF == 5 and length >= 8:  # IFLA_LINK
+            return int(struct.unpack_from("=I", data, offset + 4)[0])
+        offset += (length + 3) & ~3
+    return None
+
+
 class Rtnl:
     """rtnetlink verbs for one namespace, over one socket opened inside it."""
 
@@ -151,7 +167,7 @@ class Rtnl:
         The bridge gets a fixed *mac*: otherwise the kernel gives it the
         lowest MAC of its ports, so it would change as sandboxes come and go.
         """
-        return self._create_link(name, "bridge", pack.bridge(name, mac, mtu), alias=alias, hairpin=False)
+        return _index_of(self._create_link(name, "bridge", pack.bridge(name, mac, mtu), alias=alias, hairpin=False))
 
     def add_veth(
         self,
@@ -163,12 +179,13 @@ class Rtnl:
         peer_namespace: Namespace,
         peer_mac: str | None = None,
         mtu: int | None = None,
-    ) -> int:
+    ) -> tuple[int, int | None]:
         """Create a veth pair: *name* here, up and enslaved to *master*;
         *peer_name* directly inside *peer_namespace*, still down (the kernel
         refuses to open a veth end before its pair is complete, ENOTCONN, so
         the peer is brought up from inside its namespace:
-        :meth:`configure_interface`). Return this end's index.
+        :meth:`configure_interface`). Return the index of this end and of the
+        peer in its namespace (None if the kernel did not say).
 
         One request makes the whole pair, so there is never a half-made pair.
         A port of a bridge gets hairpin mode: a sandbox reaching its own
@@ -179,7 +196,8 @@ class Rtnl:
         fd = os.open(peer_namespace.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             body = pack.veth(name, master, mtu, peer_name, fd, peer_mac)
-            return self._create_link(name, "veth", body, alias=alias, hairpin=master is not None)
+            reply = self._create_link(name, "veth", body, alias=alias, hairpin=master is not None)
+            return _index_of(reply), _peer_index_of(reply)
         finally:
             os.close(fd)
 
@@ -207,10 +225,10 @@ class Rtnl:
             delay = min(delay * 2, 0.02)
         return sorted(pending)
 
-    def _create_link(self, name: str, kind: str, body: bytes, *, alias: str, hairpin: bool) -> int:
+    def _create_link(self, name: str, kind: str, body: bytes, *, alias: str, hairpin: bool) -> NetlinkReply:
         """Create a link from the RTM_NEWLINK *body*, mark it with *alias*
         (cnm's owner mark) and, with *hairpin*, set its bridge port to hairpin
-        mode. Returns the new index.
+        mode. Returns the kernel's description of the new link (RTM_NEWLINK).
 
         The kernel ignores an alias (and bridge-port settings) in a creation
         request, so a second request sets them, and a third asks for the new
@@ -240,7 +258,7 @@ class Rtnl:
         try:
             replies[settings[0]].raise_for()
             replies[lookup[0]].raise_for()
-            return _index_of(replies[lookup[0]])
+            return replies[lookup[0]]
         except BaseException as exc:
             self._delete_if_ours(name, alias)
             if isinstance(exc, OSError) and not isinstance(exc, KernelError):
@@ -270,14 +288,17 @@ class Rtnl:
         body = pack.route(destination, gateway, oif)
         self._apply([(pack.RTM_NEWROUTE, _CREATE, body, f"add route {destination} via {gateway}")], what)
 
-    def configure_interface(self, name: str, address: IPv4Interface, gateway: IPv4Address | None, what: str) -> None:
+    def configure_interface(
+        self, name: str, address: IPv4Interface, gateway: IPv4Address | None, what: str, *, index: int | None = None
+    ) -> None:
         """Bring link *name* up, give it an address and, with *gateway*, the
         default route through it.
 
-        The requests are pipelined in one write (the link is looked up first);
-        the kernel handles them in order.
+        The requests are pipelined in one write; the kernel handles them in
+        order. The link is looked up first unless its *index* is given.
         """
-        index = self.link_index(name)
+        if index is None:
+            index = self.link_index(name)
         if index is None:
             raise KernelError(errno.ENODEV, f"{what}: interface {name!r} not found")
         requests = [

@@ -28,11 +28,26 @@ from typing import Any
 from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
 from pyroute2.netlink.marshal import Marshal
 
-__all__ = ["Netlink", "NetlinkReply"]
+__all__ = ["Netlink", "NetlinkReply", "nla", "nla_string"]
 
 _HEADER = struct.Struct("=IHHII")
 _RCVBUF = 1 << 20
 _sequence = itertools.count(1)
+
+
+def nla(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute (type-length-value), padded to 4 bytes.
+
+    For the few messages cnm packs by hand on hot paths, where pyroute2's
+    generic encoder costs more than the kernel's work.
+    """
+    raw = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def nla_string(kind: int, value: str) -> bytes:
+    """A NUL-terminated string attribute."""
+    return nla(kind, value.encode() + b"\0")
 
 
 class NetlinkReply:

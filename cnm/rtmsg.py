@@ -17,6 +17,9 @@ import socket
 import struct
 from ipaddress import IPv4Address, IPv4Network
 
+from .netlink import nla as _attr
+from .netlink import nla_string as _string
+
 __all__ = [
     "RTM_DELLINK",
     "RTM_GETLINK",
@@ -69,15 +72,6 @@ def message(mtype: int, flags: int, body: bytes, seq: int | None = None) -> tupl
     """Prefix *body* with a netlink header; return (sequence number, bytes)."""
     seq = next_seq() if seq is None else seq
     return seq, _HEADER.pack(16 + len(body), mtype, flags | NLM_F_REQUEST, seq, 0) + body
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    raw = struct.pack("=HH", 4 + len(payload), kind) + payload
-    return raw + b"\0" * (-len(raw) % 4)
-
-
-def _string(kind: int, value: str) -> bytes:
-    return _attr(kind, value.encode() + b"\0")
 
 
 def _u32(kind: int, value: int) -> bytes:

@@ -103,8 +103,11 @@ class SandboxPort(Protocol):
 
     namespace: Namespace
 
-    def configure(self, interface: str, address: IPv4Interface, gateway: IPv4Address | None, what: str) -> None:
-        """Address *interface* inside the sandbox and route through *gateway*."""
+    def configure(
+        self, interface: str, address: IPv4Interface, gateway: IPv4Address | None, what: str, *, index: int | None = None
+    ) -> None:
+        """Bring *interface* up inside the sandbox, address it and route through
+        *gateway*. *index*, when the driver knows it, saves a look-up."""
 
     def release_link(self, host: Rtnl, index: int, what: str) -> None:
         """Undo step for a link (host-side *index*) with one end in the sandbox."""

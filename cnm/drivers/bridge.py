@@ -66,7 +66,7 @@ class BridgeDriver:
     ) -> None:
         host_end = f"veth{endpoint.id[:7]}"
         what = f"endpoint {endpoint.name!r}: veth {host_end!r}"
-        index = host.add_veth(
+        index, peer_index = host.add_veth(
             host_end,
             alias=f"cnm:endpoint/{endpoint.name}",
             master=network.index,
@@ -76,4 +76,6 @@ class BridgeDriver:
             mtu=network.mtu,
         )
         undo.push(what, lambda: sandbox.release_link(host, index, what))
-        sandbox.configure(endpoint.interface, endpoint.address, endpoint.gateway, f"endpoint {endpoint.name!r}")
+        sandbox.configure(
+            endpoint.interface, endpoint.address, endpoint.gateway, f"endpoint {endpoint.name!r}", index=peer_index
+        )

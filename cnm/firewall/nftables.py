@@ -81,13 +81,14 @@ from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Network
 from typing import TYPE_CHECKING, Any
 
-from pyroute2.netlink import NLM_F_APPEND, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLMSG_ERROR
+from pyroute2.netlink import NLM_F_APPEND, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR
 from pyroute2.netlink.marshal import Marshal
-from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
+from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES
 from pyroute2.netlink.nfnetlink import nftsocket as nft
 
 from ..errors import ClosedError, InvalidArgumentError, KernelError, kernel_error
-from ..netlink import Netlink, NetlinkReply
+from .. import rtmsg
+from ..netlink import Netlink, NetlinkReply, nla, nla_string
 from . import NetworkRules, PortForward
 
 if TYPE_CHECKING:
@@ -385,32 +386,58 @@ class _Batch:
         self._add(msg, _DELRULE, 0, f"delete rule {handle} from {chain}: {label}")
 
     def element(self, adding: bool, map_name: str, key: bytes, data: bytes, label: str) -> None:
-        element: list[tuple[str, object]] = [("NFTA_SET_ELEM_KEY", {"attrs": [("NFTA_DATA_VALUE", key)]})]
+        # Packed by hand: this is the per-port hot path, and pyroute2's encoder
+        # cost several times the kernel's work (tests/unit/test_nft_pack.py
+        # checks the bytes against pyroute2's encoding).
+        seq = _element_seq()
+        body = _element_body(self.table, map_name, key, data if adding else None)
         if adding:
-            element.append(("NFTA_SET_ELEM_DATA", {"attrs": [("NFTA_DATA_VALUE", data)]}))
-        msg = nft.nft_set_elem_list_msg()
-        msg["attrs"] = [
-            ("NFTA_SET_ELEM_LIST_TABLE", self.table),
-            ("NFTA_SET_ELEM_LIST_SET", map_name),
-            ("NFTA_SET_ELEM_LIST_ELEMENTS", [{"attrs": element}]),
-        ]
-        if adding:
-            self._add(msg, _NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL, f"publish {label}")
+            self._add_packed(seq, _NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL, body, f"publish {label}")
         else:
-            self._add(msg, _DELSETELEM, 0, f"withdraw {label}")
+            self._add_packed(seq, _DELSETELEM, 0, body, f"withdraw {label}")
+
+    def _add_packed(self, seq: int, mtype: int, flags: int, body: bytes, label: str) -> None:
+        header = _HEADER.pack(16 + len(body), mtype | NFNL_SUBSYS_NFTABLES << 8, flags | NLM_F_REQUEST, seq, 0)
+        self.messages.append((seq, header + body))
+        self.labels[seq] = label
 
     def framed(self) -> list[tuple[int, bytes]]:
         """The messages between BATCH_BEGIN and BATCH_END."""
-        begin, end = nfgen_msg(), nfgen_msg()
-        for marker in (begin, end):
-            marker["nfgen_family"] = _NFPROTO_UNSPEC
-            marker["res_id"] = NFNL_SUBSYS_NFTABLES
-        first = Netlink.encode(begin, _BATCH_BEGIN, 0)
-        last = Netlink.encode(end, _BATCH_END, 0)
+        marker = _nfgen(_NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES)
+        first, last = _element_seq(), _element_seq()
+        begin = (first, _HEADER.pack(16 + len(marker), _BATCH_BEGIN, NLM_F_REQUEST, first, 0) + marker)
+        end = (last, _HEADER.pack(16 + len(marker), _BATCH_END, NLM_F_REQUEST, last, 0) + marker)
         # A failed commit is reported against BATCH_BEGIN.
-        self.labels[first[0]] = "commit"
-        self.labels[last[0]] = "commit"
-        return [first, *self.messages, last]
+        self.labels[first] = "commit"
+        self.labels[last] = "commit"
+        return [begin, *self.messages, end]
+
+
+_NFTA_LIST_ELEM, _NFTA_DATA_VALUE = 1, 1
+_NFTA_SET_ELEM_LIST_TABLE, _NFTA_SET_ELEM_LIST_SET, _NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+_NFTA_SET_ELEM_KEY, _NFTA_SET_ELEM_DATA = 1, 2
+
+
+def _element_seq() -> int:
+    return rtmsg.next_seq()
+
+
+def _nfgen(family: int, res_id: int = 0) -> bytes:
+    """struct nfgenmsg: family, version 0, resource id (big-endian)."""
+    return struct.pack("!BBH", family, 0, res_id)
+
+
+def _element_body(table: str, map_name: str, key: bytes, data: bytes | None) -> bytes:
+    """NEWSETELEM / DELSETELEM body for one element of map *map_name*."""
+    element = nla(_NFTA_SET_ELEM_KEY, nla(_NFTA_DATA_VALUE, key))
+    if data is not None:
+        element += nla(_NFTA_SET_ELEM_DATA, nla(_NFTA_DATA_VALUE, data))
+    return (
+        _nfgen(_NFPROTO_IPV4)
+        + nla_string(_NFTA_SET_ELEM_LIST_TABLE, table)
+        + nla_string(_NFTA_SET_ELEM_LIST_SET, map_name)
+        + nla(_NFTA_SET_ELEM_LIST_ELEMENTS, nla(_NFTA_LIST_ELEM, element))
+    )
 
 
 # ---- the rules of one network ----------------------------------------------------

@@ -1,0 +1,50 @@
+"""The nftables messages packed by hand match pyroute2's encoding byte for byte."""
+
+from __future__ import annotations
+
+import pytest
+from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
+from pyroute2.netlink.nfnetlink import nftsocket as nft
+
+from cnm.firewall.nftables import _Batch
+
+
+def _pyroute2(msg, mtype: int, flags: int, seq: int) -> bytes:
+    msg["header"]["type"] = mtype
+    msg["header"]["flags"] = flags | 1
+    msg["header"]["sequence_number"] = seq
+    msg["header"]["pid"] = 0
+    msg.encode()
+    return bytes(msg.data)
+
+
+@pytest.mark.parametrize("adding", [True, False])
+@pytest.mark.parametrize("map_name, key", [("ports", bytes([6, 0, 0, 0, 0x1F, 0x90, 0, 0])), ("ports_addr", bytes(12))])
+def test_element_messages(adding, map_name, key):
+    data = bytes([10, 0, 0, 2, 0, 80, 0, 0])
+    batch = _Batch("cnm-abc123")
+    batch.element(adding, map_name, key, data, "label")
+    ((seq, packed),) = batch.messages
+    element = [("NFTA_SET_ELEM_KEY", {"attrs": [("NFTA_DATA_VALUE", key)]})]
+    if adding:
+        element.append(("NFTA_SET_ELEM_DATA", {"attrs": [("NFTA_DATA_VALUE", data)]}))
+    msg = nft.nft_set_elem_list_msg()
+    msg["nfgen_family"] = 2
+    msg["attrs"] = [
+        ("NFTA_SET_ELEM_LIST_TABLE", "cnm-abc123"),
+        ("NFTA_SET_ELEM_LIST_SET", map_name),
+        ("NFTA_SET_ELEM_LIST_ELEMENTS", [{"attrs": element}]),
+    ]
+    mtype = (12 if adding else 14) | NFNL_SUBSYS_NFTABLES << 8
+    flags = 0x600 if adding else 0
+    assert packed == _pyroute2(msg, mtype, flags, seq)
+
+
+def test_batch_markers():
+    batch = _Batch("cnm-abc123")
+    begin, end = batch.framed()
+    for (seq, packed), mtype in ((begin, 0x10), (end, 0x11)):
+        marker = nfgen_msg()
+        marker["nfgen_family"] = 0
+        marker["res_id"] = NFNL_SUBSYS_NFTABLES
+        assert packed == _pyroute2(marker, mtype, 0, seq)
