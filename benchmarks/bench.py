@@ -1,28 +1,50 @@
-"""Time cnm building and tearing down N sandboxes, each with one published port.
+"""Time cnm building and tearing down N sandboxes, each with one published port,
+side by side with peer tools run on the same scenario in the same run.
 
 The scenario of ../shared/bench-peers (and FACTS.md): one host namespace with a
 bridge network; N sandboxes, each connected with an address, lo up, a default
-route and one published TCP port (masquerade on). Everything runs inside a
-``cnm.Host.isolated()`` created and removed by this script.
+route and one published TCP port (masquerade on). cnm runs inside a
+``cnm.Host.isolated()`` that this script creates and removes; each peer script
+runs inside ``pb*`` namespaces of its own and removes them.
 
-    .venv/bin/python benchmarks/bench.py            # N=200, 3 runs
-    .venv/bin/python benchmarks/bench.py -n 50 100 500 -r 3
+    .venv/bin/python benchmarks/bench.py                  # N=200, 3 runs, peers: ipbatch
+    .venv/bin/python benchmarks/bench.py -n 10 200 -r 5 --peers ipbatch ipcli
 
-Prints setup and teardown milliseconds per sandbox (median of the runs).
-Setup is timed from an empty host to all N connected; teardown from there
-until every namespace and veth is gone (``host.close()``).
+Prints, per N, the median setup and teardown milliseconds per sandbox of each
+tool and how many times slower than cnm each peer was. Setup is timed from an
+empty host to all N connected; teardown until every namespace and veth is gone.
+
+Peers (scripts in ../shared/bench-peers, or $CNM_BENCH_PEERS): ``ipbatch``
+(``ip -batch`` plus one ``nft -f``: the best a shell can do), ``ipcli`` (one
+``ip``/``nft`` command per step), ``cni`` (CNI bridge + host-local + portmap;
+needs the containernetworking-plugins package), ``pyroute2`` (a naive
+pyroute2 script). A peer whose script or tools are missing is skipped with a
+note.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import cnm
 
+PEERS_DIR = Path(os.environ.get("CNM_BENCH_PEERS", Path(__file__).resolve().parents[2] / "shared" / "bench-peers"))
+PEERS = {
+    "ipbatch": (["bash", "ipbatch.sh"], ["ip", "nft"]),
+    "ipcli": (["bash", "ipcli.sh"], ["ip", "nft"]),
+    "cni": (["bash", "cni.sh"], ["ip", "nft", "/usr/lib/cni/bridge"]),
+    "pyroute2": ([sys.executable, "pyroute2_naive.py"], []),
+}
 
-def one_run(n: int) -> tuple[float, float]:
+
+def cnm_run(n: int) -> tuple[float, float]:
     host = cnm.Host.isolated("bench")
     try:
         net = host.create_network("bench", subnet="10.88.0.0/16")
@@ -40,17 +62,47 @@ def one_run(n: int) -> tuple[float, float]:
     return setup * 1000 / n, teardown * 1000 / n
 
 
+def peer_missing(name: str) -> str | None:
+    argv, tools = PEERS[name]
+    if not (PEERS_DIR / argv[-1]).exists():
+        return f"{PEERS_DIR / argv[-1]} not found"
+    for tool in tools:
+        if shutil.which(tool) is None and not Path(tool).exists():
+            return f"{tool} not installed"
+    return None
+
+
+def peer_run(name: str, n: int) -> tuple[float, float]:
+    argv, _ = PEERS[name]
+    done = subprocess.run([*argv, str(n), "nat"], cwd=PEERS_DIR, capture_output=True, text=True, check=True)
+    fields = done.stdout.split()  # TOOL N setup_ms teardown_ms
+    return float(fields[-2]), float(fields[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, nargs="+", default=[200], help="sandbox counts (default 200)")
-    parser.add_argument("-r", "--runs", type=int, default=3, help="runs per count; the median is printed")
+    parser.add_argument("-r", "--runs", type=int, default=3, help="runs per tool and count; medians are printed")
+    parser.add_argument("--peers", nargs="*", default=["ipbatch"], choices=sorted(PEERS), help="peer tools to run too")
     args = parser.parse_args()
-    print(f"{'tool':<8} {'N':>5} {'setup ms/sandbox':>17} {'teardown ms/sandbox':>20}")
+    peers = []
+    for name in args.peers:
+        why = peer_missing(name)
+        if why:
+            print(f"# skipping peer {name}: {why}")
+        else:
+            peers.append(name)
+    print(f"{'tool':<10} {'N':>5} {'setup ms':>9} {'teardown ms':>12} {'setup vs cnm':>13} {'teardown vs cnm':>16}")
     for n in args.n:
-        runs = [one_run(n) for _ in range(args.runs)]
-        setup = statistics.median(r[0] for r in runs)
-        teardown = statistics.median(r[1] for r in runs)
-        print(f"{'cnm':<8} {n:>5} {setup:>17.3f} {teardown:>20.3f}")
+        results: dict[str, tuple[float, float]] = {}
+        for tool in ["cnm", *peers]:
+            runs = [cnm_run(n) if tool == "cnm" else peer_run(tool, n) for _ in range(args.runs)]
+            results[tool] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+        base_setup, base_teardown = results["cnm"]
+        for tool, (setup, teardown) in results.items():
+            ratio = "" if tool == "cnm" else f"{setup / base_setup:12.1f}x {teardown / base_teardown:15.1f}x"
+            print(f"{tool:<10} {n:>5} {setup:>9.3f} {teardown:>12.3f} {ratio}")
+    print("# ms per sandbox, median of", args.runs, "runs; 'vs cnm' = how many times cnm's time")
 
 
 if __name__ == "__main__":
