@@ -151,6 +151,15 @@ class _Worker:
                     done.set()
 
 
+def _forget_worker_after_fork() -> None:
+    # A forked child has no copy of the worker thread: let it start its own.
+    _Worker._lock = threading.Lock()
+    _Worker._current = None
+
+
+os.register_at_fork(after_in_child=_forget_worker_after_fork)
+
+
 def _enter(path: str, what: str) -> None:
     """setns the calling thread into the namespace at *path*."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

@@ -7,15 +7,7 @@ from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
 from pyroute2.netlink.nfnetlink import nftsocket as nft
 
 from cnm.firewall.nftables import _Batch
-
-
-def _pyroute2(msg, mtype: int, flags: int, seq: int) -> bytes:
-    msg["header"]["type"] = mtype
-    msg["header"]["flags"] = flags | 1
-    msg["header"]["sequence_number"] = seq
-    msg["header"]["pid"] = 0
-    msg.encode()
-    return bytes(msg.data)
+from tests.unit.encoding import pyroute2_bytes
 
 
 @pytest.mark.parametrize("adding", [True, False])
@@ -37,7 +29,7 @@ def test_element_messages(adding, map_name, key):
     ]
     mtype = (12 if adding else 14) | NFNL_SUBSYS_NFTABLES << 8
     flags = 0x600 if adding else 0
-    assert packed == _pyroute2(msg, mtype, flags, seq)
+    assert packed == pyroute2_bytes(msg, mtype, flags, seq)
 
 
 def test_batch_markers():
@@ -47,4 +39,4 @@ def test_batch_markers():
         marker = nfgen_msg()
         marker["nfgen_family"] = 0
         marker["res_id"] = NFNL_SUBSYS_NFTABLES
-        assert packed == _pyroute2(marker, mtype, 0, seq)
+        assert packed == pyroute2_bytes(marker, mtype, 0, seq)

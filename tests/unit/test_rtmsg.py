@@ -11,15 +11,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from cnm import rtmsg as pack
-
-
-def pyroute2_bytes(msg, mtype: int, flags: int, seq: int) -> bytes:
-    msg["header"]["type"] = mtype
-    msg["header"]["flags"] = flags | 1
-    msg["header"]["sequence_number"] = seq
-    msg["header"]["pid"] = 0
-    msg.encode()
-    return bytes(msg.data)
+from tests.unit.encoding import pyroute2_bytes
 
 
 def packed(mtype: int, flags: int, body: bytes, seq: int) -> bytes:
