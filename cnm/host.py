@@ -17,6 +17,7 @@ order, collects every failure, and raises them together as one
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import re
 import secrets
 import subprocess
@@ -34,10 +35,10 @@ from .errors import (
 )
 from .firewall import FirewallBackend, NetworkRules, PortForward, firewall_backend
 from .ipam import AddressPool, ipam_driver, parse_address, parse_subnet
-from .kernel import Rtnl, mac_for
+from .kernel import Rtnl, mac_for, random_mac
 from .netns import Namespace
 from .ports import HostPortAllocator, PortMapping, PublishedPort, docker_ports_view, normalize_ports
-from .undo import UndoLog, raise_collected, transaction
+from .undo import Undo, UndoLog, raise_collected, transaction
 
 __all__ = ["Endpoint", "Host", "Network", "Outside", "Sandbox"]
 
@@ -95,6 +96,7 @@ class _InNamespace:
         """
         self._check_open()
         proc = self.namespace.run(lambda: subprocess.Popen(argv, **kwargs))
+        self._processes = [p for p in self._processes if p.poll() is None]  # forget the finished
         self._processes.append(proc)
         return proc
 
@@ -105,6 +107,17 @@ class _InNamespace:
         """
         self._check_open()
         return self.namespace.run(lambda: fn(*args, **kwargs))
+
+    def _configure(
+        self, interface: str, address: IPv4Interface, gateway: IPv4Address | None, what: str, index: int | None
+    ) -> None:
+        """Bring *interface* up, address it, route through *gateway*: one trip into the namespace."""
+
+        def inside() -> None:
+            with Rtnl(self.namespace, here=True) as rtnl:
+                rtnl.configure_interface(interface, address, gateway, what, index=index)
+
+        self.namespace.quick(inside)
 
     def _stop_processes(self) -> None:
         for proc in self._processes:
@@ -141,11 +154,10 @@ class Host(_InNamespace):
     """
 
     def __init__(self, *, firewall: str = "nftables") -> None:
-        self._setup(Namespace.current(), None, firewall, secrets.token_hex(3), UndoLog())
+        with transaction() as undo:
+            self._setup(Namespace.current(), None, firewall, secrets.token_hex(3), undo)
 
-    def _setup(
-        self, namespace: Namespace, outside: Outside | None, firewall: str, token: str, undo: UndoLog
-    ) -> None:
+    def _setup(self, namespace: Namespace, outside: Outside | None, firewall: str, token: str, undo: Undo) -> None:
         self.namespace = namespace
         self.outside = outside
         self.name = namespace.name
@@ -160,10 +172,10 @@ class Host(_InNamespace):
         self._forwarding_was: str | None = None
         self._ports = HostPortAllocator()
         self._rtnl = Rtnl(namespace)
-        undo.push(f"host {self.name!r}: rtnetlink socket", self._rtnl.close)
+        undo.books.push(f"host {self.name!r}: rtnetlink socket", self._rtnl.close)
         factory = firewall_backend(firewall)
         self._firewall: FirewallBackend = factory(namespace, token)
-        undo.push(f"host {self.name!r}: firewall", self._firewall.close)
+        undo.books.push(f"host {self.name!r}: firewall", self._firewall.close)
 
     @classmethod
     def isolated(cls, name: str | None = None, *, firewall: str = "nftables") -> Host:
@@ -176,20 +188,24 @@ class Host(_InNamespace):
         label = _check_name("host", name) if name is not None else "host"
         host = cls.__new__(cls)
         with transaction() as undo:
-            host_ns = Namespace.create(f"cnm-{token}-{label}", setup=_prepare_new_namespace)
-            undo.push(f"host {label!r}: namespace", host_ns.delete)
+            host_ns = Namespace.create(f"cnm-{token}-host" + (f"-{name}" if name else ""), setup=_prepare_new_namespace)
+            undo.kernel.push(f"host {label!r}: namespace", host_ns.delete)
             outside_ns = Namespace.create(f"cnm-{token}-outside", setup=_prepare_new_namespace)
-            undo.push(f"host {label!r}: outside namespace", outside_ns.delete)
+            undo.kernel.push(f"host {label!r}: outside namespace", outside_ns.delete)
             host._setup(host_ns, Outside(outside_ns, OUTSIDE_ADDRESS.ip, host), firewall, token, undo)
             host.name = label
             # Both ends of the uplink live in namespaces deleted above: no undo step of their own.
-            uplink, _ = host._rtnl.add_veth(
-                "eth0", alias=f"cnm:{token}:uplink", master=None, peer_name="eth0", peer_namespace=outside_ns
+            uplink, outside_end = host._rtnl.add_veth(
+                "eth0",
+                mac=random_mac(),
+                alias=f"cnm:{token}:uplink",
+                master=None,
+                peer_name="eth0",
+                peer_namespace=outside_ns,
             )
             host._rtnl.add_address(uplink, HOST_ADDRESS, f"host {label!r}: uplink")
             host._rtnl.add_route(IPv4Network("0.0.0.0/0"), OUTSIDE_ADDRESS.ip, f"host {label!r}: default route")
-            with Rtnl(outside_ns) as outside:
-                outside.configure_interface("eth0", OUTSIDE_ADDRESS, None, "outside: uplink")
+            host.outside._configure("eth0", OUTSIDE_ADDRESS, None, "outside: uplink", outside_end)
             host_ns.write_sysctl("net/ipv4/ip_forward", "1")
             host._forwarding_users = 1  # always on in an isolated host; never restored
         return host
@@ -276,14 +292,14 @@ class Host(_InNamespace):
         drv.validate(spec)
         with transaction() as undo:
             if not internal:
-                self._use_forwarding(undo)
-            plumbing = drv.create_network(self._rtnl, spec, undo)
+                self._use_forwarding(undo.kernel)
+            plumbing = drv.create_network(self._rtnl, spec, undo.kernel)
             rules = None
             if plumbing.routed:
                 rules = NetworkRules(name=name, bridge=plumbing.interface, subnet=pool.subnet, internal=internal)
-                self._firewall.add_network(rules, undo)
+                self._firewall.add_network(rules, undo.kernel)
             network = Network(self, spec, drv, ipam, pool, plumbing, rules, labels)
-            self._adopt(self._networks, name, network, undo)
+            self._adopt(self._networks, name, network, undo.books)
         network._undo = undo
         return network
 
@@ -297,34 +313,46 @@ class Host(_InNamespace):
             raise ConflictError(f"sandbox {name!r}: a sandbox with that name already exists")
         with transaction() as undo:
             ns = Namespace.create(f"cnm-{self.token}-sb-{name}", setup=_prepare_new_namespace)
-            undo.push(f"sandbox {name!r}: namespace", ns.delete)
+            undo.kernel.push(f"sandbox {name!r}: namespace", ns.delete)
             sandbox = Sandbox(self, name, ns)
-            self._adopt(self._sandboxes, name, sandbox, undo)
+            self._adopt(self._sandboxes, name, sandbox, undo.books)
         sandbox._undo = undo
         return sandbox
 
     # ---- lifecycle ---------------------------------------------------------------
 
     def close(self) -> None:
-        """Delete everything this host made, in reverse order; idempotent.
+        """Delete everything this host made, in reverse order.
 
-        Goes on past failures and raises them together as one TeardownError.
-        Sandboxes are torn down together: all their namespaces go first, then
-        one wait for the kernel to dismantle them.
+        Goes on past failures and raises them together as one TeardownError;
+        calling it again retries whatever is left (and does nothing once all
+        is gone). Sandboxes are torn down together: all their namespaces go
+        first, then one wait for the kernel to dismantle them. An isolated
+        host ends by removing every namespace carrying its owner mark, so
+        even after a failed step nothing of it is left in the kernel.
         """
-        if self._closed:
+        if self._closed and not len(self._undo) and not self._children:
             return
         self._closed = True
         failures: list[Exception] = []
-        self._stop_processes()
-        if self.outside is not None:
-            self.outside._stop_processes()
-        sandboxes = [c for c in reversed(self._children) if isinstance(c, Sandbox)]
-        failures += Sandbox._delete_many(sandboxes)
-        for child in reversed(self._children):
+        for owner in (self, self.outside):
+            if owner is not None:
+                failures += _collect(owner._stop_processes)
+        failures += Sandbox._delete_many([c for c in reversed(self._children) if isinstance(c, Sandbox)])
+        for child in reversed(self._children[:]):
             if isinstance(child, Network):
                 failures += child._teardown(force=True)
-        failures += self._undo.unwind()
+        if self.namespace.owned:
+            # Everything left lives in namespaces that this host owns: delete
+            # them all, and what was left in them goes too.
+            swept = self._undo.kernel.unwind() + Namespace.sweep(f"cnm-{self.token}-")
+            failures += swept
+            if not swept:  # what the children could not undo went with the namespaces
+                self._children.clear()
+                self._networks.clear()
+                self._sandboxes.clear()
+        if not self._children:
+            failures += self._undo.unwind()
         raise_collected(f"host {self.name!r}", failures)
 
     def __enter__(self) -> Host:
@@ -339,7 +367,7 @@ class Host(_InNamespace):
         if self._closed:
             raise ClosedError(f"host {self.name!r} is closed")
 
-    def _adopt(self, registry: dict[str, Any], name: str, child: Network | Sandbox, undo: UndoLog) -> None:
+    def _adopt(self, registry: dict[str, Any], name: str, child: Network | Sandbox, books: UndoLog) -> None:
         registry[name] = child
         self._children.append(child)
 
@@ -348,9 +376,9 @@ class Host(_InNamespace):
             if child in self._children:
                 self._children.remove(child)
 
-        undo.push(f"forget {name!r}", forget)
+        books.push(f"forget {name!r}", forget)
 
-    def _use_forwarding(self, undo: UndoLog) -> None:
+    def _use_forwarding(self, kernel: UndoLog) -> None:
         """Turn IPv4 forwarding on while any routed network needs it.
 
         In the machine's own namespace the previous value is restored when the
@@ -364,11 +392,20 @@ class Host(_InNamespace):
         self._forwarding_users += 1
 
         def release() -> None:
-            self._forwarding_users -= 1
-            if self._forwarding_users == 0 and self._forwarding_was not in (None, "1"):
+            if self._forwarding_users == 1 and self._forwarding_was not in (None, "1"):
                 self.namespace.write_sysctl("net/ipv4/ip_forward", self._forwarding_was or "0")
+            self._forwarding_users -= 1
 
-        undo.push(f"host {self.name!r}: ip_forward", release)
+        kernel.push(f"host {self.name!r}: ip_forward", release)
+
+
+def _collect(step: Callable[[], object]) -> list[Exception]:
+    """Run *step*; return its failure as a list (teardown goes on past it)."""
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 - collected and reported together
+        return [exc]
+    return []
 
 
 def _prepare_new_namespace() -> None:
@@ -416,7 +453,7 @@ class Network:
         self._rules = rules
         self._labels = labels
         self._endpoints: dict[str, Endpoint] = {}
-        self._undo = UndoLog()
+        self._undo = Undo()
         self._deleted = False
 
     def __repr__(self) -> str:
@@ -482,12 +519,11 @@ class Network:
             raise InvalidArgumentError(f"endpoint {name!r}: {mac!r} is not a unicast MAC address like 02:42:ac:11:00:02")
         with transaction() as undo:
             allocated = self._pool.allocate(address)
-            undo.push(f"endpoint {name!r}: address {allocated}", lambda: self._pool.release(allocated))
-            endpoint = Endpoint(
-                self, name, IPv4Interface(f"{allocated}/{self.subnet.prefixlen}"), (mac or mac_for(allocated)).lower(), mappings, address is not None
-            )
+            undo.books.push(f"endpoint {name!r}: address {allocated}", lambda: self._pool.release(allocated))
+            interface = IPv4Interface(f"{allocated}/{self.subnet.prefixlen}")
+            endpoint = Endpoint(self, name, interface, (mac or mac_for(allocated)).lower(), mappings, address is not None)
             self._endpoints[name] = endpoint
-            undo.push(f"forget endpoint {name!r}", lambda: self._endpoints.pop(name, None))
+            undo.books.push(f"forget endpoint {name!r}", lambda: self._endpoints.pop(name, None))
         endpoint._undo = undo
         return endpoint
 
@@ -509,7 +545,7 @@ class Network:
         sandbox._check_open()
         with transaction() as undo:
             endpoint = self.create_endpoint(name or sandbox.name, ip=ip, mac=mac, ports=ports)
-            undo.push(f"endpoint {endpoint.name!r}", endpoint._discard)
+            undo.books.push(f"endpoint {endpoint.name!r}", endpoint.delete)
             endpoint.join(sandbox)
         endpoint._owned_by_connection = True
         return endpoint
@@ -518,29 +554,32 @@ class Network:
         """Make *sandbox* leave this network (``docker network disconnect``)."""
         for endpoint in self._endpoints.values():
             if endpoint.sandbox is sandbox:
-                endpoint._disconnect()
+                raise_collected(f"endpoint {endpoint.name!r}: disconnect", endpoint._disconnect())
                 return
         raise NotFoundError(f"network {self.name!r}: sandbox {sandbox.name!r} is not connected")
 
     # ---- lifecycle ---------------------------------------------------------------
 
     def delete(self, *, force: bool = False) -> None:
-        """Delete the network. With endpoints it refuses, unless *force* (then they go too)."""
-        if self._deleted:
-            return
-        if self._endpoints and not force:
+        """Delete the network. With endpoints it refuses, unless *force* (then they go too).
+
+        Idempotent; after a failed step, calling it again retries what is left.
+        """
+        if self._endpoints and not force and not self._deleted:
             names = ", ".join(sorted(self._endpoints))
             raise StateError(f"network {self.name!r} has active endpoints ({names}); disconnect them or use force=True")
         raise_collected(f"network {self.name!r}", self._teardown(force=force))
 
     def _teardown(self, *, force: bool) -> list[Exception]:
-        if self._deleted:
-            return []
+        """Endpoints, then the network's own kernel objects; its name and
+        subnet are given back only when all of that is gone."""
         self._deleted = True
         failures: list[Exception] = []
         for endpoint in reversed(list(self._endpoints.values())):
             failures += endpoint._teardown()
-        failures += self._undo.unwind()
+        failures += self._undo.kernel.unwind()
+        if not failures:
+            failures += self._undo.books.unwind()
         return failures
 
     def __enter__(self) -> Network:
@@ -597,6 +636,7 @@ class Network:
         }
 
 
+
 class Endpoint:
     """An address (and published ports) on a network, joined to at most one sandbox."""
 
@@ -619,8 +659,9 @@ class Endpoint:
         self.sandbox: Sandbox | None = None
         self.interface: str | None = None
         self._static_ip = static_ip
-        self._undo = UndoLog()
-        self._join_undo = UndoLog()
+        self._gives_route = False
+        self._undo = Undo()  # the address and the name in the network
+        self._join = Undo()  # interface, port forwards; host ports and the sandbox's record
         self._owned_by_connection = False
         self._deleted = False
 
@@ -647,9 +688,10 @@ class Endpoint:
                 raise ConflictError(
                     f"endpoint {self.name!r}: sandbox {sandbox.name!r} is already connected to network {network.name!r}"
                 )
+        self._check_host_addresses()
         with transaction() as undo:
             published = host._ports.reserve(self.name, self.ports)
-            undo.push(f"endpoint {self.name!r}: host ports", lambda: host._ports.release(published))
+            undo.books.push(f"endpoint {self.name!r}: host ports", lambda: host._ports.release(published))
             interface = sandbox._next_interface()
             gives_route = not network.internal and not any(e._gives_route for e in sandbox._endpoints)
             spec = EndpointSpec(
@@ -660,13 +702,13 @@ class Endpoint:
                 interface=interface,
                 gateway=network.gateway if gives_route else None,
             )
-            network._driver.join(host._rtnl, network._plumbing, spec, sandbox, undo)
+            network._driver.join(host._rtnl, network._plumbing, spec, sandbox, undo.kernel)
             if published:
                 assert network._rules is not None  # checked in create_endpoint
                 forwards = [
                     PortForward(p.protocol, p.host_ip, p.host_port, self.address.ip, p.container_port) for p in published
                 ]
-                host._firewall.add_port_forwards(network._rules, forwards, undo)
+                host._firewall.add_port_forwards(network._rules, forwards, undo.kernel)
             self.sandbox, self.interface, self.published, self._gives_route = sandbox, interface, published, gives_route
             sandbox._endpoints.append(self)
 
@@ -674,38 +716,53 @@ class Endpoint:
                 sandbox._endpoints.remove(self)
                 self.sandbox, self.interface, self.published, self._gives_route = None, None, [], False
 
-            undo.push(f"endpoint {self.name!r}: joined", forget)
-        self._join_undo = undo
-
-    _gives_route = False
+            undo.books.push(f"endpoint {self.name!r}: joined", forget)
+        self._join = undo
 
     def leave(self) -> None:
-        """Detach from the sandbox: the interface and published ports go; the address stays."""
+        """Detach from the sandbox: the interface and published ports go; the address stays.
+
+        If this endpoint gave the sandbox its default route, the next network
+        that can (not internal) gives it instead, as in Docker.
+        """
         if self.sandbox is None:
             raise StateError(f"endpoint {self.name!r} is not joined to a sandbox")
-        raise_collected(f"endpoint {self.name!r}: leave", self._join_undo.unwind())
+        raise_collected(f"endpoint {self.name!r}: leave", self._leave())
 
     def delete(self) -> None:
-        """Leave (if joined) and release the address; idempotent."""
+        """Leave (if joined) and release the address; idempotent.
+
+        After a failed step, calling it again retries what is left; the
+        address stays reserved until the interface is really gone.
+        """
         raise_collected(f"endpoint {self.name!r}", self._teardown())
+
+    def _leave(self) -> list[Exception]:
+        sandbox, gave_route = self.sandbox, self._gives_route
+        failures = self._join.unwind()
+        if not failures and gave_route and sandbox is not None and sandbox._dying_links is None:
+            failures += sandbox._elect_default_route()
+        return failures
 
     def _teardown(self) -> list[Exception]:
-        if self._deleted:
-            return []
         self._deleted = True
-        return self._join_undo.unwind() + self._undo.unwind()
+        failures = self._leave()
+        if failures:
+            return failures  # the address stays reserved while its interface may be there
+        return self._undo.unwind()
 
-    def _discard(self) -> None:
-        raise_collected(f"endpoint {self.name!r}", self._teardown())
-
-    def _disconnect(self) -> None:
-        raise_collected(f"endpoint {self.name!r}: disconnect", self._disconnect_failures())
-
-    def _disconnect_failures(self) -> list[Exception]:
+    def _disconnect(self) -> list[Exception]:
         """Leave (and, for an endpoint made by connect, delete); return the failures."""
-        if self._owned_by_connection:
-            return self._teardown()
-        return self._join_undo.unwind()
+        return self._teardown() if self._owned_by_connection else self._leave()
+
+    def _check_host_addresses(self) -> None:
+        """A port published on one host address needs that address on the host (Docker fails at bind)."""
+        wanted = {m.host_ip for m in self.ports if m.host_ip is not None}
+        if not wanted:
+            return
+        local = {iface.ip for _, iface in self.network.host._rtnl.addresses()}
+        for ip in sorted(wanted - local):
+            raise InvalidArgumentError(f"endpoint {self.name!r}: cannot publish on {ip}: no such address on the host")
 
     def _check_open(self) -> None:
         if self._deleted:
@@ -728,7 +785,7 @@ class Endpoint:
             "DriverOpts": None,
             "NetworkID": self.network.id,
             "EndpointID": self.id,
-            "Gateway": str(self.network.gateway) if self._gives_route else "",
+            "Gateway": "" if self.network.internal else str(self.network.gateway),
             "IPAddress": str(self.ip),
             "IPPrefixLen": self.address.network.prefixlen,
             "IPv6Gateway": "",
@@ -748,7 +805,7 @@ class Sandbox(_InNamespace):
         self.namespace = namespace
         self._processes = []
         self._endpoints: list[Endpoint] = []
-        self._undo = UndoLog()
+        self._undo = Undo()
         self._deleted = False
         #: set while the namespace is being deleted: links with an end in it go with it
         self._dying_links: list[int] | None = None
@@ -787,11 +844,7 @@ class Sandbox(_InNamespace):
     def configure(
         self, interface: str, address: IPv4Interface, gateway: IPv4Address | None, what: str, *, index: int | None = None
     ) -> None:
-        def inside() -> None:  # one trip into the namespace: socket, requests, close
-            with Rtnl(self.namespace, here=True) as rtnl:
-                rtnl.configure_interface(interface, address, gateway, what, index=index)
-
-        self.namespace.quick(inside)
+        self._configure(interface, address, gateway, what, index)
 
     def release_link(self, host: Rtnl, index: int, what: str) -> None:
         if self._dying_links is not None:
@@ -806,13 +859,35 @@ class Sandbox(_InNamespace):
             n += 1
         return f"eth{n}"
 
+    def _elect_default_route(self) -> list[Exception]:
+        """Give the default route to the first endpoint that can, if none has it."""
+        if any(e._gives_route for e in self._endpoints):
+            return []
+        for endpoint in self._endpoints:
+            if not endpoint.network.internal and endpoint.interface is not None:
+                interface, gateway = endpoint.interface, endpoint.network.gateway
+                what = f"sandbox {self.name!r}: default route"
+
+                def inside() -> None:
+                    with Rtnl(self.namespace, here=True) as rtnl:
+                        rtnl.add_route(IPv4Network("0.0.0.0/0"), gateway, what, oif=rtnl.link_index(interface))
+
+                try:
+                    self.namespace.quick(inside)
+                except Exception as exc:  # noqa: BLE001 - reported with the leave
+                    return [exc]
+                endpoint._gives_route = True  # the route goes with its interface; leave resets the flag
+                return []
+        return []
+
     # ---- lifecycle ---------------------------------------------------------------
 
     def delete(self) -> None:
-        """Delete the sandbox: its processes, its namespace and its interfaces; idempotent.
+        """Delete the sandbox: its processes, its namespace and its interfaces.
 
         Endpoints made by ``network.connect`` are deleted; endpoints that were
         created separately and joined are left (they keep their address).
+        Idempotent; after a failed step, calling it again retries what is left.
         """
         raise_collected(f"sandbox {self.name!r}", Sandbox._delete_many([self]))
 
@@ -829,31 +904,30 @@ class Sandbox(_InNamespace):
         failures: list[Exception] = []
         dying: list[int] = []
         rtnl: Rtnl | None = None
-        for sandbox in sandboxes:
-            if sandbox._deleted:
-                continue
-            sandbox._deleted = True
-            rtnl = sandbox.host._rtnl
-            sandbox._dying_links = dying
-            try:
-                sandbox._stop_processes()
-            except Exception as exc:  # noqa: BLE001 - collected, teardown goes on
-                failures.append(exc)
-            for endpoint in reversed(sandbox._endpoints[:]):
-                failures += endpoint._disconnect_failures()
-            failures += sandbox._undo.unwind()
-        if dying and rtnl is not None:
-            try:
+        try:
+            for sandbox in sandboxes:
+                if sandbox._deleted and not len(sandbox._undo) and not sandbox._endpoints:
+                    continue  # already gone
+                sandbox._deleted = True
+                rtnl = sandbox.host._rtnl
+                sandbox._dying_links = dying
+                failures += _collect(sandbox._stop_processes)
+                for endpoint in reversed(sandbox._endpoints[:]):
+                    failures += endpoint._disconnect()
+                failures += sandbox._undo.kernel.unwind()
+            if dying and rtnl is not None:
                 for index in rtnl.wait_gone(dying, NAMESPACE_GONE_TIMEOUT):
                     try:
                         rtnl.delete_link(index, f"veth index {index}")
                     except OSError as exc:
-                        if exc.errno not in (19,):  # ENODEV: gone meanwhile
+                        if exc.errno != errno.ENODEV:  # gone meanwhile
                             failures.append(exc)
-            except Exception as exc:  # noqa: BLE001
-                failures.append(exc)
+        finally:
+            for sandbox in sandboxes:
+                sandbox._dying_links = None
         for sandbox in sandboxes:
-            sandbox._dying_links = None
+            if not sandbox._endpoints and not len(sandbox._undo.kernel):
+                failures += sandbox._undo.books.unwind()
         return failures
 
     def _check_open(self) -> None:
@@ -866,4 +940,3 @@ class Sandbox(_InNamespace):
 
     def __exit__(self, *exc: object) -> None:
         self.delete()
-

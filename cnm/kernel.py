@@ -35,12 +35,14 @@ from .errors import KernelError, MissingKernelFeatureError, kernel_error
 from .netlink import Netlink, NetlinkReply
 from .netns import Namespace
 
-__all__ = ["LinkInfo", "Rtnl", "mac_for"]
+__all__ = ["LinkInfo", "Rtnl", "mac_for", "random_mac"]
 
 _NETLINK_ROUTE = 0
 _RT_TABLE_MAIN = 254
 _IFF_UP = 0x1
 _CREATE = NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK
+#: link look-ups sent in one write while waiting (their answers must fit the receive buffer)
+_LOOKUPS_PER_WRITE = 64
 
 
 class LinkInfo:
@@ -167,12 +169,13 @@ class Rtnl:
         The bridge gets a fixed *mac*: otherwise the kernel gives it the
         lowest MAC of its ports, so it would change as sandboxes come and go.
         """
-        return _index_of(self._create_link(name, "bridge", pack.bridge(name, mac, mtu), alias=alias, hairpin=False))
+        return _index_of(self._create_link(name, "bridge", pack.bridge(name, mac, mtu), mac=mac, alias=alias, hairpin=False))
 
     def add_veth(
         self,
         name: str,
         *,
+        mac: str,
         alias: str,
         master: int | None,
         peer_name: str,
@@ -180,10 +183,10 @@ class Rtnl:
         peer_mac: str | None = None,
         mtu: int | None = None,
     ) -> tuple[int, int | None]:
-        """Create a veth pair: *name* here, up and enslaved to *master*;
-        *peer_name* directly inside *peer_namespace*, still down (the kernel
-        refuses to open a veth end before its pair is complete, ENOTCONN, so
-        the peer is brought up from inside its namespace:
+        """Create a veth pair: *name* here, with *mac*, up and enslaved to
+        *master*; *peer_name* directly inside *peer_namespace*, still down (the
+        kernel refuses to open a veth end before its pair is complete,
+        ENOTCONN, so the peer is brought up from inside its namespace:
         :meth:`configure_interface`). Return the index of this end and of the
         peer in its namespace (None if the kernel did not say).
 
@@ -195,8 +198,8 @@ class Rtnl:
         """
         fd = os.open(peer_namespace.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            body = pack.veth(name, master, mtu, peer_name, fd, peer_mac)
-            reply = self._create_link(name, "veth", body, alias=alias, hairpin=master is not None)
+            body = pack.veth(name, mac, master, mtu, peer_name, fd, peer_mac)
+            reply = self._create_link(name, "veth", body, mac=mac, alias=alias, hairpin=master is not None)
             return _index_of(reply), _peer_index_of(reply)
         finally:
             os.close(fd)
@@ -212,40 +215,50 @@ class Rtnl:
             raise kernel_error(exc, f"{what}: delete") from exc
 
     def wait_gone(self, indexes: Iterable[int], timeout: float) -> list[int]:
-        """Wait until no link has one of *indexes*; return the ones still present at *timeout*."""
-        pending = set(indexes)
+        """Wait until no link has one of *indexes*; return the ones still present at *timeout*.
+
+        Each round asks for just those links (pipelined, without statistics),
+        so a wait costs the same however many other links the namespace has.
+        """
+        pending = sorted(set(indexes))
         deadline = time.monotonic() + timeout
         delay = 0.0005
         while pending:
-            present = {link.index for link in self.links()}
-            pending &= present
+            still: list[int] = []
+            for start in range(0, len(pending), _LOOKUPS_PER_WRITE):
+                chunk = pending[start : start + _LOOKUPS_PER_WRITE]
+                asks = [pack.message(pack.RTM_GETLINK, 0, pack.getlink(index=i)) for i in chunk]
+                replies = self._nl.transact(asks)
+                still += [i for (seq, _), i in zip(asks, chunk) if replies[seq].error == 0]
+            pending = still
             if not pending or time.monotonic() >= deadline:
                 break
             time.sleep(delay)
             delay = min(delay * 2, 0.02)
-        return sorted(pending)
+        return pending
 
-    def _create_link(self, name: str, kind: str, body: bytes, *, alias: str, hairpin: bool) -> NetlinkReply:
-        """Create a link from the RTM_NEWLINK *body*, mark it with *alias*
-        (cnm's owner mark) and, with *hairpin*, set its bridge port to hairpin
-        mode. Returns the kernel's description of the new link (RTM_NEWLINK).
+    def _create_link(self, name: str, kind: str, body: bytes, *, mac: str, alias: str, hairpin: bool) -> NetlinkReply:
+        """Create a link from the RTM_NEWLINK *body* (which gives it *mac*),
+        then mark it with *alias* (cnm's owner mark) and, with *hairpin*, set
+        its bridge port to hairpin mode. Returns the kernel's description of
+        the new link (RTM_NEWLINK).
 
-        The kernel ignores an alias (and bridge-port settings) in a creation
-        request, so a second request sets them, and a third asks for the new
-        index; all go in one write, and the kernel handles a write's requests
-        in order before the write returns. If the link was made but a later
-        step fails, it is deleted again before the error is raised: callers
-        register undo steps only for what succeeded.
+        The creation and a look-up of the new link go in one write; the kernel
+        ignores an alias (and bridge-port settings) in a creation request, so
+        they follow in a second write, by index, once the link is known to be
+        ours (sent by name, they would change a same-named link of someone
+        else's when the creation fails with EEXIST). If the link was made but
+        a later step fails, it is deleted again before the error is raised:
+        callers register undo steps only for what succeeded.
         """
         create = pack.message(pack.RTM_NEWLINK, _CREATE, body)
-        settings = pack.message(pack.RTM_NEWLINK, NLM_F_ACK, pack.link_settings(name, alias, hairpin))
         lookup = pack.message(pack.RTM_GETLINK, 0, pack.getlink(name))
         try:
-            replies = self._nl.transact([create, settings, lookup])
+            replies = self._nl.transact([create, lookup])
         except BaseException:
             # The exchange broke after the request was written: the kernel may
-            # have made the link. Remove it if it carries our mark.
-            self._delete_if_ours(name, alias)
+            # have made the link. Remove it if it has the MAC we gave it.
+            self._delete_if_ours(name, mac)
             raise
         try:
             replies[create[0]].raise_for()
@@ -256,24 +269,26 @@ class Rtnl:
                 ) from exc
             raise kernel_error(exc, f"link {name!r} ({kind}): create") from exc
         try:
-            replies[settings[0]].raise_for()
             replies[lookup[0]].raise_for()
+            index = _index_of(replies[lookup[0]])
+            settings = pack.message(pack.RTM_NEWLINK, NLM_F_ACK, pack.link_settings(index, alias, hairpin))
+            self._nl.transact([settings])[settings[0]].raise_for()
             return replies[lookup[0]]
         except BaseException as exc:
-            self._delete_if_ours(name, alias)
+            self._delete_if_ours(name, mac)
             if isinstance(exc, OSError) and not isinstance(exc, KernelError):
                 raise kernel_error(exc, f"link {name!r} ({kind}): configure") from exc
             raise
 
-    def _delete_if_ours(self, name: str, alias: str) -> None:
+    def _delete_if_ours(self, name: str, mac: str) -> None:
         """Best-effort removal of a link this process just made, while already failing.
 
-        Only a link that carries *alias* (our mark) is removed, so a link of
+        Only a link with the random *mac* cnm gave it is removed, so a link of
         the same name that belongs to someone else is never touched.
         """
         try:
             link = self.link(name=name)
-            if link is not None and link.alias == alias:
+            if link is not None and link.mac == mac:
                 self.delete_link(link.index, f"link {name!r}")
         except OSError:
             pass  # the original error is the one to report
@@ -329,3 +344,8 @@ class Rtnl:
 def mac_for(address: IPv4Address) -> str:
     """A locally administered MAC derived from an IPv4 address (as Docker did: 02:42:ac:11:00:02)."""
     return "02:42:" + ":".join(f"{b:02x}" for b in address.packed)
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC (02:xx:xx:xx:xx:xx)."""
+    return "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))

@@ -240,6 +240,25 @@ class Namespace:
             if exc.errno not in ALREADY_GONE:
                 raise kernel_error(exc, f"namespace {self.name!r}: remove mount point") from exc
 
+    @staticmethod
+    def sweep(prefix: str) -> list[Exception]:
+        """Delete every namespace in /run/netns whose name starts with *prefix*.
+
+        The last step of closing an isolated host: whatever a failed step left
+        behind carries the host's owner mark in its name. Returns the failures.
+        """
+        failures: list[Exception] = []
+        try:
+            names = [n for n in os.listdir(NETNS_DIR) if n.startswith(prefix)]
+        except FileNotFoundError:
+            return []
+        for name in names:
+            try:
+                Namespace(name, os.path.join(NETNS_DIR, name)).delete()
+            except Exception as exc:  # noqa: BLE001 - collected
+                failures.append(exc)
+        return failures
+
     def exists(self) -> bool:
         return os.path.exists(self.path)
 

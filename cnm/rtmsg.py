@@ -87,9 +87,13 @@ def _ifinfo(index: int = 0, up: bool = False) -> bytes:
     return _IFINFO.pack(0, 0, index, flags, flags)
 
 
-def getlink(name: str) -> bytes:
-    """RTM_GETLINK body asking for link *name*."""
-    return _ifinfo() + _string(_IFLA_IFNAME, name)
+_IFLA_EXT_MASK, _RTEXT_FILTER_SKIP_STATS = 29, 1 << 3
+
+
+def getlink(name: str | None = None, index: int = 0) -> bytes:
+    """RTM_GETLINK body asking for link *name* (or *index*), without statistics."""
+    attrs = _string(_IFLA_IFNAME, name) if name is not None else b""
+    return _ifinfo(index) + attrs + _u32(_IFLA_EXT_MASK, _RTEXT_FILTER_SKIP_STATS)
 
 
 def dellink(index: int) -> bytes:
@@ -112,6 +116,7 @@ def bridge(name: str, mac: str, mtu: int | None) -> bytes:
 
 def veth(
     name: str,
+    mac: str | None,
     master: int | None,
     mtu: int | None,
     peer_name: str,
@@ -129,6 +134,8 @@ def veth(
         peer += _u32(_IFLA_NET_NS_FD, peer_netns_fd)
     info = _string(_IFLA_INFO_KIND, "veth") + _attr(_IFLA_INFO_DATA, _attr(_VETH_INFO_PEER, _ifinfo() + peer))
     attrs = _string(_IFLA_IFNAME, name)
+    if mac is not None:
+        attrs += _mac(_IFLA_ADDRESS, mac)
     if mtu is not None:
         attrs += _u32(_IFLA_MTU, mtu)
     attrs += _attr(_IFLA_LINKINFO, info)
@@ -137,15 +144,15 @@ def veth(
     return _ifinfo(up=True) + attrs
 
 
-def link_settings(name: str, alias: str | None, hairpin: bool) -> bytes:
-    """RTM_NEWLINK body changing link *name*: its alias, and hairpin mode on its bridge port."""
-    attrs = _string(_IFLA_IFNAME, name)
+def link_settings(index: int, alias: str | None, hairpin: bool) -> bytes:
+    """RTM_NEWLINK body changing link *index*: its alias, and hairpin mode on its bridge port."""
+    attrs = b""
     if alias is not None:
         attrs += _string(_IFLA_IFALIAS, alias)
     if hairpin:
         port = _attr(_IFLA_BRPORT_MODE, b"\x01")
         attrs += _attr(_IFLA_LINKINFO, _string(_IFLA_INFO_SLAVE_KIND, "bridge") + _attr(_IFLA_INFO_SLAVE_DATA, port))
-    return _ifinfo() + attrs
+    return _ifinfo(index) + attrs
 
 
 def address(index: int, ip: IPv4Address, network: IPv4Network) -> bytes:

@@ -11,9 +11,15 @@ to remove what was made:
   object's ``delete()`` replays it. Deletion is therefore the same code as
   rollback, written once.
 
+An operation's undo is an :class:`Undo`: kernel steps and bookkeeping steps
+(addresses, host ports, registries) in two logs, the books released only
+when the kernel side is clean.
+
 Unwinding never stops at a failure: every step runs, and the failures are
-returned together. Removing something that is already gone (ENOENT, ENODEV,
-ESRCH) counts as success, which makes unwinding idempotent.
+returned together. A failed step stays in the log, so unwinding again retries
+what is left and nothing is forgotten. Removing something that is already
+gone (ENOENT, ENODEV, ESRCH) counts as success, which makes unwinding
+idempotent.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Callable, Iterator
 
 from .errors import ALREADY_GONE, TeardownError
 
-__all__ = ["UndoLog", "raise_collected", "transaction"]
+__all__ = ["Undo", "UndoLog", "raise_collected", "transaction"]
 
 
 class UndoLog:
@@ -47,21 +53,64 @@ class UndoLog:
         other._steps.clear()
 
     def unwind(self) -> list[Exception]:
-        """Run every step, newest first; return the failures. The log is empty after."""
+        """Run every step, newest first; return the failures.
+
+        A step that fails stays in the log, so unwinding again (a second
+        ``delete()`` or ``close()``) retries exactly what is still left. An
+        interruption (KeyboardInterrupt and the like) puts the step it hit
+        back before propagating, for the same reason.
+        """
         failures: list[Exception] = []
-        while self._steps:
-            what, step = self._steps.pop()
-            try:
-                step()
-            except OSError as exc:
-                if exc.errno in ALREADY_GONE:
-                    continue
-                exc.add_note(f"while undoing: {what}")
-                failures.append(exc)
-            except Exception as exc:
-                exc.add_note(f"while undoing: {what}")
-                failures.append(exc)
+        kept: list[tuple[str, Callable[[], object]]] = []
+        try:
+            while self._steps:
+                what, step = self._steps.pop()
+                try:
+                    step()
+                except OSError as exc:
+                    if exc.errno in ALREADY_GONE:
+                        continue
+                    exc.add_note(f"while undoing: {what}")
+                    failures.append(exc)
+                    kept.append((what, step))
+                except Exception as exc:
+                    exc.add_note(f"while undoing: {what}")
+                    failures.append(exc)
+                    kept.append((what, step))
+                except BaseException:
+                    kept.append((what, step))
+                    raise
+        finally:
+            self._steps.extend(reversed(kept))
         return failures
+
+
+class Undo:
+    """The undo of one object or operation, in two logs.
+
+    ``kernel`` holds the inverses of kernel changes; ``books`` holds the
+    release of what cnm hands out (addresses, host ports, names in a
+    registry). :meth:`unwind` always runs every kernel step, but releases the
+    books only once the kernel side is clean: an address or host port whose
+    interface or forwarding rule could not be removed stays reserved (and the
+    failed steps stay in their log), so nothing is handed out twice, and
+    unwinding again retries what is left.
+    """
+
+    __slots__ = ("kernel", "books")
+
+    def __init__(self) -> None:
+        self.kernel = UndoLog()
+        self.books = UndoLog()
+
+    def __len__(self) -> int:
+        return len(self.kernel) + len(self.books)
+
+    def unwind(self) -> list[Exception]:
+        failures = self.kernel.unwind()
+        if failures:
+            return failures
+        return self.books.unwind()
 
 
 def raise_collected(what: str, failures: list[Exception]) -> None:
@@ -71,17 +120,17 @@ def raise_collected(what: str, failures: list[Exception]) -> None:
 
 
 @contextlib.contextmanager
-def transaction() -> Iterator[UndoLog]:
-    """An undo log that unwinds itself if the block raises.
+def transaction() -> Iterator[Undo]:
+    """An :class:`Undo` that unwinds itself if the block raises.
 
     The original exception propagates unchanged; any failure while rolling
     back is attached to it as a note (the caller's error is the one that
     matters, and the notes say what could not be put back).
     """
-    log = UndoLog()
+    undo = Undo()
     try:
-        yield log
+        yield undo
     except BaseException as exc:
-        for failure in log.unwind():
+        for failure in undo.unwind():
             exc.add_note(f"rollback also failed: {failure!r}")
         raise

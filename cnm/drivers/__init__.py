@@ -95,6 +95,8 @@ class NetworkPlumbing:
     index: int
     #: True when the host routes (and NATs) for this network, so the firewall applies
     routed: bool
+    #: the owning host's token (see NetworkSpec.owner), for marking endpoints' links
+    owner: str
     mtu: int | None = None
 
 

@@ -8,6 +8,7 @@ firewall's job; this driver only marks the network as routed).
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Interface
 
 from ..errors import InvalidArgumentError
@@ -20,7 +21,8 @@ __all__ = ["BridgeDriver"]
 OPT_NAME = "com.docker.network.bridge.name"
 OPT_MTU = "com.docker.network.driver.mtu"
 _KNOWN = {OPT_NAME, OPT_MTU}
-_IFNAMSIZ = 15
+# What the kernel accepts as an interface name (dev_valid_name), in bytes.
+_IFNAME = re.compile(r"^[^/:\s]{1,15}$", re.ASCII)
 
 
 def _bridge_name(spec: NetworkSpec) -> str:
@@ -37,8 +39,11 @@ class BridgeDriver:
                 f"network {spec.name!r}: unknown bridge option(s) {', '.join(unknown)} (known: {', '.join(sorted(_KNOWN))})"
             )
         name = _bridge_name(spec)
-        if not 0 < len(name) <= _IFNAMSIZ or "/" in name or name.strip() != name:
-            raise InvalidArgumentError(f"network {spec.name!r}: bridge name {name!r} is not a valid interface name")
+        if not _IFNAME.match(name) or name in (".", ".."):
+            raise InvalidArgumentError(
+                f"network {spec.name!r}: bridge name {name!r} is not a valid interface name "
+                "(1-15 characters, no '/', ':', whitespace)"
+            )
         if OPT_MTU in spec.options:
             mtu = spec.options[OPT_MTU]
             if not mtu.isdigit() or not 68 <= int(mtu) <= 65535:
@@ -59,7 +64,7 @@ class BridgeDriver:
         # IPv4 only for now: no IPv6 link-local address or route appears on the
         # bridge when its first port comes up (as Docker does without --ipv6).
         host.namespace.write_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
-        return NetworkPlumbing(interface=name, index=index, routed=True, mtu=mtu)
+        return NetworkPlumbing(interface=name, index=index, routed=True, owner=spec.owner, mtu=mtu)
 
     def join(
         self, host: Rtnl, network: NetworkPlumbing, endpoint: EndpointSpec, sandbox: SandboxPort, undo: UndoLog
@@ -68,7 +73,8 @@ class BridgeDriver:
         what = f"endpoint {endpoint.name!r}: veth {host_end!r}"
         index, peer_index = host.add_veth(
             host_end,
-            alias=f"cnm:endpoint/{endpoint.name}",
+            mac="02:" + ":".join(endpoint.id[i : i + 2] for i in range(8, 18, 2)),
+            alias=f"cnm:{network.owner}:endpoint/{endpoint.name}",
             master=network.index,
             peer_name=endpoint.interface,
             peer_namespace=sandbox.namespace,

@@ -1,9 +1,10 @@
 """The firewall contract: what a backend must do for networks and published ports.
 
 A *firewall backend* owns the packet-filtering side of cnm on one host (one
-network namespace): outbound NAT for each network, the rules that keep an
-internal network to itself, and the port forwards that publish a sandbox's
-port on the host. Network drivers build links; the backend only writes rules.
+network namespace): outbound NAT for each network, the isolation of networks
+from each other (and of an internal network from everything), and the port
+forwards that publish a sandbox's port on the host. Network drivers build
+links; the backend only writes rules.
 
 Two backends ship with cnm:
 
@@ -112,7 +113,8 @@ class NetworkRules:
 
     #: Interface name of the network's bridge in the host namespace. Traffic
     #: is matched by name, so the rules may be installed before the bridge
-    #: exists and survive its being re-created.
+    #: exists and survive its being re-created. A bridge belongs to one
+    #: network: a backend may refuse a second one on it (nftables does).
     bridge: str = attrs.field(validator=_check_bridge)
 
     #: The network's IPv4 subnet: sources in it are masqueraded on the way out.
@@ -174,8 +176,9 @@ class FirewallBackend(Protocol):
 
     def add_network(self, rules: NetworkRules, undo: UndoLog) -> None:
         """Install a network's rules: outbound NAT (unless internal), hairpin
-        NAT, and for an internal network the rules that keep its traffic on
-        its bridge.
+        NAT, isolation from the other networks' bridges (nothing is forwarded
+        between two networks, except connections to a published port), and
+        for an internal network the rules that keep its traffic on its bridge.
 
         One atomic change; the first call on a host also creates the shared
         structures. Pushes one undo step removing exactly these rules (and

@@ -4,8 +4,10 @@ What it installs, in nft syntax (``OWNER`` is the host's token; the ``output``
 chain's priority is -100, which nft prints as a number there)::
 
     table ip cnm-OWNER {
-      map ports      { type inet_proto . inet_service : ipv4_addr . inet_service }
-      map ports_addr { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
+      map ports       { type inet_proto . inet_service : ipv4_addr . inet_service }
+      map ports_addr  { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
+      set bridges     { type ifname; elements = { "BRIDGE", ... } }                 # each network
+      set same_bridge { type ifname . ifname; elements = { "BRIDGE" . "BRIDGE", ... } }
       chain prerouting  { type nat hook prerouting priority dstnat; policy accept;
                           fib daddr type local jump published }
       chain output      { type nat hook output priority -100; policy accept;
@@ -19,15 +21,37 @@ chain's priority is -100, which nft prints as a number there)::
                           ct status dnat ip saddr SUBNET oifname "BRIDGE" masquerade comment "NAME"
                           ip saddr 127.0.0.0/8 oifname "BRIDGE" masquerade comment "NAME" }
       chain forward     { type filter hook forward priority filter; policy accept;
+                          iifname @bridges oifname @bridges iifname . oifname != @same_bridge jump isolation
                           # each internal network:
                           iifname "BRIDGE" oifname != "BRIDGE" drop comment "NAME"
                           oifname "BRIDGE" iifname != "BRIDGE" drop comment "NAME" }
+      chain isolation   { ct status dnat return
+                          drop }
     }
 
 Published ports are map elements, not rules: a packet costs two hash
 lookups however many ports are published, and publishing or withdrawing a
 port touches one element. A forward on a specific host address is looked up
 first, so it wins over one on every address.
+
+Networks are isolated from each other (what Docker's DOCKER-ISOLATION
+chains do) the same way: a network's bridge is an element of ``bridges``,
+and the host forwards nothing from one such bridge to another, so a sandbox
+cannot reach a sandbox of another network through the host. One rule serves
+every network: a forwarded packet costs at most three hash lookups however
+many networks there are, and a network's part of the isolation is two
+elements, not rules. The exceptions:
+
+* traffic the host sends back into the bridge it came from (``same_bridge``
+  holds each bridge paired with itself; nft cannot compare ``iifname`` with
+  ``oifname`` directly). With ``br_netfilter`` loaded, that is every packet
+  between two sandboxes of one network, and a host route can force it too;
+* connections to a published port (``ct status dnat``): a sandbox reaches a
+  port published by another network's sandbox through a host address, as in
+  Docker. The test sits in its own chain so that a packet without conntrack
+  state (invalid, untracked), for which ``ct status`` matches nothing, is
+  dropped rather than let through. Internal networks keep their own drop
+  rules, which refuse published-port traffic from other interfaces too.
 
 How a change reaches the kernel
 -------------------------------
@@ -46,8 +70,9 @@ before its reply.
 Rules are removed by handle. Each network rule is sent with ``NLM_F_ECHO``;
 the kernel echoes it back with the handle it assigned, and the undo step
 deletes exactly those handles (handles are never reused within a table).
-Map elements are removed by key. Elements are created with ``NLM_F_EXCL``, so
-publishing a key that is already in a map fails with ``EEXIST``.
+Set and map elements are removed by key. Elements are created with
+``NLM_F_EXCL``, so publishing a key that is already in a map fails with
+``EEXIST``, and so does a second network on a bridge already in ``bridges``.
 
 "Already gone" on removal: a delete batch naming one missing rule or element
 fails as a whole with ``ENOENT``; the backend then lists what is still there
@@ -59,15 +84,15 @@ A lost answer (the batch was written but the exchange failed afterwards, so
 it may or may not have been committed) is the one case where the kernel
 cannot tell us what happened. The backend then removes whatever the batch
 may have installed before raising: the table, if the batch created it;
-otherwise the rules carrying the network's comment, or the map keys of the
-call, that belong to no call still outstanding (the backend remembers the
-handles and keys of those). So even then the call changes nothing.
+otherwise the rules carrying the network's comment, or the set and map keys
+of the call, that belong to no call still outstanding (the backend remembers
+the handles and keys of those). So even then the call changes nothing.
 
-pyroute2 supplies the message classes. Two of its definitions are wrong for
+pyroute2 supplies the message classes. Some of its definitions are wrong for
 what is sent here and are corrected in subclasses: the ``fib`` expression's
 result is an enum, not a flag set, and its flags are a flag set, not an
 enum; a rule's user data is a list of type-length-value items, not a
-length-prefixed string.
+length-prefixed string (a set's user data is sent as raw bytes too).
 """
 
 from __future__ import annotations
@@ -116,8 +141,8 @@ _GETGEN = 16
 # netfilter hooks, registers, verdicts and expression constants
 _HOOK_PREROUTING, _HOOK_FORWARD, _HOOK_OUTPUT, _HOOK_POSTROUTING = 0, 2, 3, 4
 _PRIORITY_DSTNAT, _PRIORITY_FILTER, _PRIORITY_SRCNAT = -100, 0, 100
-_NF_DROP, _NF_ACCEPT, _NFT_JUMP = 0, 1, -3
-_REG_VERDICT, _REG_1, _REG32_01, _REG32_02 = 0, 1, 9, 10
+_NF_DROP, _NF_ACCEPT, _NFT_JUMP, _NFT_RETURN = 0, 1, -3, -5
+_REG_VERDICT, _REG_1, _REG_2, _REG32_01, _REG32_02 = 0, 1, 2, 9, 10
 _CMP_EQ, _CMP_NEQ = 0, 1
 _PAYLOAD_NETWORK, _PAYLOAD_TRANSPORT = 1, 2
 _META_IIFNAME, _META_OIFNAME, _META_L4PROTO = 6, 7, 16
@@ -127,18 +152,23 @@ _FIB_RESULT_ADDRTYPE, _FIB_F_DADDR = 3, 1 << 1
 _RTN_LOCAL = 2
 _NAT_DNAT = 1
 _UDATA_RULE_COMMENT = 0
+_UDATA_SET_KEYBYTEORDER, _BYTEORDER_HOST = 0, 1
 _IFNAMSIZ = 16
 
 # nft's data type numbers; a concatenation's type packs them 6 bits apart.
-_TYPE_IPADDR, _TYPE_INET_PROTO, _TYPE_INET_SERVICE = 7, 12, 13
+_TYPE_IPADDR, _TYPE_INET_PROTO, _TYPE_INET_SERVICE, _TYPE_IFNAME = 7, 12, 13, 41
 _PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
 
-_MAPS = {
-    # name: (key types, key length, data types, data length); each field of a
-    # concatenation takes a whole 4-byte register.
+_SETS: dict[str, tuple[tuple[int, ...], int, tuple[int, ...] | None, int]] = {
+    # name: (key types, key length, data types, data length); a plain set has
+    # no data. Each field of a concatenation takes whole 4-byte registers.
     "ports": ((_TYPE_INET_PROTO, _TYPE_INET_SERVICE), 8, (_TYPE_IPADDR, _TYPE_INET_SERVICE), 8),
     "ports_addr": ((_TYPE_IPADDR, _TYPE_INET_PROTO, _TYPE_INET_SERVICE), 12, (_TYPE_IPADDR, _TYPE_INET_SERVICE), 8),
+    "bridges": ((_TYPE_IFNAME,), _IFNAMSIZ, None, 0),
+    "same_bridge": ((_TYPE_IFNAME, _TYPE_IFNAME), 2 * _IFNAMSIZ, None, 0),
 }
+_PORT_MAPS = ("ports", "ports_addr")
+_BRIDGE_SETS = ("bridges", "same_bridge")
 _LOCALHOST = IPv4Network("127.0.0.0/8")
 _OWNER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ATTR = struct.Struct("=HH")
@@ -166,6 +196,13 @@ class _rule_msg(nft.nft_rule_msg):
                 ("NFTA_FIB_RESULT", "be32"),
                 ("NFTA_FIB_FLAGS", "be32"),
             )
+
+
+class _set_msg(nft.nft_set_msg):
+    # NFTA_SET_USERDATA is a TLV list too; sent as raw bytes built by _set_udata().
+    nla_map = tuple(
+        (name, "cdata") if name == "NFTA_SET_USERDATA" else (name, kind) for name, kind in nft.nft_set_msg.nla_map
+    )
 
 
 def _marshal() -> Marshal:
@@ -224,11 +261,30 @@ def _ip_saddr_in(subnet: IPv4Network) -> list[Expr]:
     ]
 
 
+def _ifname_bytes(name: str) -> bytes:
+    """An interface name as the kernel stores it: NUL-padded to 16 bytes."""
+    return name.encode().ljust(_IFNAMSIZ, b"\0")
+
+
 def _ifname(key: int, op: int, name: str) -> list[Expr]:
-    """``iifname``/``oifname`` ``==``/``!=`` *name*: compared as the kernel stores it, NUL-padded."""
+    """``iifname``/``oifname`` ``==``/``!=`` *name*."""
     return [
         _expr("meta", key=key, dreg=_REG_1),
-        _expr("cmp", sreg=_REG_1, op=op, data=_data(name.encode().ljust(_IFNAMSIZ, b"\0"))),
+        _expr("cmp", sreg=_REG_1, op=op, data=_data(_ifname_bytes(name))),
+    ]
+
+
+def _ifname_in(key: int, set_name: str) -> list[Expr]:
+    """``iifname``/``oifname`` ``@SET``."""
+    return [_expr("meta", key=key, dreg=_REG_1), _expr("lookup", set=set_name, sreg=_REG_1)]
+
+
+def _ifname_pair_not_in(set_name: str) -> list[Expr]:
+    """``iifname . oifname != @SET``: each name fills a whole 16-byte register."""
+    return [
+        _expr("meta", key=_META_IIFNAME, dreg=_REG_1),
+        _expr("meta", key=_META_OIFNAME, dreg=_REG_2),
+        _expr("lookup", set=set_name, sreg=_REG_1, flags=frozenset({"NFT_LOOKUP_F_INV"})),
     ]
 
 
@@ -269,6 +325,16 @@ def _dnat_through(map_name: str, with_daddr: bool) -> list[Expr]:
 
 def _masquerade() -> Expr:
     return _expr("masq")
+
+
+def _set_udata() -> bytes:
+    """A set's user data saying its key is in host byte order.
+
+    Only ``nft list`` reads it: without it, nft takes a single-field key as
+    big-endian and prints an interface name as ``""`` (concatenations and
+    maps carry their fields' own byte order and need none).
+    """
+    return struct.pack("=BBI", _UDATA_SET_KEYBYTEORDER, 4, _BYTEORDER_HOST)
 
 
 def _udata(comment: str) -> bytes:
@@ -335,20 +401,23 @@ class _Batch:
         self._add(msg, _DELTABLE, 0, f"delete table ip {self.table}")
         self.deletes_table = True
 
-    def map_add(self, name: str) -> None:
-        key_types, key_len, data_types, data_len = _MAPS[name]
-        msg = nft.nft_set_msg()
-        msg["attrs"] = [
+    def set_add(self, name: str) -> None:
+        key_types, key_len, data_types, data_len = _SETS[name]
+        msg = _set_msg()
+        attrs: list[tuple[str, object]] = [
             ("NFTA_SET_TABLE", self.table),
             ("NFTA_SET_NAME", name),
-            ("NFTA_SET_FLAGS", frozenset({"NFT_SET_MAP"})),
+            ("NFTA_SET_FLAGS", frozenset() if data_types is None else frozenset({"NFT_SET_MAP"})),
             ("NFTA_SET_KEY_TYPE", _concat_type(key_types)),
             ("NFTA_SET_KEY_LEN", key_len),
-            ("NFTA_SET_DATA_TYPE", _concat_type(data_types)),
-            ("NFTA_SET_DATA_LEN", data_len),
-            ("NFTA_SET_ID", len(self.messages) + 1),
         ]
-        self._add(msg, _NEWSET, NLM_F_CREATE | NLM_F_EXCL, f"create map {name}")
+        if data_types is not None:
+            attrs += [("NFTA_SET_DATA_TYPE", _concat_type(data_types)), ("NFTA_SET_DATA_LEN", data_len)]
+        attrs.append(("NFTA_SET_ID", len(self.messages) + 1))
+        if key_types == (_TYPE_IFNAME,):
+            attrs.append(("NFTA_SET_USERDATA", _set_udata()))
+        msg["attrs"] = attrs
+        self._add(msg, _NEWSET, NLM_F_CREATE | NLM_F_EXCL, f"create {'set' if data_types is None else 'map'} {name}")
 
     def chain_add(self, name: str, hook: tuple[int, int, str] | None = None) -> None:
         msg = nft.nft_chain_msg()
@@ -386,15 +455,23 @@ class _Batch:
         self._add(msg, _DELRULE, 0, f"delete rule {handle} from {chain}: {label}")
 
     def element(self, adding: bool, map_name: str, key: bytes, data: bytes, label: str) -> None:
+        """Publish or withdraw one port forward: an element of map *map_name*."""
+        self._element(adding, map_name, key, data, f"publish {label}" if adding else f"withdraw {label}")
+
+    def member(self, adding: bool, set_name: str, key: bytes, label: str) -> None:
+        """Add *key* to the plain set *set_name*, or remove it."""
+        self._element(adding, set_name, key, None, label)
+
+    def _element(self, adding: bool, set_name: str, key: bytes, data: bytes | None, label: str) -> None:
         # Packed by hand: this is the per-port hot path, and pyroute2's encoder
         # cost several times the kernel's work (tests/unit/test_nft_pack.py
         # checks the bytes against pyroute2's encoding).
         seq = _element_seq()
-        body = _element_body(self.table, map_name, key, data if adding else None)
+        body = _element_body(self.table, set_name, key, data if adding else None)
         if adding:
-            self._add_packed(seq, _NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL, body, f"publish {label}")
+            self._add_packed(seq, _NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL, body, label)
         else:
-            self._add_packed(seq, _DELSETELEM, 0, body, f"withdraw {label}")
+            self._add_packed(seq, _DELSETELEM, 0, body, label)
 
     def _add_packed(self, seq: int, mtype: int, flags: int, body: bytes, label: str) -> None:
         header = _HEADER.pack(16 + len(body), mtype | NFNL_SUBSYS_NFTABLES << 8, flags | NLM_F_REQUEST, seq, 0)
@@ -489,6 +566,21 @@ def _network_rules(rules: NetworkRules) -> list[_RuleSpec]:
     return out
 
 
+_Member = tuple[str, bytes, str]  # set, key, the key in nft syntax
+
+
+def _network_members(rules: NetworkRules) -> list[_Member]:
+    """The set elements of one network: what puts its bridge under the isolation rule."""
+    name = _ifname_bytes(rules.bridge)
+    text = f'"{rules.bridge}"'
+    return [("bridges", name, text), ("same_bridge", name + name, f"{text} . {text}")]
+
+
+def _member_label(adding: bool, member: _Member) -> str:
+    set_name, _, text = member
+    return f"add {text} to set {set_name}" if adding else f"remove {text} from set {set_name}"
+
+
 # ---- the backend -----------------------------------------------------------------
 
 
@@ -535,29 +627,48 @@ class NftablesFirewall:
     def add_network(self, rules: NetworkRules, undo: UndoLog) -> None:
         what = f"firewall {self.table}: network {rules.name!r}"
         specs = _network_rules(rules)
+        members = _network_members(rules)
+        keys = {(set_name, key) for set_name, key, _ in members}
         comment = _udata(rules.name)
 
-        def strays() -> list[tuple[str, int]]:
-            return [(c, h) for c, h, u in self._rules_listed() if u == comment and h not in self._live_rules]
+        def drop_strays(batch: _Batch) -> None:
+            for chain, handle, udata in self._rules_listed():
+                if udata == comment and handle not in self._live_rules:
+                    batch.rule_delete(chain, handle, "stray")
+            # An element that belongs to no live call can only be this batch's.
+            listed = self._elements_listed(_BRIDGE_SETS)
+            for member in members:
+                set_name, key, _ = member
+                if (set_name, key) in listed and (set_name, key) not in self._live_elements:
+                    batch.member(False, set_name, key, _member_label(False, member))
 
         with self._lock:
             batch = self._batch_creating()
             seqs = [batch.rule_add(chain, exprs, label, comment=rules.name, echo=True) for chain, exprs, label in specs]
-            echoes = self._apply(batch, what, lambda b: [b.rule_delete(c, h, "stray") for c, h in strays()])
+            for member in members:
+                batch.member(True, member[0], member[1], _member_label(True, member))
+            echoes = self._apply(batch, what, drop_strays)
             handles = [(chain, echoes[seq], label) for seq, (chain, _, label) in zip(seqs, specs)]
             self._live_rules.update(handle for _, handle, _ in handles)
+            self._live_elements.update(keys)
             self._users += 1
 
-        def fill(batch: _Batch, still_there: set[int] | None) -> None:
+        def fill(batch: _Batch, still_there: tuple[set[int], set[tuple[str, bytes]]] | None) -> None:
             for chain, handle, label in handles:
-                if still_there is None or handle in still_there:
+                if still_there is None or handle in still_there[0]:
                     batch.rule_delete(chain, handle, label)
+            for member in members:
+                set_name, key, _ = member
+                if still_there is None or (set_name, key) in still_there[1]:
+                    batch.member(False, set_name, key, _member_label(False, member))
 
         def forget() -> None:
             self._live_rules.difference_update(handle for _, handle, _ in handles)
+            self._live_elements.difference_update(keys)
 
-        def present() -> set[int]:
-            return {handle for _, handle, _ in self._rules_listed()}
+        def present() -> tuple[set[int], set[tuple[str, bytes]]]:
+            rules_there = {handle for _, handle, _ in self._rules_listed()}
+            return rules_there, self._elements_listed(_BRIDGE_SETS)
 
         undo.push(f"{what}: remove firewall rules", self._remover(what, fill, present, forget))
 
@@ -612,18 +723,29 @@ class NftablesFirewall:
         batch = _Batch(self.table)
         if self._users == 0:
             batch.table_add()
-            for name in _MAPS:
-                batch.map_add(name)
+            for name in _SETS:
+                batch.set_add(name)
             batch.chain_add("prerouting", (_HOOK_PREROUTING, _PRIORITY_DSTNAT, "nat"))
             batch.chain_add("output", (_HOOK_OUTPUT, _PRIORITY_DSTNAT, "nat"))
             batch.chain_add("published")
             batch.chain_add("postrouting", (_HOOK_POSTROUTING, _PRIORITY_SRCNAT, "nat"))
             batch.chain_add("forward", (_HOOK_FORWARD, _PRIORITY_FILTER, "filter"))
+            batch.chain_add("isolation")
             jump = _fib_daddr_type_local() + [_verdict(_NFT_JUMP, "published")]
             batch.rule_add("prerouting", jump, "send traffic to local addresses to published")
             batch.rule_add("output", jump, "send traffic to local addresses to published")
             batch.rule_add("published", _dnat_through("ports_addr", True), "forward ports published on one address")
             batch.rule_add("published", _dnat_through("ports", False), "forward ports published on every address")
+            between_bridges = (
+                _ifname_in(_META_IIFNAME, "bridges")
+                + _ifname_in(_META_OIFNAME, "bridges")
+                + _ifname_pair_not_in("same_bridge")
+            )
+            batch.rule_add(
+                "forward", between_bridges + [_verdict(_NFT_JUMP, "isolation")], "send traffic between bridges to isolation"
+            )
+            batch.rule_add("isolation", _ct_status_dnat() + [_verdict(_NFT_RETURN)], "let published-port traffic pass")
+            batch.rule_add("isolation", [_verdict(_NF_DROP)], "drop the rest of the traffic between bridges")
         return batch
 
     def _apply(self, batch: _Batch, what: str, strays: Callable[[_Batch], object]) -> dict[int, int]:
@@ -681,11 +803,11 @@ class NftablesFirewall:
             seq, reply = failures[0]
             if gone_ok and reply.error == errno.ENOENT and batch.deletes_table:
                 return handles
-            exc = kernel_error(OSError(reply.error, reply.message), f"{what}: {batch.labels.get(seq, 'batch')}")
+            refused = kernel_error(OSError(reply.error, reply.message), f"{what}: {batch.labels.get(seq, 'batch')}")
             for other_seq, other in failures[1:]:
-                exc.add_note(f"also refused: {batch.labels.get(other_seq, 'batch')}: {other.message or other.error}")
-            exc.add_note("the transaction was aborted: nothing was changed")
-            raise exc
+                refused.add_note(f"also refused: {batch.labels.get(other_seq, 'batch')}: {other.message or other.error}")
+            refused.add_note("the transaction was aborted: nothing was changed")
+            raise refused
         if any(seq not in handles for seq in batch.echoed):
             # Committed, but without the handles the rules could not be removed later.
             raise _UnknownOutcome(errno.EPROTO, f"{what}: the kernel did not echo the new rules back")
@@ -745,10 +867,10 @@ class NftablesFirewall:
             for m in self._dump(msg, _GETRULE)
         ]
 
-    def _elements_listed(self) -> set[tuple[str, bytes]]:
-        """(map, key) of every element in the table's maps."""
+    def _elements_listed(self, names: Iterable[str] = _PORT_MAPS) -> set[tuple[str, bytes]]:
+        """(set, key) of every element in the table's sets or maps *names*."""
         keys: set[tuple[str, bytes]] = set()
-        for name in _MAPS:
+        for name in names:
             msg = nft.nft_set_elem_list_msg()
             msg["nfgen_family"] = _NFPROTO_IPV4
             msg["attrs"] = [("NFTA_SET_ELEM_LIST_TABLE", self.table), ("NFTA_SET_ELEM_LIST_SET", name)]

@@ -3,7 +3,8 @@
 For hosts whose packet filtering belongs to someone else (an administrator's
 own nftables rules, firewalld), and for testing everything else without
 touching netfilter. Networks still get their bridges and addresses, but no
-outbound NAT, no isolation of internal networks and no published ports:
+outbound NAT, no isolation (between networks, or of internal ones) and no
+published ports:
 whoever owns the firewall must provide those.
 
 Because it changes nothing, it has nothing to undo and pushes no undo steps

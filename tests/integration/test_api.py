@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from ipaddress import IPv4Interface, IPv4Network
 
 import pytest
@@ -226,3 +227,57 @@ def test_the_machines_own_host_opens_and_closes_without_changing_anything():
         assert machine.networks == [] and machine.sandboxes == []
         assert machine.address is None and machine.outside is None
         assert machine.namespace.owned is False
+
+
+def test_the_default_route_moves_to_a_remaining_network(host):
+    front, back = host.create_network("front"), host.create_network("back")
+    internal = host.create_network("private", internal=True)
+    a = host.create_sandbox("a")
+    internal.connect(a)
+    front.connect(a)
+    back.connect(a)
+
+    def default_route() -> str:
+        return a.run(["ip", "route", "show", "default"], capture_output=True, text=True, check=True).stdout.strip()
+
+    assert default_route().startswith(f"default via {front.gateway} dev eth1")
+    settings = a.inspect()["Networks"]
+    assert (settings["front"]["Gateway"], settings["back"]["Gateway"], settings["private"]["Gateway"]) == (
+        str(front.gateway), str(back.gateway), ""
+    )
+    front.disconnect(a)
+    assert default_route().startswith(f"default via {back.gateway} dev eth2")
+    back.disconnect(a)
+    assert default_route() == ""  # an internal network gives no way out
+
+
+def test_publishing_on_an_address_the_host_lacks_is_refused(host):
+    net = host.create_network("web")
+    a = host.create_sandbox("a")
+    with pytest.raises(cnm.InvalidArgumentError, match="10.1.2.3"):
+        net.connect(a, ports=["10.1.2.3:8080:80"])
+    assert net.endpoints == [] and a.endpoints == []
+    net.connect(a, ports=[f"{host.address}:8080:80"])
+
+
+def test_names_that_look_like_cnms_own_do_not_collide():
+    with cnm.Host.isolated("outside") as host:
+        host.create_sandbox("a")
+    with cnm.Host.isolated("sb-a") as host:
+        host.create_sandbox("a")
+
+
+def test_a_bridge_name_in_use_fails_without_touching_the_other_link(host):
+    first = host.create_network("first")
+    before = {link.name: link.alias for link in host._rtnl.links()}
+    for taken in ("eth0", first.interface):
+        with pytest.raises(cnm.KernelError) as info:
+            host.create_network("second", options={"com.docker.network.bridge.name": taken})
+        assert info.value.errno == errno.EEXIST
+    assert {link.name: link.alias for link in host._rtnl.links()} == before
+
+
+@pytest.mark.parametrize("bad", ["br:0", "br 0", "..", "x" * 16])
+def test_invalid_bridge_names(host, bad):
+    with pytest.raises(cnm.InvalidArgumentError, match="bridge name"):
+        host.create_network("web", options={"com.docker.network.bridge.name": bad})

@@ -68,9 +68,11 @@ def ruleset(ns: Namespace) -> str:
 
 
 def parse(text: str) -> dict[str, dict[str, object]]:
-    """``nft list ruleset`` as {"chains": {name: [line, ...]}, "maps": {name: {"type":..., "elements": set}}}."""
+    """``nft list ruleset`` as {"chains": {name: [line, ...]}, "maps": {name: {"type":..., "elements": set}},
+    "sets": (like maps)}."""
     chains: dict[str, list[str]] = {}
     maps: dict[str, dict[str, object]] = {}
+    sets: dict[str, dict[str, object]] = {}
     current: list[str] | None = None
     current_map: dict[str, object] | None = None
     elements: str | None = None
@@ -85,8 +87,9 @@ def parse(text: str) -> dict[str, dict[str, object]]:
             continue
         if m := re.fullmatch(r"chain (\S+) \{", line):
             current, current_map = chains.setdefault(m.group(1), []), None
-        elif m := re.fullmatch(r"map (\S+) \{", line):
-            current_map, current = maps.setdefault(m.group(1), {"elements": set()}), None
+        elif m := re.fullmatch(r"(map|set) (\S+) \{", line):
+            kind = maps if m.group(1) == "map" else sets
+            current_map, current = kind.setdefault(m.group(2), {"elements": set()}), None
         elif line == "}" or not line or line.startswith("table "):
             current = current_map = None
         elif current_map is not None:
@@ -99,7 +102,7 @@ def parse(text: str) -> dict[str, dict[str, object]]:
                     elements = None
         elif current is not None:
             current.append(line)
-    return {"chains": chains, "maps": maps}  # type: ignore[dict-item]
+    return {"chains": chains, "maps": maps, "sets": sets}  # type: ignore[dict-item]
 
 
 def _elements(text: str) -> set[str]:
@@ -120,9 +123,12 @@ SKELETON = {
         "dnat ip to ip daddr . meta l4proto . th dport map @ports_addr",
         "dnat ip to meta l4proto . th dport map @ports",
     ],
+    "isolation": ["ct status dnat return", "drop"],
 }
 POSTROUTING_HEAD = "type nat hook postrouting priority srcnat; policy accept;"
 FORWARD_HEAD = "type filter hook forward priority filter; policy accept;"
+ISOLATE = "iifname @bridges oifname @bridges iifname . oifname != @same_bridge jump isolation"
+FORWARD = [FORWARD_HEAD, ISOLATE]
 WEB_POSTROUTING = [
     'ip saddr 10.1.0.0/24 oifname != "br-web" masquerade comment "web"',
     'ct status dnat ip saddr 10.1.0.0/24 oifname "br-web" masquerade comment "web"',
@@ -136,6 +142,18 @@ DB_FORWARD = [
     'iifname "br-db" oifname != "br-db" drop comment "db"',
     'oifname "br-db" iifname != "br-db" drop comment "db"',
 ]
+
+
+def bridge_sets(*bridges: str) -> dict[str, dict[str, object]]:
+    """The sets ``bridges`` and ``same_bridge`` holding *bridges*, as parse() reads them."""
+    return {
+        "bridges": {"type": "ifname", "elements": {f'"{b}"' for b in bridges}},
+        "same_bridge": {"type": "ifname . ifname", "elements": {f'"{b}" . "{b}"' for b in bridges}},
+    }
+
+
+def ifname(name: str) -> bytes:
+    return name.encode().ljust(16, b"\0")
 
 
 # ---- the registry (no kernel needed) -------------------------------------------------
@@ -189,11 +207,12 @@ def test_first_network_creates_the_table_with_its_rules(fw):
     for name, lines in SKELETON.items():
         assert chains[name] == lines
     assert chains["postrouting"] == [POSTROUTING_HEAD, *WEB_POSTROUTING]
-    assert chains["forward"] == [FORWARD_HEAD]
+    assert chains["forward"] == FORWARD
     assert table["maps"] == {
         "ports": {"type": "inet_proto . inet_service : ipv4_addr . inet_service", "elements": set()},
         "ports_addr": {"type": "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service", "elements": set()},
     }
+    assert table["sets"] == bridge_sets("br-web")
     # The socket lives in the scratch namespace: the machine's own ruleset never sees the table.
     root = subprocess.run(["nft", "list", "tables"], check=True, capture_output=True, text=True).stdout
     assert fw.table not in root
@@ -216,7 +235,8 @@ def test_two_networks_and_their_forwards(fw):
     assert len(undo) == 3
     table = table_of(fw)
     assert table["chains"]["postrouting"] == [POSTROUTING_HEAD, *WEB_POSTROUTING, *DB_POSTROUTING]
-    assert table["chains"]["forward"] == [FORWARD_HEAD, *DB_FORWARD]
+    assert table["chains"]["forward"] == [*FORWARD, *DB_FORWARD]
+    assert table["sets"] == bridge_sets("br-web", "br-db")
     assert table["maps"]["ports"]["elements"] == {"tcp . 8080 : 10.1.0.2 . 80", "sctp . 9999 : 10.1.0.3 . 9"}
     assert table["maps"]["ports_addr"]["elements"] == {"192.168.7.1 . udp . 53 : 10.1.0.3 . 5353"}
 
@@ -224,9 +244,11 @@ def test_two_networks_and_their_forwards(fw):
 @needs_kernel
 def test_internal_network_is_isolated_and_not_masqueraded(fw):
     fw.add_network(DB, UndoLog())
-    chains = table_of(fw)["chains"]
-    assert chains["forward"] == [FORWARD_HEAD, *DB_FORWARD]
+    table = table_of(fw)
+    chains = table["chains"]
+    assert chains["forward"] == [*FORWARD, *DB_FORWARD]
     assert chains["postrouting"] == [POSTROUTING_HEAD, *DB_POSTROUTING]
+    assert table["sets"] == bridge_sets("br-db")  # isolated from other networks as well
     assert not any("!=" in line for line in chains["postrouting"])  # no outbound NAT
 
 
@@ -256,10 +278,13 @@ def test_undoing_networks_removes_their_rules_and_the_last_removes_the_table(fw)
     fw.add_network(WEB, web)
     fw.add_network(DB, db)
     assert web.unwind() == []
-    chains = table_of(fw)["chains"]
+    table = table_of(fw)
+    chains = table["chains"]
     assert chains["postrouting"] == [POSTROUTING_HEAD, *DB_POSTROUTING]
-    assert chains["forward"] == [FORWARD_HEAD, *DB_FORWARD]
+    assert chains["forward"] == [*FORWARD, *DB_FORWARD]
     assert chains["published"] == SKELETON["published"]
+    assert chains["isolation"] == SKELETON["isolation"]
+    assert table["sets"] == bridge_sets("br-db")
     assert db.unwind() == []
     assert ruleset(fw.namespace) == ""
     # ...and the next call builds everything again.
@@ -275,6 +300,7 @@ def test_the_table_lives_while_any_call_is_outstanding(fw):
     assert net.unwind() == []  # out of the usual order: the forwards keep the table alive
     table = table_of(fw)
     assert table["chains"]["postrouting"] == [POSTROUTING_HEAD]
+    assert table["sets"] == bridge_sets()
     assert table["maps"]["ports"]["elements"] == {"tcp . 8080 : 10.1.0.2 . 80"}
     assert ports.unwind() == []
     assert ruleset(fw.namespace) == ""
@@ -333,12 +359,14 @@ def test_undo_tolerates_what_is_already_gone(fw):
     outsider = _Batch(fw.table)
     outsider.rule_delete("postrouting", handle, "outsider")
     outsider.element(False, "ports", bytes([6, 0, 0, 0, 0x1F, 0x90, 0, 0]), b"", "outsider")
+    outsider.member(False, "same_bridge", ifname("br-web") * 2, "outsider")
     fw._commit(outsider, "test: outsider")
     assert ports.unwind() == []
     assert web.unwind() == []
     table = table_of(fw)
     assert table["chains"]["postrouting"] == [POSTROUTING_HEAD, *DB_POSTROUTING]
     assert table["maps"]["ports"]["elements"] == set()
+    assert table["sets"] == bridge_sets("br-db")
 
 
 @needs_kernel
@@ -356,7 +384,7 @@ def test_an_undo_step_runs_once(fw):
     (step,) = web.steps
     step()
     step()  # must not count as the undo of db's call too
-    assert table_of(fw)["chains"]["forward"] == [FORWARD_HEAD, *DB_FORWARD]
+    assert table_of(fw)["chains"]["forward"] == [*FORWARD, *DB_FORWARD]
     assert db.unwind() == []
     assert ruleset(fw.namespace) == ""
 
@@ -395,6 +423,20 @@ def test_a_lost_answer_removes_what_the_batch_installed(fw, monkeypatch, first, 
     assert len(undo) == steps
     assert undo.unwind() == []
     assert ruleset(fw.namespace) == ""
+
+
+@needs_kernel
+def test_a_bridge_belongs_to_one_network(fw):
+    """A second network on a bridge already in use is refused, and changes nothing."""
+    undo = UndoLog()
+    fw.add_network(WEB, undo)
+    before = ruleset(fw.namespace)
+    with pytest.raises(KernelError) as caught:
+        fw.add_network(NetworkRules(name="web2", bridge="br-web", subnet=IPv4Network("10.9.0.0/24")), undo)
+    assert caught.value.errno == errno.EEXIST
+    assert 'add "br-web" to set bridges' in str(caught.value)
+    assert ruleset(fw.namespace) == before
+    assert len(undo) == 1
 
 
 @needs_kernel

@@ -44,8 +44,10 @@ def test_close_removes_every_namespace_and_is_idempotent():
     assert all(os.path.exists(f"/run/netns/{n}") for n in names)
     host.close()
     assert [n for n in names if os.path.exists(f"/run/netns/{n}")] == []
+    assert host.networks == [] and host.sandboxes == []
     host.close()
-    assert host.networks == [] or all(n._deleted for n in host.networks)
+    with pytest.raises(cnm.ClosedError):
+        host.create_network("again")
 
 
 def test_close_goes_on_past_failures_and_reports_them_together(monkeypatch):
@@ -82,3 +84,50 @@ def test_sandbox_delete_is_idempotent_and_cheap_path_leaves_no_veth(host):
     sandbox.delete()
     assert f"veth{endpoint.id[:7]}" not in {l.name for l in host._rtnl.links()}
     assert net.endpoints == []
+
+
+def test_a_failed_firewall_step_is_retried_and_keeps_the_host_port_reserved(host, monkeypatch):
+    from cnm.firewall.nftables import NftablesFirewall
+
+    net = host.create_network("web")
+    a, b = host.create_sandbox("a"), host.create_sandbox("b")
+    net.connect(a, ports=["8080:80"])
+    real_commit = NftablesFirewall._commit
+    refusals = []
+
+    def refuse_withdrawals_once(self, batch, what, gone_ok=False):
+        if not refusals and any(label.startswith("withdraw") for label in batch.labels.values()):
+            refusals.append(what)
+            raise cnm.KernelError(errno.EBUSY, f"{what}: injected refusal")
+        return real_commit(self, batch, what, gone_ok)
+
+    monkeypatch.setattr(NftablesFirewall, "_commit", refuse_withdrawals_once)
+    with pytest.raises(cnm.TeardownError):
+        net.disconnect(a)
+    assert len(refusals) == 1
+    # The forward may still be installed, so its host port and address stay taken.
+    assert [e.name for e in net.endpoints] == ["a"]
+    with pytest.raises(cnm.ConflictError, match="8080"):
+        net.connect(b, ports=["8080:80"])
+    net.disconnect(a)  # the retry removes what was left
+    assert net.endpoints == []
+    net.connect(b, ports=["8080:80"])
+    elements = snapshot(host.namespace.name)["nftables"]
+    assert elements.count(": 172.17.0.") == 1  # only b's forward is in the map
+
+
+def test_an_interrupted_close_can_be_finished(monkeypatch):
+    host = cnm.Host.isolated()
+    _build(host)
+    names = [host.namespace.name, host.outside.namespace.name] + [s.namespace.name for s in host.sandboxes]
+    real_wait = Rtnl.wait_gone
+
+    def interrupted(self, indexes, timeout):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Rtnl, "wait_gone", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        host.close()
+    monkeypatch.setattr(Rtnl, "wait_gone", real_wait)
+    host.close()
+    assert [n for n in names if os.path.exists(f"/run/netns/{n}")] == []

@@ -27,7 +27,10 @@ def ifinfo(index=0, up=False, attrs=()):
 
 
 def test_getlink_dellink_set_up():
-    assert packed(18, 0, pack.getlink("eth0"), 7) == pyroute2_bytes(ifinfo(attrs=[("IFLA_IFNAME", "eth0")]), 18, 0, 7)
+    by_name = ifinfo(attrs=[("IFLA_IFNAME", "eth0"), ("IFLA_EXT_MASK", 8)])
+    assert packed(18, 0, pack.getlink("eth0"), 7) == pyroute2_bytes(by_name, 18, 0, 7)
+    by_index = ifinfo(12, attrs=[("IFLA_EXT_MASK", 8)])
+    assert packed(18, 0, pack.getlink(index=12), 6) == pyroute2_bytes(by_index, 18, 0, 6)
     assert packed(17, 4, pack.dellink(42), 8) == pyroute2_bytes(ifinfo(42), 17, 4, 8)
     assert packed(16, 4, pack.set_up(3), 9) == pyroute2_bytes(ifinfo(3, up=True), 16, 4, 9)
 
@@ -43,7 +46,8 @@ def test_bridge(mtu):
 
 
 @pytest.mark.parametrize("mtu, master, mac", [(None, 5, "02:42:ac:11:00:02"), (9000, None, None)])
-def test_veth(mtu, master, mac):
+@pytest.mark.parametrize("own_mac", [None, "02:11:22:33:44:55"])
+def test_veth(mtu, master, mac, own_mac):
     peer = [["IFLA_IFNAME", "eth0"]]
     if mac:
         peer.append(["IFLA_ADDRESS", mac])
@@ -51,6 +55,8 @@ def test_veth(mtu, master, mac):
         peer.append(["IFLA_MTU", mtu])
     peer.append(["IFLA_NET_NS_FD", 17])
     attrs = [("IFLA_IFNAME", "vethabcdef0")]
+    if own_mac:
+        attrs.append(("IFLA_ADDRESS", own_mac))
     if mtu:
         attrs.append(("IFLA_MTU", mtu))
     attrs.append(
@@ -62,19 +68,19 @@ def test_veth(mtu, master, mac):
     if master:
         attrs.append(("IFLA_MASTER", master))
     expected = pyroute2_bytes(ifinfo(up=True, attrs=attrs), 16, 0x605, 12)
-    assert packed(16, 0x605, pack.veth("vethabcdef0", master, mtu, "eth0", 17, mac), 12) == expected
+    assert packed(16, 0x605, pack.veth("vethabcdef0", own_mac, master, mtu, "eth0", 17, mac), 12) == expected
 
 
 @pytest.mark.parametrize("alias, hairpin", [("cnm:x:network/web", True), ("cnm:y", False), (None, True)])
 def test_link_settings(alias, hairpin):
-    attrs = [("IFLA_IFNAME", "veth1234567")]
+    attrs = []
     if alias:
         attrs.append(("IFLA_IFALIAS", alias))
     if hairpin:
         slave = {"attrs": [("IFLA_INFO_SLAVE_KIND", "bridge"), ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]})]}
         attrs.append(("IFLA_LINKINFO", slave))
-    expected = pyroute2_bytes(ifinfo(attrs=attrs), 16, 4, 13)
-    assert packed(16, 4, pack.link_settings("veth1234567", alias, hairpin), 13) == expected
+    expected = pyroute2_bytes(ifinfo(9, attrs=attrs), 16, 4, 13)
+    assert packed(16, 4, pack.link_settings(9, alias, hairpin), 13) == expected
 
 
 @pytest.mark.parametrize("network", ["172.17.0.0/16", "10.0.0.0/31"])

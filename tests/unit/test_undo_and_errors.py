@@ -6,7 +6,7 @@ import pytest
 
 import cnm
 from cnm.errors import kernel_error
-from cnm.undo import UndoLog, raise_collected, transaction
+from cnm.undo import Undo, UndoLog, raise_collected, transaction
 
 
 def test_unwind_runs_newest_first_and_goes_on_past_failures():
@@ -19,7 +19,9 @@ def test_unwind_runs_newest_first_and_goes_on_past_failures():
     assert ran == [3, 1]
     assert [type(f) for f in failures] == [RuntimeError]
     assert "while undoing: two" in failures[0].__notes__
-    assert len(log) == 0 and log.unwind() == []  # idempotent
+    assert len(log) == 1  # the failed step stays, to be retried
+    (again,) = log.unwind()
+    assert isinstance(again, RuntimeError) and ran == [3, 1]  # only the failed step ran again
 
 
 @pytest.mark.parametrize("code", [errno.ENOENT, errno.ENODEV, errno.ESRCH])
@@ -44,21 +46,61 @@ def test_other_oserrors_are_failures():
     assert failure.errno == errno.EPERM
 
 
+def test_a_failed_step_is_retried_until_it_succeeds():
+    attempts = []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise OSError(errno.EBUSY, "busy")
+
+    log = UndoLog()
+    log.push("flaky", flaky)
+    assert len(log.unwind()) == 1 and len(log.unwind()) == 1
+    assert log.unwind() == [] and len(log) == 0 and len(attempts) == 3
+
+
+def test_an_interrupted_unwind_keeps_the_step_it_hit():
+    log = UndoLog()
+    log.push("older", lambda: None)
+    log.push("interrupted", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        log.unwind()
+    assert len(log) == 2
+
+
+def test_books_are_released_only_when_the_kernel_side_is_clean():
+    released = []
+    kernel_ok = [False]
+
+    def kernel_step():
+        if not kernel_ok[0]:
+            raise OSError(errno.EBUSY, "busy")
+
+    undo = Undo()
+    undo.books.push("address", lambda: released.append("address"))
+    undo.kernel.push("link", kernel_step)
+    assert len(undo.unwind()) == 1 and released == []
+    kernel_ok[0] = True
+    assert undo.unwind() == [] and released == ["address"] and len(undo) == 0
+
+
 def test_transaction_rolls_back_and_reraises_the_original():
     ran = []
     with pytest.raises(KeyError) as info:
-        with transaction() as log:
-            log.push("a", lambda: ran.append("a"))
-            log.push("b", lambda: (_ for _ in ()).throw(ValueError("rollback broke")))
+        with transaction() as undo:
+            undo.books.push("a", lambda: ran.append("a"))
+            undo.kernel.push("b", lambda: ran.append("b"))
+            undo.kernel.push("c", lambda: (_ for _ in ()).throw(ValueError("rollback broke")))
             raise KeyError("original")
-    assert ran == ["a"]
+    assert ran == ["b"]  # kernel steps all ran; the books stay, as the kernel side is not clean
     assert any("rollback also failed" in note for note in info.value.__notes__)
 
 
 def test_transaction_keeps_the_log_on_success():
-    with transaction() as log:
-        log.push("a", lambda: None)
-    assert len(log) == 1
+    with transaction() as undo:
+        undo.kernel.push("a", lambda: None)
+    assert len(undo) == 1
 
 
 def test_raise_collected_groups_every_failure():
