@@ -4,8 +4,7 @@ For hosts whose packet filtering belongs to someone else (an administrator's
 own nftables rules, firewalld), and for testing everything else without
 touching netfilter. Networks still get their bridges and addresses, but no
 outbound NAT, no isolation (between networks, or of internal ones) and no
-published ports:
-whoever owns the firewall must provide those.
+published ports: whoever owns the firewall must provide those.
 
 Because it changes nothing, it has nothing to undo and pushes no undo steps
 (an undo log is a list of inverses of changes; there was no change).
