@@ -12,7 +12,8 @@ runs inside ``pb*`` namespaces of its own and removes them.
 
 Prints, per N, the median setup and teardown milliseconds per sandbox of each
 tool and how many times slower than cnm each peer was. Setup is timed from an
-empty host to all N connected; teardown until every namespace and veth is gone.
+empty host to all N connected; teardown from ``host.close()`` until the kernel
+has taken every sandbox's veth apart (as the peer scripts wait for).
 
 Peers (scripts in ../shared/bench-peers, or $CNM_BENCH_PEERS): ``ipbatch``
 (``ip -batch`` plus one ``nft -f``: the best a shell can do), ``ipcli`` (one
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 
 import cnm
+from cnm.kernel import Rtnl
 
 PEERS_DIR = Path(os.environ.get("CNM_BENCH_PEERS", Path(__file__).resolve().parents[2] / "shared" / "bench-peers"))
 PEERS = {
@@ -41,6 +43,9 @@ PEERS = {
     "ipcli": (["bash", "ipcli.sh"], ["ip", "nft"]),
     "cni": (["bash", "cni.sh"], ["ip", "nft", "/usr/lib/cni/bridge"]),
     "pyroute2": ([sys.executable, "pyroute2_naive.py"], []),
+    # Not a tool but the kernel's own cost, by hand-packed netlink: namespace,
+    # veth pair and address per sandbox (no bridge port, link-up, route or NAT).
+    "floor": ([sys.executable, "floor_rawnl.py"], []),
 }
 
 
@@ -56,9 +61,18 @@ def cnm_run(n: int) -> tuple[float, float]:
     except BaseException:
         host.close()
         raise
-    start = time.perf_counter()
-    host.close()
-    teardown = time.perf_counter() - start
+    # Like the peers' scripts, teardown lasts until the kernel has really taken
+    # the sandboxes apart: until no veth is left in the host namespace. A
+    # socket opened inside that namespace keeps it readable after close().
+    watcher = Rtnl(host.namespace)
+    try:
+        start = time.perf_counter()
+        host.close()
+        while any(link.kind == "veth" and link.master for link in watcher.links()):
+            time.sleep(0.0005)
+        teardown = time.perf_counter() - start
+    finally:
+        watcher.close()
     return setup * 1000 / n, teardown * 1000 / n
 
 
@@ -75,6 +89,10 @@ def peer_missing(name: str) -> str | None:
 def peer_run(name: str, n: int) -> tuple[float, float]:
     argv, _ = PEERS[name]
     done = subprocess.run([*argv, str(n), "nat"], cwd=PEERS_DIR, capture_output=True, text=True, check=True)
+    if name == "floor":  # lines "rawnl-WHAT N create_ms delete_ms"; the floor is their sum
+        rows = {f[0]: (float(f[2]), float(f[3])) for f in (line.split() for line in done.stdout.splitlines())}
+        parts = [rows["rawnl-netns"], rows["rawnl-veth-group"], rows["rawnl-addr"]]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
     fields = done.stdout.split()  # TOOL N setup_ms teardown_ms
     return float(fields[-2]), float(fields[-1])
 
@@ -84,6 +102,13 @@ def main() -> None:
     parser.add_argument("-n", type=int, nargs="+", default=[200], help="sandbox counts (default 200)")
     parser.add_argument("-r", "--runs", type=int, default=3, help="runs per tool and count; medians are printed")
     parser.add_argument("--peers", nargs="*", default=["ipbatch"], choices=sorted(PEERS), help="peer tools to run too")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="seconds to pause before each run: the kernel frees deleted namespaces in the background, "
+        "and that work would otherwise be charged to the next run (default 2)",
+    )
     args = parser.parse_args()
     peers = []
     for name in args.peers:
@@ -96,7 +121,10 @@ def main() -> None:
     for n in args.n:
         results: dict[str, tuple[float, float]] = {}
         for tool in ["cnm", *peers]:
-            runs = [cnm_run(n) if tool == "cnm" else peer_run(tool, n) for _ in range(args.runs)]
+            runs = []
+            for _ in range(args.runs):
+                time.sleep(args.settle)
+                runs.append(cnm_run(n) if tool == "cnm" else peer_run(tool, n))
             results[tool] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
         base_setup, base_teardown = results["cnm"]
         for tool, (setup, teardown) in results.items():

@@ -322,37 +322,43 @@ class Host(_InNamespace):
     # ---- lifecycle ---------------------------------------------------------------
 
     def close(self) -> None:
-        """Delete everything this host made, in reverse order.
+        """Delete everything this host made.
 
         Goes on past failures and raises them together as one TeardownError;
         calling it again retries whatever is left (and does nothing once all
-        is gone). Sandboxes are torn down together: all their namespaces go
-        first, then one wait for the kernel to dismantle them. An isolated
-        host ends by removing every namespace carrying its owner mark, so
-        even after a failed step nothing of it is left in the kernel.
+        is gone).
+
+        An isolated host owns every namespace that holds what it made (its
+        own, the outside's, its sandboxes'), all carrying its owner mark:
+        closing it deletes those namespaces, which takes every link, address,
+        route and nftables rule in them along, instead of undoing object by
+        object. The machine's own host deletes its sandboxes (namespaces
+        first, with one wait for their veths) and then its networks, in
+        reverse order.
         """
         if self._closed and not len(self._undo) and not self._children:
             return
         self._closed = True
         failures: list[Exception] = []
-        for owner in (self, self.outside):
+        for owner in [self, self.outside, *self._sandboxes.values()]:
             if owner is not None:
                 failures += _collect(owner._stop_processes)
-        failures += Sandbox._delete_many([c for c in reversed(self._children) if isinstance(c, Sandbox)])
-        for child in reversed(self._children[:]):
-            if isinstance(child, Network):
-                failures += child._teardown(force=True)
         if self.namespace.owned:
-            # Everything left lives in namespaces that this host owns: delete
-            # them all, and what was left in them goes too.
-            swept = self._undo.kernel.unwind() + Namespace.sweep(f"cnm-{self.token}-")
-            failures += swept
-            if not swept:  # what the children could not undo went with the namespaces
+            gone = self._undo.kernel.unwind() + Namespace.sweep(f"cnm-{self.token}-")
+            failures += gone
+            if not gone:
+                for child in self._children:
+                    child._abandon()
                 self._children.clear()
                 self._networks.clear()
                 self._sandboxes.clear()
+        else:
+            failures += Sandbox._delete_many([c for c in reversed(self._children) if isinstance(c, Sandbox)])
+            for child in reversed(self._children[:]):
+                if isinstance(child, Network):
+                    failures += child._teardown(force=True)
         if not self._children:
-            failures += self._undo.unwind()
+            failures += self._undo.unwind()  # the host's sockets
         raise_collected(f"host {self.name!r}", failures)
 
     def __enter__(self) -> Host:
@@ -570,6 +576,12 @@ class Network:
             raise StateError(f"network {self.name!r} has active endpoints ({names}); disconnect them or use force=True")
         raise_collected(f"network {self.name!r}", self._teardown(force=force))
 
+    def _abandon(self) -> None:
+        """Forget the undo steps: the host's namespace, and all of this network in it, is gone."""
+        for endpoint in self._endpoints.values():
+            endpoint._abandon()
+        self._undo, self._deleted = Undo(), True
+
     def _teardown(self, *, force: bool) -> list[Exception]:
         """Endpoints, then the network's own kernel objects; its name and
         subnet are given back only when all of that is gone."""
@@ -743,6 +755,10 @@ class Endpoint:
         if not failures and gave_route and sandbox is not None and sandbox._dying_links is None:
             failures += sandbox._elect_default_route()
         return failures
+
+    def _abandon(self) -> None:
+        """Forget the undo steps: everything they would undo is gone with its namespaces."""
+        self._undo, self._join, self._deleted = Undo(), Undo(), True
 
     def _teardown(self) -> list[Exception]:
         self._deleted = True
@@ -929,6 +945,10 @@ class Sandbox(_InNamespace):
             if not sandbox._endpoints and not len(sandbox._undo.kernel):
                 failures += sandbox._undo.books.unwind()
         return failures
+
+    def _abandon(self) -> None:
+        """Forget the undo steps: the namespace, and everything in it, is gone."""
+        self._undo, self._deleted = Undo(), True
 
     def _check_open(self) -> None:
         if self._deleted:

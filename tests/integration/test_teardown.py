@@ -50,9 +50,37 @@ def test_close_removes_every_namespace_and_is_idempotent():
         host.create_network("again")
 
 
-def test_close_goes_on_past_failures_and_reports_them_together(monkeypatch):
+def test_close_goes_on_past_failures_reports_them_together_and_can_be_retried(monkeypatch):
+    from cnm.netns import Namespace
+
     host = cnm.Host.isolated()
+    _build(host)
+    names = [host.namespace.name, host.outside.namespace.name] + [s.namespace.name for s in host.sandboxes]
+    refused = {f"cnm-{host.token}-sb-s1", f"cnm-{host.token}-sb-s2"}
+    real_delete = Namespace.delete
+
+    def refuse_two(self):
+        if self.name in refused:
+            raise cnm.KernelError(errno.EBUSY, f"namespace {self.name!r}: injected refusal")
+        return real_delete(self)
+
+    monkeypatch.setattr(Namespace, "delete", refuse_two)
+    with pytest.raises(cnm.TeardownError) as info:
+        host.close()
+    assert len(info.value.exceptions) == 2
+    assert all(isinstance(e, cnm.KernelError) and e.errno == errno.EBUSY for e in info.value.exceptions)
+    # Everything else went regardless.
+    assert sorted(n for n in names if os.path.exists(f"/run/netns/{n}")) == sorted(refused)
+    monkeypatch.setattr(Namespace, "delete", real_delete)
+    host.close()  # retries what is left
+    assert [n for n in names if os.path.exists(f"/run/netns/{n}")] == []
+    host.close()  # and then does nothing
+
+
+def test_deleting_objects_goes_on_past_failures_and_reports_them_together(host, monkeypatch):
     net, internal, sandboxes = _build(host)
+    for s in sandboxes:
+        s.delete()
     real_delete = Rtnl.delete_link
     refused = []
 
@@ -63,15 +91,17 @@ def test_close_goes_on_past_failures_and_reports_them_together(monkeypatch):
         return real_delete(self, index, what)
 
     monkeypatch.setattr(Rtnl, "delete_link", refuse_bridges)
-    names = [host.namespace.name, host.outside.namespace.name] + [s.namespace.name for s in sandboxes]
-    with pytest.raises(cnm.TeardownError) as info:
-        host.close()
+    for network in (net, internal):
+        with pytest.raises(cnm.TeardownError) as info:
+            network.delete()
+        assert len(info.value.exceptions) == 1
     assert len(refused) == 2
-    assert len(info.value.exceptions) == 2
-    assert all(isinstance(e, cnm.KernelError) for e in info.value.exceptions)
-    # Everything else still went: the namespaces (and with the host's, the refused bridges).
-    assert [n for n in names if os.path.exists(f"/run/netns/{n}")] == []
-    host.close()  # a second close does nothing, and raises nothing
+    # The bridges stay, so do the networks (their subnets are still in use).
+    assert [n.name for n in host.networks] == ["web", "db"]
+    monkeypatch.setattr(Rtnl, "delete_link", real_delete)
+    net.delete()
+    internal.delete()
+    assert host.networks == []
 
 
 def test_sandbox_delete_is_idempotent_and_cheap_path_leaves_no_veth(host):
@@ -117,17 +147,22 @@ def test_a_failed_firewall_step_is_retried_and_keeps_the_host_port_reserved(host
 
 
 def test_an_interrupted_close_can_be_finished(monkeypatch):
+    from cnm.netns import Namespace
+
     host = cnm.Host.isolated()
     _build(host)
     names = [host.namespace.name, host.outside.namespace.name] + [s.namespace.name for s in host.sandboxes]
-    real_wait = Rtnl.wait_gone
+    real_delete = Namespace.delete
 
-    def interrupted(self, indexes, timeout):
-        raise KeyboardInterrupt
+    def interrupted(self):
+        if "-sb-" in self.name:
+            raise KeyboardInterrupt
+        return real_delete(self)
 
-    monkeypatch.setattr(Rtnl, "wait_gone", interrupted)
+    monkeypatch.setattr(Namespace, "delete", interrupted)
     with pytest.raises(KeyboardInterrupt):
         host.close()
-    monkeypatch.setattr(Rtnl, "wait_gone", real_wait)
+    assert any(os.path.exists(f"/run/netns/{n}") for n in names)
+    monkeypatch.setattr(Namespace, "delete", real_delete)
     host.close()
     assert [n for n in names if os.path.exists(f"/run/netns/{n}")] == []
