@@ -27,8 +27,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.cnm-installed-${CNM_EXTRAS:-none}"
 if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".${CNM_EXTRAS:+[$CNM_EXTRAS]}"
+  echo "installing cnm${CNM_EXTRAS:+ with $CNM_EXTRAS} into .venv (log: .venv/install.log)"
+  if ! { .venv/bin/python -m pip install --upgrade pip &&
+         .venv/bin/python -m pip install -e ".${CNM_EXTRAS:+[$CNM_EXTRAS]}"; } >.venv/install.log 2>&1; then
+    cat .venv/install.log >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 PY=.venv/bin/python
