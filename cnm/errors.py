@@ -87,13 +87,13 @@ class MissingKernelFeatureError(KernelError):
     """The running kernel lacks a module or feature that the operation needs."""
 
 
-class TeardownError(CNMError, ExceptionGroup):  # type: ignore[misc]
+class TeardownError(CNMError, ExceptionGroup):
     """Teardown went on past failures; each one is in :attr:`exceptions`."""
 
     def __new__(cls, message: str, exceptions: Sequence[Exception]) -> TeardownError:
         return super().__new__(cls, message, exceptions)
 
-    def derive(self, excs: Sequence[Exception]) -> TeardownError:  # keeps the type on split()
+    def derive(self, excs: Sequence[Exception]) -> TeardownError:  # type: ignore[override]  # keeps the type on split()
         return TeardownError(self.message, excs)
 
 

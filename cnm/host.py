@@ -192,7 +192,8 @@ class Host(_InNamespace):
             undo.kernel.push(f"host {label!r}: namespace", host_ns.delete)
             outside_ns = Namespace.create(f"cnm-{token}-outside", setup=_prepare_new_namespace)
             undo.kernel.push(f"host {label!r}: outside namespace", outside_ns.delete)
-            host._setup(host_ns, Outside(outside_ns, OUTSIDE_ADDRESS.ip, host), firewall, token, undo)
+            outside = Outside(outside_ns, OUTSIDE_ADDRESS.ip, host)
+            host._setup(host_ns, outside, firewall, token, undo)
             host.name = label
             # Both ends of the uplink live in namespaces deleted above: no undo step of their own.
             uplink, outside_end = host._rtnl.add_veth(
@@ -205,7 +206,7 @@ class Host(_InNamespace):
             )
             host._rtnl.add_address(uplink, HOST_ADDRESS, f"host {label!r}: uplink")
             host._rtnl.add_route(IPv4Network("0.0.0.0/0"), OUTSIDE_ADDRESS.ip, f"host {label!r}: default route")
-            host.outside._configure("eth0", OUTSIDE_ADDRESS, None, "outside: uplink", outside_end)
+            outside._configure("eth0", OUTSIDE_ADDRESS, None, "outside: uplink", outside_end)
             host_ns.write_sysctl("net/ipv4/ip_forward", "1")
             host._forwarding_users = 1  # always on in an isolated host; never restored
         return host

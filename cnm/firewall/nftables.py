@@ -179,15 +179,15 @@ _RULE_HANDLE = 3  # NFTA_RULE_HANDLE
 # ---- message classes (pyroute2's, corrected where they are wrong) ----------------
 
 
-class _rule_msg(nft.nft_rule_msg):
+class _rule_msg(nft.nft_rule_msg):  # type: ignore[misc]  # pyroute2 is untyped
     # NFTA_RULE_USERDATA is a TLV list (libnftnl's nftnl_udata); pyroute2 packs
     # it as a length-prefixed string. Send it as raw bytes built by _udata().
     nla_map = tuple(
         (name, "cdata") if name == "NFTA_RULE_USERDATA" else (name, kind) for name, kind in nft.nft_rule_msg.nla_map
     )
 
-    class nft_expr(nft.nft_rule_msg.nft_expr):
-        class nft_fib(nft.nft_regs):
+    class nft_expr(nft.nft_rule_msg.nft_expr):  # type: ignore[misc]
+        class nft_fib(nft.nft_regs):  # type: ignore[misc]
             # pyroute2 encodes the result as a flag set and the flags as an enum:
             # both backwards. The kernel wants plain 32-bit numbers.
             nla_map = (
@@ -198,7 +198,7 @@ class _rule_msg(nft.nft_rule_msg):
             )
 
 
-class _set_msg(nft.nft_set_msg):
+class _set_msg(nft.nft_set_msg):  # type: ignore[misc]  # pyroute2 is untyped
     # NFTA_SET_USERDATA is a TLV list too; sent as raw bytes built by _set_udata().
     nla_map = tuple(
         (name, "cdata") if name == "NFTA_SET_USERDATA" else (name, kind) for name, kind in nft.nft_set_msg.nla_map
