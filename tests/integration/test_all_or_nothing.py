@@ -64,15 +64,23 @@ class FaultInjector:
         return classmethod(step) if is_classmethod else step
 
 
-def _host_state(host: cnm.Host) -> dict[str, object]:
-    return snapshot(host.namespace.name)
+def _host_state(host: cnm.Host, *sandboxes: cnm.Sandbox) -> dict[str, object]:
+    """The host namespace's state, and that of each sandbox given."""
+    state = snapshot(host.namespace.name)
+    for sandbox in sandboxes:
+        state.update({f"{sandbox.name}:{k}": v for k, v in snapshot(sandbox.namespace.name).items()})
+    return state
 
 
-def _sweep(host, monkeypatch, operation, after: bool) -> int:
-    """Run *operation* with a failure at step 1, 2, ... until it succeeds; return the step count."""
+def _sweep(host, monkeypatch, operation, after: bool, sandboxes=()) -> int:
+    """Run *operation* with a failure at step 1, 2, ... until it succeeds; return the step count.
+
+    After each failure the host namespace (and the *sandboxes*' namespaces)
+    must be exactly as before.
+    """
     k = 1
     while True:
-        before = _host_state(host)
+        before = _host_state(host, *sandboxes)
         with monkeypatch.context() as m:
             injector = FaultInjector(m, k, after)
             try:
@@ -85,7 +93,7 @@ def _sweep(host, monkeypatch, operation, after: bool) -> int:
             else:
                 assert not injector.fired, f"step {k}: the injected failure was swallowed"
                 return k - 1
-        changed = diff(before, _host_state(host))
+        changed = diff(before, _host_state(host, *sandboxes))
         assert not changed, f"failure at kernel step {k} ({'after' if after else 'before'} it) left changes:\n{changed}"
         k += 1
         assert k < 50, "the operation never completed"
@@ -117,7 +125,7 @@ def test_first_network_is_all_or_nothing(host, monkeypatch, after):
 def test_connect_is_all_or_nothing(host, monkeypatch, after):
     net = host.create_network("web")
     sandbox = host.create_sandbox("a")
-    steps = _sweep(host, monkeypatch, lambda: net.connect(sandbox, ports=["8080:80", "53/udp"]), after)
+    steps = _sweep(host, monkeypatch, lambda: net.connect(sandbox, ports=["8080:80", "53/udp"]), after, [sandbox])
     assert steps >= 3  # veth, address+route, port forwards
     (endpoint,) = net.endpoints
     assert endpoint.ip.exploded == "172.17.0.2"  # every failed attempt gave its address back
