@@ -25,7 +25,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
 from pyroute2.netlink.marshal import Marshal
 
 __all__ = ["Netlink", "NetlinkReply", "nla", "nla_string"]
@@ -122,11 +122,6 @@ class Netlink:
                     waiting.discard(seq)
                     replies[seq] = reply
         return replies
-
-    def request(self, msg: Any, mtype: int, flags: int) -> None:
-        """Send one acknowledged request; raise OSError on failure."""
-        seq, data = self.encode(msg, mtype, flags | NLM_F_ACK)
-        self.transact([(seq, data)])[seq].raise_for()
 
     def dump(self, msg: Any, mtype: int, flags: int = 0) -> list[Any]:
         """Run a dump request and return the decoded messages."""

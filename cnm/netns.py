@@ -259,9 +259,6 @@ class Namespace:
                 failures.append(exc)
         return failures
 
-    def exists(self) -> bool:
-        return os.path.exists(self.path)
-
     def run(self, fn: Callable[[], T]) -> T:
         """Run *fn* in a fresh thread that has entered this namespace; return its result.
 
