@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import functools
+import threading
 import re
 import secrets
 import subprocess
@@ -57,6 +59,25 @@ HOST_ADDRESS = IPv4Interface("198.18.0.2/24")
 #: How long deleting a sandbox waits for the kernel to dismantle its namespace
 #: (and with it the host ends of its veths) before deleting them one by one.
 NAMESPACE_GONE_TIMEOUT = 5.0
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _serialized(method: F) -> F:
+    """Run *method* under its host's lock: one operation at a time per host.
+
+    cnm's bookkeeping (registries, address pools, host ports, undo logs) is
+    shared by everything on a host; runtimes call from many threads.
+    """
+
+    @functools.wraps(method)
+    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        host = self if isinstance(self, Host) else self.network.host if isinstance(self, Endpoint) else self.host
+        with host._lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
 
 
 def _check_name(kind: str, name: object) -> str:
@@ -162,6 +183,7 @@ class Host(_InNamespace):
         self.outside = outside
         self.name = namespace.name
         self.token = token
+        self._lock = threading.RLock()
         self._processes = []
         self._undo = undo
         self._closed = False
@@ -247,6 +269,7 @@ class Host(_InNamespace):
 
     # ---- networks ----------------------------------------------------------------
 
+    @_serialized
     def create_network(
         self,
         name: str,
@@ -306,6 +329,7 @@ class Host(_InNamespace):
 
     # ---- sandboxes ---------------------------------------------------------------
 
+    @_serialized
     def create_sandbox(self, name: str) -> Sandbox:
         """A sandbox: its own network namespace with loopback up."""
         self._check_open()
@@ -322,6 +346,7 @@ class Host(_InNamespace):
 
     # ---- lifecycle ---------------------------------------------------------------
 
+    @_serialized
     def close(self) -> None:
         """Delete everything this host made.
 
@@ -503,6 +528,7 @@ class Network:
 
     # ---- endpoints ---------------------------------------------------------------
 
+    @_serialized
     def create_endpoint(
         self,
         name: str,
@@ -534,6 +560,7 @@ class Network:
         endpoint._undo = undo
         return endpoint
 
+    @_serialized
     def connect(
         self,
         sandbox: Sandbox,
@@ -557,6 +584,7 @@ class Network:
         endpoint._owned_by_connection = True
         return endpoint
 
+    @_serialized
     def disconnect(self, sandbox: Sandbox) -> None:
         """Make *sandbox* leave this network (``docker network disconnect``)."""
         for endpoint in self._endpoints.values():
@@ -567,6 +595,7 @@ class Network:
 
     # ---- lifecycle ---------------------------------------------------------------
 
+    @_serialized
     def delete(self, *, force: bool = False) -> None:
         """Delete the network. With endpoints it refuses, unless *force* (then they go too).
 
@@ -686,6 +715,7 @@ class Endpoint:
     def ip(self) -> IPv4Address:
         return self.address.ip
 
+    @_serialized
     def join(self, sandbox: Sandbox) -> None:
         """Attach this endpoint to *sandbox*: interface, address, route, published ports."""
         self._check_open()
@@ -732,6 +762,7 @@ class Endpoint:
             undo.books.push(f"endpoint {self.name!r}: joined", forget)
         self._join = undo
 
+    @_serialized
     def leave(self) -> None:
         """Detach from the sandbox: the interface and published ports go; the address stays.
 
@@ -742,6 +773,7 @@ class Endpoint:
             raise StateError(f"endpoint {self.name!r} is not joined to a sandbox")
         raise_collected(f"endpoint {self.name!r}: leave", self._leave())
 
+    @_serialized
     def delete(self) -> None:
         """Leave (if joined) and release the address; idempotent.
 
@@ -899,6 +931,7 @@ class Sandbox(_InNamespace):
 
     # ---- lifecycle ---------------------------------------------------------------
 
+    @_serialized
     def delete(self) -> None:
         """Delete the sandbox: its processes, its namespace and its interfaces.
 

@@ -113,6 +113,8 @@ class _Worker:
             if cls._current is None or not cls._current.alive:
                 cls._current = cls()
             worker = cls._current
+        if threading.current_thread() is worker.thread:  # it would wait for itself forever
+            raise RuntimeError("cnm: a namespace call made from inside another one")
         box: list[tuple[bool, object]] = []
         done = threading.Event()
         worker.jobs.put((fn, box, done))

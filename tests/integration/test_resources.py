@@ -1,4 +1,4 @@
-"""Open file descriptors and threads do not grow with the number of sandboxes."""
+"""Open file descriptors and threads do not grow with the number of sandboxes; many threads can share a host."""
 
 from __future__ import annotations
 
@@ -24,3 +24,23 @@ def test_descriptors_and_threads_stay_flat(host):
     for sandbox in host.sandboxes[20:]:
         sandbox.delete()
     assert _fds() == fds
+
+
+def test_operations_from_many_threads_are_serialized_per_host(host):
+    from concurrent.futures import ThreadPoolExecutor
+
+    net = host.create_network("web")
+
+    def build(i: int):
+        sandbox = host.create_sandbox(f"t{i}")
+        return net.connect(sandbox, ports=[f"{21000 + i}:80"])
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        endpoints = list(pool.map(build, range(24)))
+    addresses = {e.ip for e in endpoints}
+    ports = {e.published[0].host_port for e in endpoints}
+    assert len(addresses) == 24 and len(ports) == 24
+    assert sorted(s.name for s in host.sandboxes) == sorted(f"t{i}" for i in range(24))
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda s: s.delete(), host.sandboxes))
+    assert host.sandboxes == [] and net.endpoints == []
