@@ -19,7 +19,11 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture
 def host():
-    """A fresh isolated host, closed (and checked closed) after the test."""
+    """A fresh isolated host, closed after the test however it ends.
+
+    Tests that close it themselves may: closing again does nothing (and
+    finishes the job if the test's own close was interrupted).
+    """
     h = cnm.Host.isolated()
     try:
         yield h

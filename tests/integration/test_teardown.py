@@ -37,8 +37,7 @@ def test_deleting_everything_returns_the_host_namespace_to_its_first_state(host)
     assert not [n for n in os.listdir("/run/netns") if n.startswith(f"cnm-{host.token}-sb-")]
 
 
-def test_close_removes_every_namespace_and_is_idempotent():
-    host = cnm.Host.isolated()
+def test_close_removes_every_namespace_and_is_idempotent(host):
     _build(host)
     names = [host.namespace.name, host.outside.namespace.name] + [s.namespace.name for s in host.sandboxes]
     assert all(os.path.exists(f"/run/netns/{n}") for n in names)
@@ -50,10 +49,9 @@ def test_close_removes_every_namespace_and_is_idempotent():
         host.create_network("again")
 
 
-def test_close_goes_on_past_failures_reports_them_together_and_can_be_retried(monkeypatch):
+def test_close_goes_on_past_failures_reports_them_together_and_can_be_retried(host, monkeypatch):
     from cnm.netns import Namespace
 
-    host = cnm.Host.isolated()
     _build(host)
     names = [host.namespace.name, host.outside.namespace.name] + [s.namespace.name for s in host.sandboxes]
     refused = {f"cnm-{host.token}-sb-s1", f"cnm-{host.token}-sb-s2"}
@@ -146,10 +144,9 @@ def test_a_failed_firewall_step_is_retried_and_keeps_the_host_port_reserved(host
     assert elements.count(": 172.17.0.") == 1  # only b's forward is in the map
 
 
-def test_an_interrupted_close_can_be_finished(monkeypatch):
+def test_an_interrupted_close_can_be_finished(host, monkeypatch):
     from cnm.netns import Namespace
 
-    host = cnm.Host.isolated()
     _build(host)
     names = [host.namespace.name, host.outside.namespace.name] + [s.namespace.name for s in host.sandboxes]
     real_delete = Namespace.delete
