@@ -39,13 +39,22 @@ from cnm.kernel import Rtnl
 
 PEERS_DIR = Path(os.environ.get("CNM_BENCH_PEERS", Path(__file__).resolve().parents[2] / "shared" / "bench-peers"))
 PEERS = {
-    "ipbatch": (["bash", "ipbatch.sh"], ["ip", "nft"]),
-    "ipcli": (["bash", "ipcli.sh"], ["ip", "nft"]),
-    "cni": (["bash", "cni.sh"], ["ip", "nft", "/usr/lib/cni/bridge"]),
-    "pyroute2": ([sys.executable, "pyroute2_naive.py"], []),
+    # The shell scripts re-run themselves inside their namespace by their own
+    # path, so they are started by absolute path (see peer_run).
+    "ipbatch": ([], ["ip", "nft"]),
+    "ipcli": ([], ["ip", "nft"]),
+    "cni": ([], ["ip", "nft", "/usr/lib/cni/bridge"]),
+    "pyroute2": ([sys.executable], []),
     # Not a tool but the kernel's own cost, by hand-packed netlink: namespace,
     # veth pair and address per sandbox (no bridge port, link-up, route or NAT).
-    "floor": ([sys.executable, "floor_rawnl.py"], []),
+    "floor": ([sys.executable], []),
+}
+SCRIPTS = {
+    "ipbatch": "ipbatch.sh",
+    "ipcli": "ipcli.sh",
+    "cni": "cni.sh",
+    "pyroute2": "pyroute2_naive.py",
+    "floor": "floor_rawnl.py",
 }
 
 
@@ -77,9 +86,9 @@ def cnm_run(n: int) -> tuple[float, float]:
 
 
 def peer_missing(name: str) -> str | None:
-    argv, tools = PEERS[name]
-    if not (PEERS_DIR / argv[-1]).exists():
-        return f"{PEERS_DIR / argv[-1]} not found"
+    _, tools = PEERS[name]
+    if not (PEERS_DIR / SCRIPTS[name]).exists():
+        return f"{PEERS_DIR / SCRIPTS[name]} not found"
     for tool in tools:
         if shutil.which(tool) is None and not Path(tool).exists():
             return f"{tool} not installed"
@@ -87,8 +96,13 @@ def peer_missing(name: str) -> str | None:
 
 
 def peer_run(name: str, n: int) -> tuple[float, float]:
-    argv, _ = PEERS[name]
-    done = subprocess.run([*argv, str(n), "nat"], cwd=PEERS_DIR, capture_output=True, text=True, check=True)
+    interpreter, _ = PEERS[name]
+    argv = [*interpreter, str(PEERS_DIR / SCRIPTS[name]), str(n), "nat"]
+    done = subprocess.run(argv, cwd=PEERS_DIR, capture_output=True, text=True, check=True)
+    # The scripts print their timing line even when a step failed; a run with
+    # complaints on stderr measured something else and must not be reported.
+    if any(word in done.stderr for word in ("WARN", "FATAL", "failed", "Error")):
+        raise RuntimeError(f"peer {name} reported errors:\n{done.stderr.strip()}")
     if name == "floor":  # lines "rawnl-WHAT N create_ms delete_ms"; the floor is their sum
         rows = {f[0]: (float(f[2]), float(f[3])) for f in (line.split() for line in done.stdout.splitlines())}
         parts = [rows["rawnl-netns"], rows["rawnl-veth-group"], rows["rawnl-addr"]]
