@@ -186,6 +186,7 @@ class Host(_InNamespace):
         self._lock = threading.RLock()
         self._processes = []
         self._undo = undo
+        self._warm: Sandbox | None = None
         self._closed = False
         self._networks: dict[str, Network] = {}
         self._sandboxes: dict[str, Sandbox] = {}
@@ -336,12 +337,23 @@ class Host(_InNamespace):
         _check_name("sandbox", name)
         if name in self._sandboxes:
             raise ConflictError(f"sandbox {name!r}: a sandbox with that name already exists")
+        sockets: list[Rtnl] = []
         with transaction() as undo:
-            ns = Namespace.create(f"cnm-{self.token}-sb-{name}", setup=_prepare_new_namespace)
+            ns = Namespace.create(
+                f"cnm-{self.token}-sb-{name}", setup=lambda: sockets.append(_open_new_namespace())
+            )
             undo.kernel.push(f"sandbox {name!r}: namespace", ns.delete)
-            sandbox = Sandbox(self, name, ns)
+            # The socket that brought lo up stays open for the sandbox's first
+            # connect (saving a trip into the namespace); it must be closed
+            # before the namespace can go, hence after it on the log.
+            undo.kernel.push(f"sandbox {name!r}: socket", sockets[0].close)
+            sandbox = Sandbox(self, name, ns, sockets[0])
             self._adopt(self._sandboxes, name, sandbox, undo.books)
         sandbox._undo = undo
+        # Only the newest sandbox keeps its socket: descriptors stay bounded.
+        if self._warm is not None:
+            self._warm._cool()
+        self._warm = sandbox
         return sandbox
 
     # ---- lifecycle ---------------------------------------------------------------
@@ -370,6 +382,8 @@ class Host(_InNamespace):
             if owner is not None:
                 failures += _collect(owner._stop_processes)
         if self.namespace.owned:
+            for sandbox in self._sandboxes.values():
+                sandbox._cool()  # an open socket would keep its namespace alive
             gone = self._undo.kernel.unwind() + Namespace.sweep(f"cnm-{self.token}-")
             failures += gone
             if not gone:
@@ -445,10 +459,20 @@ def _prepare_new_namespace() -> None:
     IPv6 off for the interfaces that will be added (cnm's networks are IPv4
     only for now, as Docker's are without --ipv6; it also halves what the
     kernel does when a veth comes up)."""
-    with Rtnl(Namespace("new", "/proc/thread-self/ns/net"), here=True) as rtnl:
+    _open_new_namespace().close()
+
+
+def _open_new_namespace() -> Rtnl:
+    """:func:`_prepare_new_namespace`, returning its rtnetlink socket still open."""
+    rtnl = Rtnl(Namespace("new", "/proc/thread-self/ns/net"), here=True)
+    try:
         rtnl.loopback_up()
-    with open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as f:
-        f.write("1")
+        with open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as f:
+            f.write("1")
+    except BaseException:
+        rtnl.close()
+        raise
+    return rtnl
 
 
 def _string_map(what: str, value: Mapping[str, str] | None) -> dict[str, str]:
@@ -847,11 +871,13 @@ class Endpoint:
 class Sandbox(_InNamespace):
     """A network namespace that endpoints join (a container's network stack)."""
 
-    def __init__(self, host: Host, name: str, namespace: Namespace) -> None:
+    def __init__(self, host: Host, name: str, namespace: Namespace, rtnl: Rtnl | None = None) -> None:
         self.host = host
         self.name = name
         self.id = _new_id()
         self.namespace = namespace
+        #: a socket inside the namespace, kept while this is the host's newest sandbox
+        self._rtnl = rtnl
         self._processes = []
         self._endpoints: list[Endpoint] = []
         self._undo = Undo()
@@ -893,7 +919,16 @@ class Sandbox(_InNamespace):
     def configure(
         self, interface: str, address: IPv4Interface, gateway: IPv4Address | None, what: str, *, index: int | None = None
     ) -> None:
-        self._configure(interface, address, gateway, what, index)
+        if self._rtnl is not None:
+            self._rtnl.configure_interface(interface, address, gateway, what, index=index)
+        else:
+            self._configure(interface, address, gateway, what, index)
+
+    def _cool(self) -> None:
+        """Close the kept socket (another sandbox is newer, or this one goes)."""
+        if self._rtnl is not None:
+            self._rtnl.close()
+            self._rtnl = None
 
     def release_link(self, host: Rtnl, index: int, what: str) -> None:
         if self._dying_links is not None:

@@ -23,7 +23,7 @@ def test_descriptors_and_threads_stay_flat(host):
     assert threading.active_count() == threads
     for sandbox in host.sandboxes[20:]:
         sandbox.delete()
-    assert _fds() == fds
+    assert _fds() <= fds  # the newest sandbox's kept socket went with it
 
 
 def test_operations_from_many_threads_are_serialized_per_host(host):
