@@ -73,11 +73,18 @@ def cnm_run(n: int) -> tuple[float, float]:
     # Like the peers' scripts, teardown lasts until the kernel has really taken
     # the sandboxes apart: until no veth is left in the host namespace. A
     # socket opened inside that namespace keeps it readable after close().
-    watcher = Rtnl(host.namespace)
+    try:
+        watcher = Rtnl(host.namespace)
+    except BaseException:
+        host.close()
+        raise
     try:
         start = time.perf_counter()
         host.close()
+        deadline = start + 120  # as long as the peer scripts wait
         while any(link.kind == "veth" and link.master for link in watcher.links()):
+            if time.perf_counter() > deadline:
+                raise RuntimeError("the kernel did not take the sandboxes' veths apart within 120 s")
             time.sleep(0.0005)
         teardown = time.perf_counter() - start
     finally:

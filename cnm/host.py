@@ -73,11 +73,20 @@ def _serialized(method: F) -> F:
 
     @functools.wraps(method)
     def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
-        host = self if isinstance(self, Host) else self.network.host if isinstance(self, Endpoint) else self.host
-        with host._lock:
+        with _host_of(self)._lock:
             return method(self, *args, **kwargs)
 
     return locked  # type: ignore[return-value]
+
+
+def _host_of(obj: Any) -> Host:
+    if isinstance(obj, Host):
+        return obj
+    if isinstance(obj, Endpoint):
+        return obj.network.host
+    if isinstance(obj, Outside):
+        return obj._host
+    return obj.host  # type: ignore[no-any-return]
 
 
 def _check_name(kind: str, name: object) -> str:
@@ -110,14 +119,16 @@ class _InNamespace:
         self._check_open()
         return self.namespace.run(lambda: subprocess.run(argv, **kwargs))
 
+    @_serialized
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """``subprocess.Popen(argv, **kwargs)`` inside this namespace.
 
-        The process is terminated (and reaped) when the owner is deleted.
+        The process is killed (and reaped) when the owner is deleted. Under
+        the host's lock, so a deletion cannot miss a process being started.
         """
         self._check_open()
         proc = self.namespace.run(lambda: subprocess.Popen(argv, **kwargs))
-        self._processes = [p for p in self._processes if p.poll() is None]  # forget the finished
+        self._processes[:] = [p for p in self._processes if p.poll() is None]  # forget the finished
         self._processes.append(proc)
         return proc
 
@@ -187,6 +198,8 @@ class Host(_InNamespace):
         self._processes = []
         self._undo = undo
         self._warm: Sandbox | None = None
+        #: what failed operations could not roll back; close() retries it
+        self._leftovers: list[Undo] = []
         self._closed = False
         self._networks: dict[str, Network] = {}
         self._sandboxes: dict[str, Sandbox] = {}
@@ -210,6 +223,15 @@ class Host(_InNamespace):
         token = secrets.token_hex(3)
         label = _check_name("host", name) if name is not None else "host"
         host = cls.__new__(cls)
+        try:
+            return cls._build_isolated(host, token, name, label, firewall)
+        except BaseException:
+            # Whatever the rollback could not remove carries the token: sweep it.
+            Namespace.sweep(f"cnm-{token}-")
+            raise
+
+    @classmethod
+    def _build_isolated(cls, host: Host, token: str, name: str | None, label: str, firewall: str) -> Host:
         with transaction() as undo:
             host_ns = Namespace.create(f"cnm-{token}-host" + (f"-{name}" if name else ""), setup=_prepare_new_namespace)
             undo.kernel.push(f"host {label!r}: namespace", host_ns.delete)
@@ -246,10 +268,12 @@ class Host(_InNamespace):
         return self.outside.address if self.outside is not None else None
 
     @property
+    @_serialized
     def networks(self) -> list[Network]:
         return list(self._networks.values())
 
     @property
+    @_serialized
     def sandboxes(self) -> list[Sandbox]:
         return list(self._sandboxes.values())
 
@@ -315,7 +339,7 @@ class Host(_InNamespace):
             owner=self.token,
         )
         drv.validate(spec)
-        with transaction() as undo:
+        with transaction(keep=self._leftovers.append) as undo:
             if not internal:
                 self._use_forwarding(undo.kernel)
             plumbing = drv.create_network(self._rtnl, spec, undo.kernel)
@@ -338,7 +362,7 @@ class Host(_InNamespace):
         if name in self._sandboxes:
             raise ConflictError(f"sandbox {name!r}: a sandbox with that name already exists")
         sockets: list[Rtnl] = []
-        with transaction() as undo:
+        with transaction(keep=self._leftovers.append) as undo:
             ns = Namespace.create(
                 f"cnm-{self.token}-sb-{name}", setup=lambda: sockets.append(_open_new_namespace())
             )
@@ -374,7 +398,7 @@ class Host(_InNamespace):
         first, with one wait for their veths) and then its networks, in
         reverse order.
         """
-        if self._closed and not len(self._undo) and not self._children:
+        if self._closed and not len(self._undo) and not self._children and not self._leftovers:
             return
         self._closed = True
         failures: list[Exception] = []
@@ -387,17 +411,21 @@ class Host(_InNamespace):
             gone = self._undo.kernel.unwind() + Namespace.sweep(f"cnm-{self.token}-")
             failures += gone
             if not gone:
+                self._leftovers.clear()
                 for child in self._children:
                     child._abandon()
                 self._children.clear()
                 self._networks.clear()
                 self._sandboxes.clear()
         else:
+            for leftover in self._leftovers:
+                failures += leftover.unwind()
+            self._leftovers[:] = [u for u in self._leftovers if len(u)]
             failures += Sandbox._delete_many([c for c in reversed(self._children) if isinstance(c, Sandbox)])
             for child in reversed(self._children[:]):
                 if isinstance(child, Network):
                     failures += child._teardown(force=True)
-        if not self._children:
+        if not self._children and not self._leftovers:
             failures += self._undo.unwind()  # the host's sockets
         raise_collected(f"host {self.name!r}", failures)
 
@@ -443,6 +471,17 @@ class Host(_InNamespace):
             self._forwarding_users -= 1
 
         kernel.push(f"host {self.name!r}: ip_forward", release)
+
+
+def _ensure_gone(rtnl: Rtnl, index: int, gone: set[int]) -> Callable[[], None]:
+    """An undo step for a veth expected to vanish with its namespace: nothing
+    to do once it was seen gone, else delete it (already gone is success)."""
+
+    def step() -> None:
+        if index not in gone:
+            rtnl.delete_link(index, f"veth index {index}")
+
+    return step
 
 
 def _collect(step: Callable[[], object]) -> list[Exception]:
@@ -541,6 +580,7 @@ class Network:
         return self._plumbing.interface
 
     @property
+    @_serialized
     def endpoints(self) -> list[Endpoint]:
         return list(self._endpoints.values())
 
@@ -601,7 +641,7 @@ class Network:
         """
         self._check_open()
         sandbox._check_open()
-        with transaction() as undo:
+        with transaction(keep=self.host._leftovers.append) as undo:
             endpoint = self.create_endpoint(name or sandbox.name, ip=ip, mac=mac, ports=ports)
             undo.books.push(f"endpoint {endpoint.name!r}", endpoint.delete)
             endpoint.join(sandbox)
@@ -634,6 +674,7 @@ class Network:
         """Forget the undo steps: the host's namespace, and all of this network in it, is gone."""
         for endpoint in self._endpoints.values():
             endpoint._abandon()
+        self._endpoints.clear()
         self._undo, self._deleted = Undo(), True
 
     def _teardown(self, *, force: bool) -> list[Exception]:
@@ -659,6 +700,7 @@ class Network:
             raise ClosedError(f"network {self.name!r} was deleted")
         self.host._check_open()
 
+    @_serialized
     def inspect(self) -> dict[str, Any]:
         """This network in the shape of ``docker network inspect``."""
         containers = {}
@@ -756,7 +798,13 @@ class Endpoint:
                     f"endpoint {self.name!r}: sandbox {sandbox.name!r} is already connected to network {network.name!r}"
                 )
         self._check_host_addresses()
-        with transaction() as undo:
+        # What an earlier failed join could not roll back is cleaned up first.
+        raise_collected(f"endpoint {self.name!r}: cleaning up an earlier join", self._join.unwind())
+
+        def keep(leftover: Undo) -> None:
+            self._join = leftover
+
+        with transaction(keep=keep) as undo:
             published = host._ports.reserve(self.name, self.ports)
             undo.books.push(f"endpoint {self.name!r}: host ports", lambda: host._ports.release(published))
             interface = sandbox._next_interface()
@@ -816,6 +864,7 @@ class Endpoint:
     def _abandon(self) -> None:
         """Forget the undo steps: everything they would undo is gone with its namespaces."""
         self._undo, self._join, self._deleted = Undo(), Undo(), True
+        self.sandbox, self.interface, self.published, self._gives_route = None, None, [], False
 
     def _teardown(self) -> list[Exception]:
         self._deleted = True
@@ -848,6 +897,7 @@ class Endpoint:
     def __exit__(self, *exc: object) -> None:
         self.delete()
 
+    @_serialized
     def settings(self) -> dict[str, Any]:
         """This endpoint in the shape of Docker's EndpointSettings."""
         return {
@@ -894,9 +944,11 @@ class Sandbox(_InNamespace):
         return self.namespace.path
 
     @property
+    @_serialized
     def endpoints(self) -> list[Endpoint]:
         return list(self._endpoints)
 
+    @_serialized
     def address(self, network: Network) -> IPv4Interface:
         """The sandbox's interface address on *network*."""
         for endpoint in self._endpoints:
@@ -904,6 +956,7 @@ class Sandbox(_InNamespace):
                 return endpoint.address
         raise NotFoundError(f"sandbox {self.name!r} is not connected to network {network.name!r}")
 
+    @_serialized
     def inspect(self) -> dict[str, Any]:
         """This sandbox in the shape of a container's ``NetworkSettings``."""
         published = [p for e in self._endpoints for p in e.published]
@@ -987,7 +1040,8 @@ class Sandbox(_InNamespace):
         link by link.
         """
         failures: list[Exception] = []
-        dying: list[int] = []
+        gone: set[int] = set()
+        waiting: list[int] = []
         rtnl: Rtnl | None = None
         try:
             for sandbox in sandboxes:
@@ -995,29 +1049,40 @@ class Sandbox(_InNamespace):
                     continue  # already gone
                 sandbox._deleted = True
                 rtnl = sandbox.host._rtnl
-                sandbox._dying_links = dying
+                sandbox._dying_links = []
                 failures += _collect(sandbox._stop_processes)
-                for endpoint in reversed(sandbox._endpoints[:]):
-                    failures += endpoint._disconnect()
+                for endpoint in reversed(sandbox._endpoints):
+                    failures += endpoint._join.kernel.unwind()  # port forwards; veths join _dying_links
+                failures += sandbox._undo.kernel.unwind()  # its socket, then its namespace
+                # Each veth is still a step on the sandbox's log until it is
+                # seen gone (or deleted after the wait): if the wait is cut
+                # short, deleting again finishes the job.
+                for index in sandbox._dying_links:
+                    sandbox._undo.kernel.push(f"sandbox {sandbox.name!r}: veth {index}", _ensure_gone(rtnl, index, gone))
+                waiting += sandbox._dying_links
+            if waiting and rtnl is not None:
+                gone.update(set(waiting) - set(rtnl.wait_gone(waiting, NAMESPACE_GONE_TIMEOUT)))
+            for sandbox in sandboxes:
                 failures += sandbox._undo.kernel.unwind()
-            if dying and rtnl is not None:
-                for index in rtnl.wait_gone(dying, NAMESPACE_GONE_TIMEOUT):
-                    try:
-                        rtnl.delete_link(index, f"veth index {index}")
-                    except OSError as exc:
-                        if exc.errno != errno.ENODEV:  # gone meanwhile
-                            failures.append(exc)
         finally:
             for sandbox in sandboxes:
                 sandbox._dying_links = None
+        # Addresses, host ports and names are given back only once the
+        # sandbox's interfaces are really gone.
         for sandbox in sandboxes:
-            if not sandbox._endpoints and not len(sandbox._undo.kernel):
-                failures += sandbox._undo.books.unwind()
+            if len(sandbox._undo.kernel) or any(len(e._join.kernel) for e in sandbox._endpoints):
+                continue
+            for endpoint in reversed(sandbox._endpoints[:]):
+                failures += endpoint._join.books.unwind()
+                if endpoint._owned_by_connection:
+                    failures += endpoint._teardown()
+            failures += sandbox._undo.books.unwind()
         return failures
 
     def _abandon(self) -> None:
         """Forget the undo steps: the namespace, and everything in it, is gone."""
         self._undo, self._deleted = Undo(), True
+        self._endpoints.clear()
 
     def _check_open(self) -> None:
         if self._deleted:

@@ -120,12 +120,14 @@ def raise_collected(what: str, failures: list[Exception]) -> None:
 
 
 @contextlib.contextmanager
-def transaction() -> Iterator[Undo]:
+def transaction(keep: Callable[[Undo], object] | None = None) -> Iterator[Undo]:
     """An :class:`Undo` that unwinds itself if the block raises.
 
     The original exception propagates unchanged; any failure while rolling
     back is attached to it as a note (the caller's error is the one that
-    matters, and the notes say what could not be put back).
+    matters, and the notes say what could not be put back). What could not be
+    rolled back is handed to *keep*, so that its owner retries it later
+    (when it is deleted or closed) instead of it being forgotten.
     """
     undo = Undo()
     try:
@@ -133,4 +135,7 @@ def transaction() -> Iterator[Undo]:
     except BaseException as exc:
         for failure in undo.unwind():
             exc.add_note(f"rollback also failed: {failure!r}")
+        if len(undo) and keep is not None:
+            keep(undo)
+            exc.add_note("what could not be rolled back is retried when its owner is deleted or closed")
         raise

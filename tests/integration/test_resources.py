@@ -44,3 +44,34 @@ def test_operations_from_many_threads_are_serialized_per_host(host):
     with ThreadPoolExecutor(max_workers=6) as pool:
         list(pool.map(lambda s: s.delete(), host.sandboxes))
     assert host.sandboxes == [] and net.endpoints == []
+
+
+def test_reads_are_safe_while_another_thread_changes_the_host(host):
+    net = host.create_network("web")
+    sandboxes = [host.create_sandbox(f"r{i}") for i in range(4)]
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            for _ in range(8):
+                for s in sandboxes:
+                    net.connect(s)
+                for s in sandboxes:
+                    net.disconnect(s)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    reads = 0
+    try:
+        while worker.is_alive():
+            net.inspect()
+            for s in host.sandboxes:
+                s.inspect()
+            reads += 1
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        worker.join()
+    assert errors == [] and reads > 0

@@ -163,3 +163,77 @@ def test_an_interrupted_close_can_be_finished(host, monkeypatch):
     monkeypatch.setattr(Namespace, "delete", real_delete)
     host.close()
     assert [n for n in names if os.path.exists(f"/run/netns/{n}")] == []
+
+
+def test_deleting_a_sandbox_takes_the_cheap_path(host, monkeypatch):
+    net = host.create_network("web")
+    sandboxes = [host.create_sandbox(f"s{i}") for i in range(3)]
+    for s in sandboxes:
+        net.connect(s)
+    deleted = []
+    real_delete = Rtnl.delete_link
+    monkeypatch.setattr(Rtnl, "delete_link", lambda self, index, what: deleted.append(what) or real_delete(self, index, what))
+    for s in sandboxes:
+        s.delete()  # the namespace goes, and its veth with it: no link is deleted by itself
+    assert deleted == []
+    assert net.endpoints == [] and not [l for l in host._rtnl.links() if l.kind == "veth" and l.master]
+
+
+def test_an_interrupted_sandbox_delete_keeps_the_address_until_it_is_finished(host, monkeypatch):
+    net = host.create_network("web")
+    a, b = host.create_sandbox("a"), host.create_sandbox("b")
+    first = net.connect(a, ports=["8080:80"])
+    monkeypatch.setattr(Rtnl, "wait_gone", lambda self, indexes, timeout: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        a.delete()
+    monkeypatch.undo()
+    # The veth may still be there: its address and host port stay taken.
+    assert [e.name for e in net.endpoints] == ["a"]
+    second = net.connect(b)
+    assert second.ip != first.ip
+    with pytest.raises(cnm.ConflictError):
+        net.create_endpoint("c", ports=["8080:80"]).join(host.create_sandbox("c"))
+    a.delete()  # finishes the job
+    assert [e.name for e in net.endpoints if e.name != "c"] == ["b"]
+    assert not [l for l in host._rtnl.links() if l.kind == "veth" and l.master and l.index != _veth_index(host, second)]
+
+
+def _veth_index(host, endpoint):
+    return host._rtnl.link_index(f"veth{endpoint.id[:7]}")
+
+
+def test_what_a_failed_join_could_not_roll_back_is_cleaned_up_by_the_next_join(host, monkeypatch):
+    from cnm.firewall.nftables import NftablesFirewall
+
+    net = host.create_network("web")
+    a = host.create_sandbox("a")
+    endpoint = net.create_endpoint("e", ports=["8080:80"])
+    monkeypatch.setattr(
+        NftablesFirewall, "add_port_forwards", lambda *a, **k: (_ for _ in ()).throw(cnm.KernelError(errno.EPERM, "injected"))
+    )
+    real_delete = Rtnl.delete_link
+    refusals = []
+
+    def refuse_once(self, index, what):
+        if not refusals:
+            refusals.append(what)
+            raise cnm.KernelError(errno.EBUSY, f"{what}: injected refusal")
+        return real_delete(self, index, what)
+
+    monkeypatch.setattr(Rtnl, "delete_link", refuse_once)
+    with pytest.raises(cnm.KernelError) as info:
+        endpoint.join(a)
+    assert any("retried" in note for note in info.value.__notes__)
+    assert host._rtnl.link_index(f"veth{endpoint.id[:7]}") is not None  # the rollback could not remove it
+    monkeypatch.undo()
+    endpoint.join(a)  # first removes the leftover veth and frees the port, then joins
+    assert endpoint.published[0].host_port == 8080 and endpoint.interface == "eth0"
+
+
+def test_after_closing_an_isolated_host_its_objects_show_nothing(host):
+    net = host.create_network("web")
+    a = host.create_sandbox("a")
+    endpoint = net.connect(a, ports=["8080:80"])
+    host.close()
+    assert net.endpoints == [] and a.endpoints == [] and endpoint.sandbox is None
+    assert net.inspect()["Containers"] == {} and a.inspect()["Ports"] == {}
