@@ -28,11 +28,17 @@ from typing import Any
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
 from pyroute2.netlink.marshal import Marshal
 
-__all__ = ["Netlink", "NetlinkReply", "nla", "nla_string"]
+__all__ = ["Netlink", "NetlinkReply", "next_seq", "nla", "nla_string"]
 
 _HEADER = struct.Struct("=IHHII")
 _RCVBUF = 1 << 20
 _sequence = itertools.count(1)
+
+
+def next_seq() -> int:
+    """A fresh netlink sequence number: one counter for every message cnm sends,
+    whether pyroute2 encodes it or cnm packs it by hand."""
+    return next(_sequence) & 0xFFFFFFFF
 
 
 def nla(kind: int, payload: bytes) -> bytes:
@@ -96,7 +102,7 @@ class Netlink:
     @staticmethod
     def encode(msg: Any, mtype: int, flags: int) -> tuple[int, bytes]:
         """Encode a pyroute2 message with a fresh sequence number; return (seq, bytes)."""
-        seq = next(_sequence) & 0xFFFFFFFF
+        seq = next_seq()
         msg["header"]["type"] = mtype
         msg["header"]["flags"] = flags | NLM_F_REQUEST
         msg["header"]["sequence_number"] = seq

@@ -12,11 +12,11 @@ netlink header); :func:`message` adds the header.
 
 from __future__ import annotations
 
-import itertools
 import socket
 import struct
 from ipaddress import IPv4Address, IPv4Network
 
+from .netlink import next_seq
 from .netlink import nla as _attr
 from .netlink import nla_string as _string
 
@@ -32,7 +32,6 @@ __all__ = [
     "getlink",
     "link_settings",
     "message",
-    "next_seq",
     "route",
     "set_up",
     "veth",
@@ -60,13 +59,6 @@ _HEADER = struct.Struct("=IHHII")
 _IFINFO = struct.Struct("=BxHiII")
 _IFADDR = struct.Struct("=BBBBi")
 _RTMSG = struct.Struct("=BBBBBBBBI")
-
-_sequence = itertools.count(1 << 24)  # apart from the sequence numbers of netlink.Netlink.encode
-
-
-def next_seq() -> int:
-    return next(_sequence) & 0xFFFFFFFF
-
 
 def message(mtype: int, flags: int, body: bytes, seq: int | None = None) -> tuple[int, bytes]:
     """Prefix *body* with a netlink header; return (sequence number, bytes)."""

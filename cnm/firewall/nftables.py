@@ -112,8 +112,7 @@ from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES
 from pyroute2.netlink.nfnetlink import nftsocket as nft
 
 from ..errors import ClosedError, InvalidArgumentError, KernelError, kernel_error
-from .. import rtmsg
-from ..netlink import Netlink, NetlinkReply, nla, nla_string
+from ..netlink import Netlink, NetlinkReply, next_seq, nla, nla_string
 from . import NetworkRules, PortForward
 
 if TYPE_CHECKING:
@@ -466,7 +465,7 @@ class _Batch:
         # Packed by hand: this is the per-port hot path, and pyroute2's encoder
         # cost several times the kernel's work (tests/unit/test_nft_pack.py
         # checks the bytes against pyroute2's encoding).
-        seq = _element_seq()
+        seq = next_seq()
         body = _element_body(self.table, set_name, key, data if adding else None)
         if adding:
             self._add_packed(seq, _NEWSETELEM, NLM_F_CREATE | NLM_F_EXCL, body, label)
@@ -481,7 +480,7 @@ class _Batch:
     def framed(self) -> list[tuple[int, bytes]]:
         """The messages between BATCH_BEGIN and BATCH_END."""
         marker = _nfgen(_NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES)
-        first, last = _element_seq(), _element_seq()
+        first, last = next_seq(), next_seq()
         begin = (first, _HEADER.pack(16 + len(marker), _BATCH_BEGIN, NLM_F_REQUEST, first, 0) + marker)
         end = (last, _HEADER.pack(16 + len(marker), _BATCH_END, NLM_F_REQUEST, last, 0) + marker)
         # A failed commit is reported against BATCH_BEGIN.
@@ -493,10 +492,6 @@ class _Batch:
 _NFTA_LIST_ELEM, _NFTA_DATA_VALUE = 1, 1
 _NFTA_SET_ELEM_LIST_TABLE, _NFTA_SET_ELEM_LIST_SET, _NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 _NFTA_SET_ELEM_KEY, _NFTA_SET_ELEM_DATA = 1, 2
-
-
-def _element_seq() -> int:
-    return rtmsg.next_seq()
 
 
 def _nfgen(family: int, res_id: int = 0) -> bytes:
