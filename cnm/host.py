@@ -17,7 +17,6 @@ order, collects every failure, and raises them together as one
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import functools
 import threading
 import re

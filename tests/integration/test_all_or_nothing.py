@@ -84,7 +84,7 @@ def _sweep(host, monkeypatch, operation, after: bool, sandboxes=()) -> int:
         with monkeypatch.context() as m:
             injector = FaultInjector(m, k, after)
             try:
-                result = operation()
+                operation()
             except cnm.CNMError as exc:
                 assert injector.fired, f"step {k}: failed without the injected fault: {exc!r}"
                 assert isinstance(exc.__cause__, Injected) or isinstance(exc, Injected) or _caused_by_injection(exc)

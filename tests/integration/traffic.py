@@ -81,6 +81,25 @@ def tcp_hello(owner: Any, address: object, port: int, timeout: float = TIMEOUT) 
     return owner.call(go)
 
 
+def assert_unreachable(
+    client: Any,
+    address: object,
+    port: int,
+    server: Any,
+    server_port: int | None = None,
+    error: type[OSError] = TimeoutError,
+) -> None:
+    """*client* cannot connect to address:port (failing with *error*; a
+    TimeoutError means the packets were dropped), and a server listening in
+    *server*'s namespace on *server_port* (default: *port*) sees nobody."""
+    import pytest
+
+    with Server(server, server_port or port) as listening:
+        with pytest.raises(error):
+            tcp_hello(client, address, port, timeout=REFUSED_TIMEOUT)
+    assert listening.peers == []
+
+
 def udp_ping(owner: Any, address: object, port: int) -> bytes:
     def go() -> bytes:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
