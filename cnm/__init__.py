@@ -24,7 +24,7 @@ from .errors import (
     StateError,
     TeardownError,
 )
-from .host import Endpoint, Host, Network, Outside, Sandbox
+from .host import Endpoint, Host, Network, Outside, Sandbox, SandboxRequest
 from .ports import PortMapping, PublishedPort
 
 __version__ = "0.1.0"
@@ -45,6 +45,7 @@ __all__ = [
     "PortMapping",
     "PublishedPort",
     "Sandbox",
+    "SandboxRequest",
     "StateError",
     "TeardownError",
     "__version__",
