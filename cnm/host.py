@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import os
 import threading
 import re
 import secrets
@@ -39,7 +40,7 @@ from .errors import (
 from .firewall import FirewallBackend, NetworkRules, PortForward, firewall_backend
 from .ipam import AddressPool, ipam_driver, parse_address, parse_subnet
 from .kernel import Rtnl, mac_for, random_mac
-from .netns import Namespace
+from .netns import NETNS_DIR, Namespace
 from .ports import HostPortAllocator, PortMapping, PublishedPort, docker_ports_view, normalize_ports
 from .undo import Undo, UndoLog, raise_collected, transaction
 
@@ -420,18 +421,57 @@ class Host(_InNamespace):
             network._check_open()
             if network.host is not self:
                 raise InvalidArgumentError(f"network {network.name!r} belongs to another host")
-        made: list[Sandbox] = []
+        endpoints: list[Endpoint | None] = []
+        sandboxes: list[Sandbox] = []
         with transaction(keep=self._leftovers.append) as undo:
+            # Rollback runs the kernel step first, then (once it is clean) the books.
             undo.kernel.push(
-                f"host {self.name!r}: {len(wanted)} new sandboxes",
-                lambda: raise_collected("new sandboxes", Sandbox._delete_many(made)),
+                f"host {self.name!r}: new sandboxes",
+                lambda: raise_collected("new sandboxes", Sandbox._delete_many(sandboxes)),
             )
             for request in wanted:
-                sandbox = self.create_sandbox(request.name)
-                made.append(sandbox)
+                endpoint = None
                 if network is not None:
-                    network.connect(sandbox, ip=request.ip, mac=request.mac, ports=request.ports)
-        return made
+                    endpoint = network.create_endpoint(request.name, ip=request.ip, mac=request.mac, ports=request.ports)
+                    endpoint._owned_by_connection = True
+                    undo.books.push(f"endpoint {endpoint.name!r}", endpoint.delete)  # if never joined
+                    endpoint._check_host_addresses()
+                endpoints.append(endpoint)
+                path = os.path.join(NETNS_DIR, f"cnm-{self.token}-sb-{request.name}")
+                sandbox = Sandbox(self, request.name, Namespace(os.path.basename(path), path))
+                self._adopt(self._sandboxes, request.name, sandbox, sandbox._undo.books)
+                sandboxes.append(sandbox)
+            specs: list[EndpointSpec | None] = []
+            for endpoint, sandbox in zip(endpoints, sandboxes):
+                spec = None
+                if endpoint is not None:
+                    # Recorded as joined before the kernel work: a rollback
+                    # (Sandbox._delete_many) finds what to undo through it.
+                    spec = endpoint._prepare_join(sandbox, endpoint._join)
+                    endpoint._mark_joined(sandbox, spec, endpoint._join)
+                specs.append(spec)
+
+            def build(rtnl: Rtnl, i: int) -> None:
+                """Runs in a builder thread: sandbox *i*'s namespace and interface."""
+                sandbox, endpoint, spec = sandboxes[i], endpoints[i], specs[i]
+                sockets: list[Rtnl] = []
+                sandbox.namespace = Namespace.create(
+                    sandbox.namespace.name, setup=lambda: sockets.append(_open_new_namespace()), here=True
+                )
+                sandbox._undo.kernel.push(f"sandbox {sandbox.name!r}: namespace", sandbox.namespace.delete)
+                sandbox._rtnl = sockets[0]
+                sandbox._undo.kernel.push(f"sandbox {sandbox.name!r}: socket", sandbox._cool)
+                try:
+                    if endpoint is not None and spec is not None:
+                        endpoint._plumb(rtnl, spec, sandbox, endpoint._join)
+                finally:
+                    sandbox._cool()  # descriptors stay bounded however many sandboxes
+
+            _build_in_parallel(self.namespace, len(sandboxes), build)
+            if network is not None and network._rules is not None:
+                groups = [(e._forwards(), e._join.kernel) for e in endpoints if e is not None and e.published]
+                self._firewall.add_port_forwards_many(network._rules, groups)
+        return sandboxes
 
     @_serialized
     def delete_sandboxes(self, sandboxes: Iterable[Sandbox]) -> None:
@@ -537,6 +577,67 @@ class Host(_InNamespace):
             self._forwarding_users -= 1
 
         kernel.push(f"host {self.name!r}: ip_forward", release)
+
+
+#: Threads that build sandboxes in parallel (Host.create_sandboxes). Creating
+#: a namespace and a veth is mostly kernel work, during which a thread does
+#: not hold the GIL; more threads than cores only add contention.
+BUILDERS = max(2, min(4, os.cpu_count() or 2))
+
+
+def _build_in_parallel(host_namespace: Namespace, count: int, build: Callable[[Rtnl, int], None]) -> None:
+    """Run ``build(rtnl, i)`` for i in range(count) on :data:`BUILDERS` threads.
+
+    Each thread has its own rtnetlink socket in the host namespace (a socket
+    is not shared between threads) and takes the next index until none is
+    left or one build failed. Returns when every thread has stopped (also
+    when interrupted), so the caller's rollback never races a builder; raises
+    the first failure, the others attached as notes.
+    """
+    threads = min(BUILDERS, count)
+    if threads == 0:
+        return
+    indexes = iter(range(count))
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+    sockets: list[Rtnl] = []
+    try:
+        for _ in range(threads):
+            sockets.append(Rtnl(host_namespace))
+
+        def work(rtnl: Rtnl) -> None:
+            while not failures:
+                with lock:
+                    i = next(indexes, None)
+                if i is None:
+                    return
+                try:
+                    build(rtnl, i)
+                except BaseException as exc:  # handed to the caller
+                    with lock:
+                        failures.append(exc)
+
+        # The builders are left inside the namespaces they made (going home
+        # costs a setns per sandbox, and nothing they do depends on where they
+        # are); they end with this call, which lets those namespaces go.
+        workers = [threading.Thread(target=work, args=(rtnl,), name="cnm-builder") for rtnl in sockets]
+        for worker in workers:
+            worker.start()
+        try:
+            for worker in workers:
+                worker.join()
+        except BaseException as exc:
+            failures.append(exc)  # stops the builders; wait for them before rolling back
+            for worker in workers:
+                worker.join()
+    finally:
+        for rtnl in sockets:
+            rtnl.close()
+    if failures:
+        first = failures[0]
+        for other in failures[1:]:
+            first.add_note(f"another sandbox failed too: {other!r}")
+        raise first
 
 
 def _ensure_gone(rtnl: Rtnl, index: int, gone: set[int]) -> Callable[[], None]:
@@ -871,34 +972,55 @@ class Endpoint:
             self._join = leftover
 
         with transaction(keep=keep) as undo:
-            published = host._ports.reserve(self.name, self.ports)
-            undo.books.push(f"endpoint {self.name!r}: host ports", lambda: host._ports.release(published))
-            interface = sandbox._next_interface()
-            gives_route = not network.internal and not any(e._gives_route for e in sandbox._endpoints)
-            spec = EndpointSpec(
-                name=self.name,
-                id=self.id,
-                address=self.address,
-                mac=self.mac,
-                interface=interface,
-                gateway=network.gateway if gives_route else None,
-            )
-            network._driver.join(host._rtnl, network._plumbing, spec, sandbox, undo.kernel)
-            if published:
+            spec = self._prepare_join(sandbox, undo)
+            self._plumb(host._rtnl, spec, sandbox, undo)
+            if self.published:
                 assert network._rules is not None  # checked in create_endpoint
-                forwards = [
-                    PortForward(p.protocol, p.host_ip, p.host_port, self.address.ip, p.container_port) for p in published
-                ]
-                host._firewall.add_port_forwards(network._rules, forwards, undo.kernel)
-            self.sandbox, self.interface, self.published, self._gives_route = sandbox, interface, published, gives_route
-            sandbox._endpoints.append(self)
-
-            def forget() -> None:
-                sandbox._endpoints.remove(self)
-                self.sandbox, self.interface, self.published, self._gives_route = None, None, [], False
-
-            undo.books.push(f"endpoint {self.name!r}: joined", forget)
+                host._firewall.add_port_forwards(network._rules, self._forwards(), undo.kernel)
+            # Recorded last: if the rollback of a failed join cannot remove
+            # everything, the endpoint is not joined and its next join retries.
+            self._mark_joined(sandbox, spec, undo)
         self._join = undo
+
+    # The three steps of a join, apart so that Host.create_sandboxes can run
+    # the kernel step of many joins in parallel and batch their port forwards.
+
+    def _prepare_join(self, sandbox: Sandbox, undo: Undo) -> EndpointSpec:
+        """The bookkeeping of a join: host ports, interface name, the sandbox's record."""
+        network = self.network
+        host = network.host
+        published = host._ports.reserve(self.name, self.ports)
+        undo.books.push(f"endpoint {self.name!r}: host ports", lambda: host._ports.release(published))
+        self.published = published
+        interface = sandbox._next_interface()
+        gives_route = not network.internal and not any(e._gives_route for e in sandbox._endpoints)
+        return EndpointSpec(
+            name=self.name,
+            id=self.id,
+            address=self.address,
+            mac=self.mac,
+            interface=interface,
+            gateway=network.gateway if gives_route else None,
+        )
+
+    def _mark_joined(self, sandbox: Sandbox, spec: EndpointSpec, undo: Undo) -> None:
+        """Record the join on both sides (the sandbox's teardown finds its endpoints there)."""
+        self.sandbox, self.interface, self._gives_route = sandbox, spec.interface, spec.gateway is not None
+        sandbox._endpoints.append(self)
+
+        def forget() -> None:
+            sandbox._endpoints.remove(self)
+            self.sandbox, self.interface, self.published, self._gives_route = None, None, [], False
+
+        undo.books.push(f"endpoint {self.name!r}: joined", forget)
+
+    def _plumb(self, rtnl: Rtnl, spec: EndpointSpec, sandbox: Sandbox, undo: Undo) -> None:
+        """The kernel side of a join, by the network's driver (thread-safe given its own *rtnl*)."""
+        network = self.network
+        network._driver.join(rtnl, network._plumbing, spec, sandbox, undo.kernel)
+
+    def _forwards(self) -> list[PortForward]:
+        return [PortForward(p.protocol, p.host_ip, p.host_port, self.address.ip, p.container_port) for p in self.published]
 
     @_serialized
     def leave(self) -> None:

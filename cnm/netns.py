@@ -194,12 +194,18 @@ class Namespace:
         return self.path.startswith(NETNS_DIR + "/")
 
     @classmethod
-    def create(cls, name: str, setup: Callable[[], object] | None = None) -> Namespace:
+    def create(cls, name: str, setup: Callable[[], object] | None = None, *, here: bool = False) -> Namespace:
         """Create a new namespace mounted on ``/run/netns/NAME``.
 
         *setup*, when given, runs inside the new namespace before this returns
         (in the thread that created it): the cheapest moment to bring ``lo`` up.
         If anything fails, nothing is left behind.
+
+        The work runs on the namespace worker, which goes home afterwards.
+        With ``here=True`` it runs in the calling thread instead, which is
+        left inside the new namespace: for threads of cnm's own that exist
+        only to build namespaces in parallel (:meth:`cnm.Host.create_sandboxes`)
+        and never run anything that depends on where they are.
         """
         path = os.path.join(NETNS_DIR, name)
         os.makedirs(NETNS_DIR, exist_ok=True)
@@ -218,7 +224,10 @@ class Namespace:
                 setup()
 
         try:
-            _Worker.submit(make)
+            if here:
+                make()
+            else:
+                _Worker.submit(make)
         except BaseException:
             ns.delete()
             raise

@@ -46,6 +46,11 @@ def snapshot(netns: str | None = None) -> dict[str, object]:
         "ip_forward": _run(_netns_exec(netns, ["cat", "/proc/sys/net/ipv4/ip_forward"])),
         "netns": sorted(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else [],
     }
+    owner = re.match(r"cnm-[0-9a-f]+-", netns or "")
+    if owner:
+        # A cnm host's namespaces all carry its owner token; those of anyone
+        # else (a concurrent test run, say) are not part of its state.
+        state["netns"] = [name for name in state["netns"] if name.startswith(owner.group())]  # type: ignore[union-attr]
     return state
 
 

@@ -196,6 +196,19 @@ class FirewallBackend(Protocol):
         """
         ...
 
+    def add_port_forwards_many(
+        self, rules: NetworkRules, groups: Sequence[tuple[Sequence[PortForward], UndoLog]]
+    ) -> None:
+        """Publish several groups of forwards (one group per endpoint) in one atomic change.
+
+        For bulk creation (:meth:`cnm.Host.create_sandboxes`): the same as one
+        :meth:`add_port_forwards` call per group, but one kernel transaction
+        for all. On success it pushes one undo step per non-empty group, on
+        that group's own log, removing exactly that group's forwards; on
+        failure nothing is installed and nothing is pushed.
+        """
+        ...
+
     def close(self) -> None:
         """Release what the backend holds open (sockets). Does not remove rules.
 

@@ -668,26 +668,39 @@ class NftablesFirewall:
         undo.push(f"{what}: remove firewall rules", self._remover(what, fill, present, forget))
 
     def add_port_forwards(self, rules: NetworkRules, forwards: Sequence[PortForward], undo: UndoLog) -> None:
-        if not forwards:
+        self.add_port_forwards_many(rules, [(forwards, undo)])
+
+    def add_port_forwards_many(
+        self, rules: NetworkRules, groups: Sequence[tuple[Sequence[PortForward], UndoLog]]
+    ) -> None:
+        groups = [(forwards, undo) for forwards, undo in groups if forwards]
+        if not groups:
             return
         what = f"firewall {self.table}: network {rules.name!r}"
-        entries = [(*_map_entry(f), str(f)) for f in forwards]
-        keys = {(map_name, key) for map_name, key, _, _ in entries}
+        entries = [[(*_map_entry(f), str(f)) for f in forwards] for forwards, _ in groups]
 
         def drop_strays(batch: _Batch) -> None:
             # A key that is in a map but belongs to no live call can only be this batch's.
             listed = self._elements_listed()
-            for map_name, key, data, label in entries:
-                if (map_name, key) in listed and (map_name, key) not in self._live_elements:
-                    batch.element(False, map_name, key, data, label)
+            for group in entries:
+                for map_name, key, data, label in group:
+                    if (map_name, key) in listed and (map_name, key) not in self._live_elements:
+                        batch.element(False, map_name, key, data, label)
 
         with self._lock:
             batch = self._batch_creating()
-            for map_name, key, data, label in entries:
-                batch.element(True, map_name, key, data, label)
+            for group in entries:
+                for map_name, key, data, label in group:
+                    batch.element(True, map_name, key, data, label)
             self._apply(batch, what, drop_strays)
-            self._live_elements.update(keys)
-            self._users += 1
+            for group in entries:
+                self._live_elements.update((map_name, key) for map_name, key, _, _ in group)
+            self._users += len(groups)
+        for group, (_, undo) in zip(entries, groups):
+            undo.push(f"{what}: withdraw published ports", self._forwards_remover(what, group))
+
+    def _forwards_remover(self, what: str, entries: list[tuple[str, bytes, bytes, str]]) -> Callable[[], None]:
+        keys = {(map_name, key) for map_name, key, _, _ in entries}
 
         def fill(batch: _Batch, still_there: set[tuple[str, bytes]] | None) -> None:
             for map_name, key, data, label in entries:
@@ -697,7 +710,7 @@ class NftablesFirewall:
         def forget() -> None:
             self._live_elements.difference_update(keys)
 
-        undo.push(f"{what}: withdraw published ports", self._remover(what, fill, self._elements_listed, forget))
+        return self._remover(what, fill, self._elements_listed, forget)
 
     def close(self) -> None:
         with self._lock:

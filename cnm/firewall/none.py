@@ -44,6 +44,11 @@ class NoFirewall:
     def add_port_forwards(self, rules: NetworkRules, forwards: Sequence[PortForward], undo: UndoLog) -> None:
         self._check_open()
 
+    def add_port_forwards_many(
+        self, rules: NetworkRules, groups: Sequence[tuple[Sequence[PortForward], UndoLog]]
+    ) -> None:
+        self._check_open()
+
     def close(self) -> None:
         self._closed = True
 

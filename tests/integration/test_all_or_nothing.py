@@ -16,6 +16,7 @@ once, so for those both flavours refuse the step.
 from __future__ import annotations
 
 import errno
+import threading
 
 import pytest
 
@@ -37,6 +38,8 @@ class FaultInjector:
         self.fail_at = fail_at
         self.after = after
         self.fired = False
+        # Host.create_sandboxes makes kernel changes from several threads.
+        self._lock = threading.Lock()
         for cls, name, netlink in [
             (Netlink, "transact", True),
             (Netlink, "fenced", True),
@@ -50,14 +53,15 @@ class FaultInjector:
         injector = self
 
         def step(*args, **kwargs):
-            injector.count += 1
-            fire = not injector.fired and injector.count == injector.fail_at
+            with injector._lock:
+                injector.count += 1
+                fire = not injector.fired and injector.count == injector.fail_at
+                if fire:
+                    injector.fired = True
             if fire and not (injector.after and netlink):
-                injector.fired = True
                 raise Injected(errno.EPERM, "injected failure before the step")
             result = original(*args[1:], **kwargs) if is_classmethod else original(*args, **kwargs)
             if fire:
-                injector.fired = True
                 raise Injected(errno.EIO, "injected failure after the step")
             return result
 
@@ -68,7 +72,7 @@ def _host_state(host: cnm.Host, *sandboxes: cnm.Sandbox) -> dict[str, object]:
     """The host namespace's state, and that of each sandbox given."""
     state = snapshot(host.namespace.name)
     for sandbox in sandboxes:
-        state.update({f"{sandbox.name}:{k}": v for k, v in snapshot(sandbox.namespace.name).items()})
+        state.update({f"{sandbox.name}:{k}": v for k, v in snapshot(sandbox.namespace.name).items() if k != "netns"})
     return state
 
 
