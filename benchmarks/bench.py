@@ -1,49 +1,65 @@
 """Time cnm building and tearing down N sandboxes, each with one published port,
 side by side with peer tools run on the same scenario in the same run.
 
-The scenario of ../shared/bench-peers (and FACTS.md): one host namespace with a
-bridge network; N sandboxes, each connected with an address, lo up, a default
-route and one published TCP port (masquerade on). cnm runs inside a
+The scenario of ../shared/bench-peers: one host namespace with a bridge
+network; N sandboxes, each connected with an address, lo up, a default route
+and one published TCP port (masquerade on). cnm runs inside a
 ``cnm.Host.isolated()`` that this script creates and removes; each peer script
 runs inside ``pb*`` namespaces of its own and removes them.
 
-    .venv/bin/python benchmarks/bench.py                  # N=200, 3 runs, peers: ipbatch
-    .venv/bin/python benchmarks/bench.py -n 10 200 -r 5 --peers ipbatch ipcli
+    .venv/bin/python benchmarks/bench.py                      # N=10 100 1000, 3 runs, default tools
+    .venv/bin/python benchmarks/bench.py -n 10 20 -r 1 --peers ipbatch
+    .venv/bin/python benchmarks/bench.py --json docs/_static/bench.json --plot
 
 Prints, per N, the median setup and teardown milliseconds per sandbox of each
-tool and how many times slower than cnm each peer was. Setup is timed from an
-empty host to all N connected; teardown from ``host.close()`` until the kernel
-has taken every sandbox's veth apart (as the peer scripts wait for).
+tool and each one's time as a multiple of cnm's. Setup is timed from a host
+with the network already made to all N connected; teardown from
+``host.close()`` until the kernel has taken every sandbox's veth apart (as the
+peer scripts wait for). ``--json FILE`` also writes every run's figures and
+the conditions (date, kernel, CPUs, command line); ``--plot`` then runs
+``benchmarks/plot.py`` on that file (SVG charts and an RST table in
+``docs/_static``).
 
-Peers (scripts in ../shared/bench-peers, or $CNM_BENCH_PEERS): ``ipbatch``
-(``ip -batch`` plus one ``nft -f``: the best a shell can do), ``ipcli`` (one
-``ip``/``nft`` command per step), ``cni`` (CNI bridge + host-local + portmap;
-needs the containernetworking-plugins package), ``pyroute2`` (a naive
-pyroute2 script). A peer whose script or tools are missing is skipped with a
-note.
+Tools: ``cnm`` (always; the bulk API ``Host.create_sandboxes``), ``cnm-loop``
+(``create_sandbox`` + ``connect`` per sandbox) and the peers (scripts in
+../shared/bench-peers, or $CNM_BENCH_PEERS): ``ipbatch`` (``ip -batch`` plus
+one ``nft -f``: the best a shell can do), ``cni`` (CNI bridge + host-local +
+portmap; needs the containernetworking-plugins package), ``ipcli`` (one
+``ip``/``nft`` command per step), ``pyroute2`` (a naive pyroute2 script),
+``floor`` (the kernel's own cost by hand-packed netlink: namespace, veth and
+address only). By default: cnm-loop, ipbatch and cni; a default peer whose
+script or tools are missing is skipped with a note.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.util
+import json
 import os
+import platform
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cnm
 from cnm.kernel import Rtnl
 
-PEERS_DIR = Path(os.environ.get("CNM_BENCH_PEERS", Path(__file__).resolve().parents[2] / "shared" / "bench-peers"))
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PEERS_DIR = Path(os.environ.get("CNM_BENCH_PEERS", REPO.parent / "shared" / "bench-peers"))
 PEERS = {
     # The shell scripts re-run themselves inside their namespace by their own
     # path, so they are started by absolute path (see peer_run).
     "ipbatch": ([], ["ip", "nft"]),
     "ipcli": ([], ["ip", "nft"]),
-    "cni": ([], ["ip", "nft", "/usr/lib/cni/bridge"]),
+    "cni": ([], ["ip", "nft", "/usr/lib/cni/bridge", "/usr/lib/cni/portmap", "/usr/lib/cni/host-local"]),
     "pyroute2": ([sys.executable], []),
     # Not a tool but the kernel's own cost, by hand-packed netlink: namespace,
     # veth pair and address per sandbox (no bridge port, link-up, route or NAT).
@@ -56,23 +72,36 @@ SCRIPTS = {
     "pyroute2": "pyroute2_naive.py",
     "floor": "floor_rawnl.py",
 }
+DEFAULT_PEERS = ["ipbatch", "cni"]
+# One bridge takes at most 1024 ports (the kernel's BR_MAX_PORTS); every
+# sandbox of the scenario is a port of the same bridge.
+MAX_N = 1000
 
 
-def cnm_run(n: int) -> tuple[float, float]:
+def cnm_run(n: int, *, bulk: bool = True) -> tuple[float, float]:
+    """One cnm run: (setup, teardown) in ms per sandbox.
+
+    *bulk*: one ``host.create_sandboxes`` call; otherwise ``create_sandbox``
+    and ``connect`` per sandbox, as a program not knowing N in advance does.
+    """
     host = cnm.Host.isolated("bench")
     try:
         net = host.create_network("bench", subnet="10.88.0.0/16")
         start = time.perf_counter()
-        for i in range(n):
-            sandbox = host.create_sandbox(f"s{i}")
-            net.connect(sandbox, ports=[f"{20000 + i}:80"])
+        if bulk:  # building the requests is part of what a user pays
+            requests = [cnm.SandboxRequest(f"s{i}", ports=[f"{20000 + i}:80"]) for i in range(n)]
+            host.create_sandboxes(requests, network=net)
+        else:
+            for i in range(n):
+                sandbox = host.create_sandbox(f"s{i}")
+                net.connect(sandbox, ports=[f"{20000 + i}:80"])
         setup = time.perf_counter() - start
     except BaseException:
         host.close()
         raise
     # Like the peers' scripts, teardown lasts until the kernel has really taken
-    # the sandboxes apart: until no veth is left in the host namespace. A
-    # socket opened inside that namespace keeps it readable after close().
+    # the sandboxes apart: until no veth is left on the bridge. A socket
+    # opened inside the host namespace keeps it readable after close().
     try:
         watcher = Rtnl(host.namespace)
     except BaseException:
@@ -105,7 +134,10 @@ def peer_missing(name: str) -> str | None:
 def peer_run(name: str, n: int) -> tuple[float, float]:
     interpreter, _ = PEERS[name]
     argv = [*interpreter, str(PEERS_DIR / SCRIPTS[name]), str(n), "nat"]
-    done = subprocess.run(argv, cwd=PEERS_DIR, capture_output=True, text=True, check=True)
+    done = subprocess.run(argv, cwd=PEERS_DIR, capture_output=True, text=True)
+    if done.returncode != 0:
+        # e.g. "leftover pb namespaces": someone else runs a peer script right now
+        raise RuntimeError(f"peer {name} failed (exit {done.returncode}):\n{done.stderr.strip()}")
     # The scripts print their timing line even when a step failed; a run with
     # complaints on stderr measured something else and must not be reported.
     if any(word in done.stderr for word in ("WARN", "FATAL", "failed", "Error")):
@@ -118,11 +150,84 @@ def peer_run(name: str, n: int) -> tuple[float, float]:
     return float(fields[-2]), float(fields[-1])
 
 
+def run_tool(tool: str, n: int) -> tuple[float, float]:
+    if tool == "cnm":
+        return cnm_run(n)
+    if tool == "cnm-loop":
+        return cnm_run(n, bulk=False)
+    return peer_run(tool, n)
+
+
+def ratio(value: float, base: float) -> str:
+    """*value* as a multiple of *base*: 2 significant figures, at least."""
+    x = value / base
+    return f"{x:.0f}x" if x >= 100 else f"{x:.1f}x" if x >= 1 else f"{x:.2f}x"
+
+
+def conditions(args: argparse.Namespace, tools: list[str], skipped: dict[str, str]) -> dict[str, Any]:
+    """What the JSON records besides the figures: enough to redo the run."""
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    # The commit measured; "-dirty" if the library itself (cnm/) has changes.
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True)
+    changed = subprocess.run([*git, "status", "--porcelain", "--", "cnm"], capture_output=True, text=True)
+    commit = head.stdout.strip() + ("-dirty" if changed.stdout.strip() else "") if head.returncode == 0 else None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(sys.orig_argv),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "python": platform.python_version(),
+        "cnm_commit": commit,
+        "unit": "ms per sandbox",
+        "counts": args.n,
+        "runs": args.runs,
+        "peer_runs": args.peer_runs,
+        "settle_s": args.settle,
+        "tools": tools,
+        "skipped": skipped,
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Written whole to a side file and renamed: a reader never sees half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(data, indent=2) + "\n")
+    part.replace(path)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, nargs="+", default=[200], help="sandbox counts (default 200)")
-    parser.add_argument("-r", "--runs", type=int, default=3, help="runs per tool and count; medians are printed")
-    parser.add_argument("--peers", nargs="*", default=["ipbatch"], choices=sorted(PEERS), help="peer tools to run too")
+    parser = argparse.ArgumentParser(
+        description="Time cnm building and tearing down N sandboxes, each with one published port, "
+        "side by side with peer tools.",
+        epilog="See docs/performance.rst.", allow_abbrev=False
+    )
+    parser.add_argument("-n", type=int, nargs="+", default=[10, 100, 1000], help="sandbox counts (default 10 100 1000)")
+    parser.add_argument(
+        "-r", "--runs", type=int, default=3, help="runs per tool and count; medians are printed (default 3)"
+    )
+    parser.add_argument(
+        "--peer-runs",
+        type=int,
+        metavar="K",
+        help="runs per count for the peer scripts (default: --runs); CNI at N=1000 takes ~7 min per run",
+    )
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        choices=["cnm-loop", *sorted(PEERS)],
+        help="tools to run beside cnm (default: cnm-loop and those of ipbatch, cni that are installed; "
+        "'--peers' alone: cnm only)",
+    )
     parser.add_argument(
         "--settle",
         type=float,
@@ -130,28 +235,102 @@ def main() -> None:
         help="seconds to pause before each run: the kernel frees deleted namespaces in the background, "
         "and that work would otherwise be charged to the next run (default 2)",
     )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="write every run's figures and the conditions to FILE"
+    )
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="then run benchmarks/plot.py on the --json FILE (charts and table in docs/_static)",
+    )
     args = parser.parse_args()
-    peers = []
-    for name in args.peers:
-        why = peer_missing(name)
+    if args.peer_runs is None:
+        args.peer_runs = args.runs
+    if args.runs < 1 or args.peer_runs < 1:
+        parser.error("--runs and --peer-runs must be at least 1")
+    if args.plot and args.json is None:
+        parser.error("--plot needs --json FILE")
+    for n in args.n:
+        if n < 1:
+            parser.error(f"N={n}: the sandbox count must be at least 1")
+        if n > MAX_N:
+            parser.error(
+                f"N={n}: at most {MAX_N}; every sandbox is a port of one bridge, "
+                "and a Linux bridge takes at most 1024 ports"
+            )
+    if os.geteuid() != 0:
+        parser.error("needs root (it creates network namespaces)")
+
+    others: list[str] = []
+    skipped: dict[str, str] = {}
+    for name in ["cnm-loop", *DEFAULT_PEERS] if args.peers is None else args.peers:
+        if name in others:
+            continue
+        why = None if name == "cnm-loop" else peer_missing(name)
         if why:
-            print(f"# skipping peer {name}: {why}")
+            print(f"# skipping {name}: {why}", flush=True)
+            skipped[name] = why
         else:
-            peers.append(name)
+            others.append(name)
+    tools = ["cnm", *sorted(others, key=lambda tool: tool != "cnm-loop")]
+
+    def runs_of(tool: str) -> int:
+        return int(args.runs if tool.startswith("cnm") else args.peer_runs)
+
+    data = conditions(args, tools, skipped)
+    data["complete"] = False
+    data["results"] = []
     print(f"{'tool':<10} {'N':>5} {'setup ms':>9} {'teardown ms':>12} {'setup vs cnm':>13} {'teardown vs cnm':>16}")
     for n in args.n:
-        results: dict[str, tuple[float, float]] = {}
-        for tool in ["cnm", *peers]:
-            runs = []
-            for _ in range(args.runs):
-                time.sleep(args.settle)
-                runs.append(cnm_run(n) if tool == "cnm" else peer_run(tool, n))
-            results[tool] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
-        base_setup, base_teardown = results["cnm"]
-        for tool, (setup, teardown) in results.items():
-            ratio = "" if tool == "cnm" else f"{setup / base_setup:12.1f}x {teardown / base_teardown:15.1f}x"
-            print(f"{tool:<10} {n:>5} {setup:>9.3f} {teardown:>12.3f} {ratio}")
-    print("# ms per sandbox, median of", args.runs, "runs; 'vs cnm' = how many times cnm's time")
+        measured: dict[str, list[tuple[float, float]]] = {tool: [] for tool in tools}
+        # Round robin over the tools, so a slow drift of the machine (other
+        # work, a warming cache) is shared out instead of charged to one tool.
+        for run in range(max(map(runs_of, tools))):
+            for tool in tools:
+                if run < runs_of(tool):
+                    time.sleep(args.settle)
+                    setup, teardown = run_tool(tool, n)
+                    measured[tool].append((setup, teardown))
+                    print(
+                        f"# N={n} {tool} run {run + 1}/{runs_of(tool)}: setup {setup:.3f} teardown {teardown:.3f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        medians = {
+            tool: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+            for tool, runs in measured.items()
+        }
+        base_setup, base_teardown = medians["cnm"]
+        for tool, (setup, teardown) in medians.items():
+            vs = "" if tool == "cnm" else f"{ratio(setup, base_setup):>13} {ratio(teardown, base_teardown):>16}"
+            print(f"{tool:<10} {n:>5} {setup:>9.3f} {teardown:>12.3f} {vs}".rstrip(), flush=True)
+            data["results"].append(
+                {
+                    "tool": tool,
+                    "n": n,
+                    "runs": len(measured[tool]),
+                    "setup_ms": round(setup, 4),
+                    "teardown_ms": round(teardown, 4),
+                    "setup_runs_ms": [round(r[0], 4) for r in measured[tool]],
+                    "teardown_runs_ms": [round(r[1], 4) for r in measured[tool]],
+                }
+            )
+        if args.json is not None:  # after each N: a long run cut short keeps what it measured
+            write_json(args.json, data)
+    same = args.peer_runs == args.runs or all(tool.startswith("cnm") for tool in tools)
+    runs = f"{args.runs} run{'s' * (args.runs != 1)}" + ("" if same else f" (peers: {args.peer_runs})")
+    print(f"# ms per sandbox, median of {runs}; 'vs cnm' = how many times cnm's time")
+    if args.json is not None:
+        data["complete"] = True
+        write_json(args.json, data)
+        print(f"# wrote {args.json}")
+        if args.plot:
+            spec = importlib.util.spec_from_file_location("cnm_bench_plot", HERE / "plot.py")
+            assert spec is not None and spec.loader is not None
+            plot = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(plot)
+            for path in plot.render(args.json):
+                print(f"# wrote {path}")
 
 
 if __name__ == "__main__":
