@@ -40,7 +40,7 @@ from .errors import (
 from .firewall import FirewallBackend, NetworkRules, PortForward, firewall_backend
 from .ipam import AddressPool, ipam_driver, parse_address, parse_subnet
 from .kernel import Rtnl, mac_for, random_mac
-from .netns import NETNS_DIR, Namespace
+from .netns import MOUNT_DIRS, MountDir, Namespace
 from .ports import HostPortAllocator, PortMapping, PublishedPort, docker_ports_view, normalize_ports
 from .undo import Undo, UndoLog, raise_collected, transaction
 
@@ -223,6 +223,9 @@ class Host(_InNamespace):
         self._ports = HostPortAllocator()
         self._rtnl = Rtnl(namespace)
         undo.books.push(f"host {self.name!r}: rtnetlink socket", self._rtnl.close)
+        # Where this host's sandboxes are mounted (see cnm.netns for why not /run/netns).
+        self._mounts = MountDir.create(token)
+        undo.kernel.push(f"host {self.name!r}: sandbox namespace directory", lambda: self._mounts.delete())
         factory = firewall_backend(firewall)
         self._firewall: FirewallBackend = factory(namespace, token)
         undo.books.push(f"host {self.name!r}: firewall", self._firewall.close)
@@ -242,15 +245,16 @@ class Host(_InNamespace):
         except BaseException:
             # Whatever the rollback could not remove carries the token: sweep it.
             Namespace.sweep(f"cnm-{token}-")
+            _collect(MountDir(os.path.join(MOUNT_DIRS, token)).delete)
             raise
 
     @classmethod
     def _build_isolated(cls, host: Host, token: str, name: str | None, label: str, firewall: str) -> Host:
         with transaction() as undo:
             host_ns = Namespace.create(f"cnm-{token}-host" + (f"-{name}" if name else ""), setup=_prepare_new_namespace)
-            undo.kernel.push(f"host {label!r}: namespace", host_ns.delete)
+            undo.kernel.push(f"host {label!r}: namespace", lambda: host_ns.delete())
             outside_ns = Namespace.create(f"cnm-{token}-outside", setup=_prepare_new_namespace)
-            undo.kernel.push(f"host {label!r}: outside namespace", outside_ns.delete)
+            undo.kernel.push(f"host {label!r}: outside namespace", lambda: outside_ns.delete())
             outside = Outside(outside_ns, OUTSIDE_ADDRESS.ip, host)
             host._setup(host_ns, outside, firewall, token, undo)
             host.name = label
@@ -378,7 +382,9 @@ class Host(_InNamespace):
         sockets: list[Rtnl] = []
         with transaction(keep=self._leftovers.append) as undo:
             ns = Namespace.create(
-                f"cnm-{self.token}-sb-{name}", setup=lambda: sockets.append(_open_new_namespace())
+                f"cnm-{self.token}-sb-{name}",
+                setup=lambda: sockets.append(_open_new_namespace()),
+                path=self._sandbox_path(name),
             )
             undo.kernel.push(f"sandbox {name!r}: namespace", ns.delete)
             # The socket that brought lo up stays open for the sandbox's first
@@ -437,8 +443,8 @@ class Host(_InNamespace):
                     undo.books.push(f"endpoint {endpoint.name!r}", endpoint.delete)  # if never joined
                     endpoint._check_host_addresses()
                 endpoints.append(endpoint)
-                path = os.path.join(NETNS_DIR, f"cnm-{self.token}-sb-{request.name}")
-                sandbox = Sandbox(self, request.name, Namespace(os.path.basename(path), path))
+                ns = Namespace(f"cnm-{self.token}-sb-{request.name}", self._sandbox_path(request.name))
+                sandbox = Sandbox(self, request.name, ns)
                 self._adopt(self._sandboxes, request.name, sandbox, sandbox._undo.books)
                 sandboxes.append(sandbox)
             specs: list[EndpointSpec | None] = []
@@ -456,7 +462,10 @@ class Host(_InNamespace):
                 sandbox, endpoint, spec = sandboxes[i], endpoints[i], specs[i]
                 sockets: list[Rtnl] = []
                 sandbox.namespace = Namespace.create(
-                    sandbox.namespace.name, setup=lambda: sockets.append(_open_new_namespace()), here=True
+                    sandbox.namespace.name,
+                    setup=lambda: sockets.append(_open_new_namespace()),
+                    here=True,
+                    path=sandbox.namespace.path,
                 )
                 sandbox._undo.kernel.push(f"sandbox {sandbox.name!r}: namespace", sandbox.namespace.delete)
                 sandbox._rtnl = sockets[0]
@@ -514,7 +523,9 @@ class Host(_InNamespace):
         if self.namespace.owned:
             for sandbox in self._sandboxes.values():
                 sandbox._cool()  # an open socket would keep its namespace alive
-            gone = self._undo.kernel.unwind() + Namespace.sweep(f"cnm-{self.token}-")
+            gone = self._undo.kernel.unwind()
+            if not gone:  # (a failed step stays in the log and is retried by the next close)
+                gone = Namespace.sweep(f"cnm-{self.token}-")
             failures += gone
             if not gone:
                 self._leftovers.clear()
@@ -546,6 +557,9 @@ class Host(_InNamespace):
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError(f"host {self.name!r} is closed")
+
+    def _sandbox_path(self, name: str) -> str:
+        return os.path.join(self._mounts.path, f"sb-{name}")
 
     def _adopt(self, registry: dict[str, Any], name: str, child: Network | Sandbox, books: UndoLog) -> None:
         registry[name] = child
@@ -1128,7 +1142,7 @@ class Sandbox(_InNamespace):
 
     @property
     def key(self) -> str:
-        """The namespace's path (Docker's SandboxKey): ``ip netns exec`` works on it."""
+        """The namespace's path (Docker's SandboxKey): ``nsenter --net=KEY`` enters it."""
         return self.namespace.path
 
     @property

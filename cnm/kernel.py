@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL
 from pyroute2.netlink import rtnl as rt
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -243,7 +243,8 @@ class Rtnl:
         its bridge port to hairpin mode. Returns the kernel's description of
         the new link (RTM_NEWLINK).
 
-        The creation and a look-up of the new link go in one write; the kernel
+        The creation asks the kernel to echo the new link back (NLM_F_ECHO:
+        its index, and a veth's peer index, without a look-up); the kernel
         ignores an alias (and bridge-port settings) in a creation request, so
         they follow in a second write, by index, once the link is known to be
         ours (sent by name, they would change a same-named link of someone
@@ -251,10 +252,9 @@ class Rtnl:
         a later step fails, it is deleted again before the error is raised:
         callers register undo steps only for what succeeded.
         """
-        create = pack.message(pack.RTM_NEWLINK, _CREATE, body)
-        lookup = pack.message(pack.RTM_GETLINK, 0, pack.getlink(name))
+        create = pack.message(pack.RTM_NEWLINK, _CREATE | NLM_F_ECHO, body)
         try:
-            replies = self._nl.transact([create, lookup])
+            replies = self._nl.transact([create], echoed=[create[0]])
         except BaseException:
             # The exchange broke after the request was written: the kernel may
             # have made the link. Remove it if it has the MAC we gave it.
@@ -268,12 +268,14 @@ class Rtnl:
                     exc.errno, f"link {name!r}: this kernel has no {kind!r} link type (module not available)"
                 ) from exc
             raise kernel_error(exc, f"link {name!r} ({kind}): create") from exc
+        made = replies[create[0]]
         try:
-            replies[lookup[0]].raise_for()
-            index = _index_of(replies[lookup[0]])
+            if made.data is None:
+                raise KernelError(errno.EPROTO, f"link {name!r} ({kind}): the kernel did not echo the new link")
+            index = _index_of(made)
             settings = pack.message(pack.RTM_NEWLINK, NLM_F_ACK, pack.link_settings(index, alias, hairpin))
             self._nl.transact([settings])[settings[0]].raise_for()
-            return replies[lookup[0]]
+            return made
         except BaseException as exc:
             self._delete_if_ours(name, mac)
             if isinstance(exc, OSError) and not isinstance(exc, KernelError):

@@ -83,10 +83,10 @@ def main() -> None:
         print(json.dumps(net.inspect(), indent=2))
         print("sandbox 'a' inspect:")
         print(json.dumps(a.inspect(), indent=2))
-        names = host.namespace.name, host.outside.namespace.name, a.namespace.name, b.namespace.name
+        paths = host.namespace.path, host.outside.namespace.path, a.namespace.path, b.namespace.path
 
-    left = [n for n in names if os.path.exists(f"/run/netns/{n}")]
-    print(f"torn down: {len(names)} namespaces removed, {len(left)} left")
+    left = [p for p in paths if os.path.exists(p)]
+    print(f"torn down: {len(paths)} namespaces removed, {len(left)} left")
 
 
 if __name__ == "__main__":

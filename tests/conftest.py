@@ -2,7 +2,7 @@
 
 Every kernel test runs inside namespaces it creates (``cnm.Host.isolated()``).
 This session fixture snapshots the root namespace (links, addresses, routes,
-rules, nftables ruleset, ip_forward, /run/netns) before the run and fails the
+rules, nftables ruleset, ip_forward, /run/netns and /run/cnm) before the run and fails the
 run if anything differs afterwards.
 """
 

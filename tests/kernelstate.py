@@ -12,6 +12,7 @@ import re
 import subprocess
 
 NETNS_DIR = "/run/netns"
+MOUNT_DIRS = "/run/cnm"  # cnm's per-host directories of sandbox namespaces
 
 
 def _run(argv: list[str]) -> str:
@@ -19,7 +20,21 @@ def _run(argv: list[str]) -> str:
 
 
 def _netns_exec(netns: str | None, argv: list[str]) -> list[str]:
-    return argv if netns is None else ["ip", "netns", "exec", netns, *argv]
+    """*argv* run inside *netns*: a name in /run/netns or the path of a namespace mount."""
+    if netns is None:
+        return argv
+    path = netns if "/" in netns else os.path.join(NETNS_DIR, netns)
+    return ["nsenter", f"--net={path}", *argv]
+
+
+def namespaces() -> list[str]:
+    """Every named namespace: /run/netns/NAME as NAME, cnm's sandboxes as cnm/TOKEN/FILE."""
+    names = sorted(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else []
+    if os.path.isdir(MOUNT_DIRS):
+        for token in sorted(os.listdir(MOUNT_DIRS)):
+            names.append(f"cnm/{token}/")
+            names += [f"cnm/{token}/{f}" for f in sorted(os.listdir(os.path.join(MOUNT_DIRS, token)))]
+    return names
 
 
 def snapshot(netns: str | None = None) -> dict[str, object]:
@@ -28,7 +43,7 @@ def snapshot(netns: str | None = None) -> dict[str, object]:
     ``netns=None`` is the namespace of this process (the machine's own, in tests).
     Volatile fields (counters, link state timers) are left out.
     """
-    ip = ["ip"] if netns is None else ["ip", "-n", netns]
+    ip = _netns_exec(netns, ["ip"])
     links = _run([*ip, "-d", "-o", "link", "show"])
     # Drop the kernel's per-boot alternative/ifindex-derived noise that can differ between reads.
     links = re.sub(r"\s+\w+_timer\s+[\d.]+", "", links)  # bridge timers tick
@@ -44,13 +59,14 @@ def snapshot(netns: str | None = None) -> dict[str, object]:
         "rules": _run([*ip, "rule", "show"]),
         "nftables": _run(_netns_exec(netns, ["nft", "list", "ruleset"])),
         "ip_forward": _run(_netns_exec(netns, ["cat", "/proc/sys/net/ipv4/ip_forward"])),
-        "netns": sorted(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else [],
+        "netns": namespaces(),
     }
-    owner = re.match(r"cnm-[0-9a-f]+-", netns or "")
+    owner = re.search(r"cnm[-/]([0-9a-f]+)[-/]", netns or "")
     if owner:
         # A cnm host's namespaces all carry its owner token; those of anyone
         # else (a concurrent test run, say) are not part of its state.
-        state["netns"] = [name for name in state["netns"] if name.startswith(owner.group())]  # type: ignore[union-attr]
+        token = owner.group(1)
+        state["netns"] = [n for n in namespaces() if n.startswith((f"cnm-{token}-", f"cnm/{token}/"))]
     return state
 
 

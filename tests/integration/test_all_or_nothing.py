@@ -23,7 +23,7 @@ import pytest
 import cnm
 from cnm.netlink import Netlink
 from cnm.netns import Namespace
-from tests.kernelstate import diff, snapshot
+from tests.kernelstate import diff, namespaces, snapshot
 
 
 class Injected(OSError):
@@ -72,7 +72,7 @@ def _host_state(host: cnm.Host, *sandboxes: cnm.Sandbox) -> dict[str, object]:
     """The host namespace's state, and that of each sandbox given."""
     state = snapshot(host.namespace.name)
     for sandbox in sandboxes:
-        state.update({f"{sandbox.name}:{k}": v for k, v in snapshot(sandbox.namespace.name).items() if k != "netns"})
+        state.update({f"{sandbox.name}:{k}": v for k, v in snapshot(sandbox.namespace.path).items() if k != "netns"})
     return state
 
 
@@ -150,7 +150,7 @@ def test_isolated_host_creation_is_all_or_nothing(monkeypatch):
 
     k = 1
     while True:
-        before = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+        before = namespaces()
         with monkeypatch.context() as m:
             injector = FaultInjector(m, k, after=True)
             try:
@@ -160,7 +160,7 @@ def test_isolated_host_creation_is_all_or_nothing(monkeypatch):
             else:
                 host.close()
                 break
-        after = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+        after = namespaces()
         assert after == before, f"step {k}: left {set(after) - set(before)}"
         k += 1
     assert k > 3

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import cnm
 from cnm.kernel import Rtnl
-from cnm.netns import NETNS_DIR, Namespace
+from cnm.netns import MOUNT_DIRS, MountDir, Namespace
+from tests.kernelstate import namespaces
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,8 +26,10 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _namespaces(prefix: str) -> list[str]:
-    return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix)) if os.path.isdir(NETNS_DIR) else []
+def _namespaces(token: str, *, sandboxes: bool = False) -> list[str]:
+    """The host's namespaces (or only its sandboxes') that are mounted, as kernelstate names them."""
+    prefixes = (f"cnm/{token}/sb-",) if sandboxes else (f"cnm-{token}-", f"cnm/{token}/")
+    return [n for n in namespaces() if n.startswith(prefixes)]
 
 
 def _sandbox_veths(rtnl: Rtnl) -> list[str]:
@@ -79,7 +82,7 @@ try:
     out["addresses"] = sorted(int(s.address(net).ip) for s in made)
     out["host_ports"] = sorted({p.host_port for e in net.endpoints for p in e.published})
     out["last"] = str(made[-1].address(net).ip)
-    sb = [n for n in os.listdir(NETNS_DIR) if n.startswith(f"cnm-{host.token}-sb-")]
+    sb = [n for n in os.listdir(f"/run/cnm/{host.token}") if n.startswith("sb-")]
     out["sandbox_namespaces"] = len(sb)
     with Rtnl(host.namespace) as rtnl:
         out["veths"] = sum(1 for link in rtnl.links() if link.kind == "veth" and link.master)
@@ -88,6 +91,7 @@ try:
 finally:
     host.close()
 out["left"] = [n for n in os.listdir(NETNS_DIR) if n.startswith(f"cnm-{host.token}")]
+out["left"] += [f"/run/cnm/{host.token}"] if os.path.exists(f"/run/cnm/{host.token}") else []
 print(json.dumps(out), flush=True)
 """
 
@@ -129,13 +133,14 @@ def test_a_thousand_sandboxes_fit_in_256_descriptors():
         fds = {k: out[k] for k in ("before", "peak", "after")}
         assert out["peak"] < 64 and out["peak"] - out["before"] <= 32, fds
         assert out["left"] == []
-        assert _namespaces(f"cnm-{token}") == []
+        assert _namespaces(token) == []
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
         if token is not None:  # after a crash or a timeout, whatever the child left behind
             Namespace.sweep(f"cnm-{token}-")
+            MountDir(os.path.join(MOUNT_DIRS, token)).delete()
 
 
 def test_python_memory_per_sandbox_is_at_most_20_kb(host):
@@ -169,7 +174,6 @@ def test_python_memory_per_sandbox_is_at_most_20_kb(host):
 def test_build_and_teardown_cycles_leak_nothing(host):
     cycles, n = 10, 50
     net = host.create_network("web", subnet="10.88.0.0/16")
-    prefix = f"cnm-{host.token}-sb-"
     watcher = Rtnl(host.namespace)  # opened before any baseline is taken
     memory: list[int] = []
     fds: list[int] = []
@@ -180,7 +184,7 @@ def test_build_and_teardown_cycles_leak_nothing(host):
         for cycle in range(cycles):
             requests = [cnm.SandboxRequest(f"c{i}", ports=[f"{20000 + i}:80", "443"]) for i in range(n)]
             made = host.create_sandboxes(requests, network=net)
-            assert len(made) == n and len(_sandbox_veths(watcher)) == n and len(_namespaces(prefix)) == n
+            assert len(made) == n and len(_sandbox_veths(watcher)) == n and len(_namespaces(host.token, sandboxes=True)) == n
             # Addresses and host ports (fixed and ephemeral) come back: every
             # cycle hands out exactly what the first one did, lowest first.
             layout = (
@@ -196,7 +200,7 @@ def test_build_and_teardown_cycles_leak_nothing(host):
             del made
             assert host.sandboxes == [] and net.endpoints == [] and net.inspect()["Containers"] == {}
             assert _sandbox_veths(watcher) == [], f"cycle {cycle + 1}: veths left"
-            assert _namespaces(prefix) == [], f"cycle {cycle + 1}: sandbox namespaces left"
+            assert _namespaces(host.token, sandboxes=True) == [], f"cycle {cycle + 1}: sandbox namespaces left"
             gc.collect()
             memory.append(tracemalloc.get_traced_memory()[0])
             fds.append(_fds())

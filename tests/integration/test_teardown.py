@@ -34,15 +34,15 @@ def test_deleting_everything_returns_the_host_namespace_to_its_first_state(host)
     net.delete()
     internal.delete()
     assert not diff(before, snapshot(host.namespace.name))
-    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"cnm-{host.token}-sb-")]
+    assert os.listdir(host._mounts.path) == []  # no sandbox namespace is mounted any more
 
 
 def test_close_removes_every_namespace_and_is_idempotent(host):
     _build(host)
-    names = [host.namespace.name, host.outside.namespace.name] + [s.namespace.name for s in host.sandboxes]
-    assert all(os.path.exists(f"/run/netns/{n}") for n in names)
+    paths = [host.namespace.path, host.outside.namespace.path] + [s.namespace.path for s in host.sandboxes]
+    assert all(os.path.exists(p) for p in paths)
     host.close()
-    assert [n for n in names if os.path.exists(f"/run/netns/{n}")] == []
+    assert [p for p in paths if os.path.exists(p)] == []
     assert host.networks == [] and host.sandboxes == []
     host.close()
     with pytest.raises(cnm.ClosedError):
@@ -50,28 +50,36 @@ def test_close_removes_every_namespace_and_is_idempotent(host):
 
 
 def test_close_goes_on_past_failures_reports_them_together_and_can_be_retried(host, monkeypatch):
-    from cnm.netns import Namespace
+    """An isolated host's close deletes its sandbox directory (every sandbox
+    namespace at once), the outside's namespace and its own; two of those
+    three refuse, the third still goes, and a second close finishes."""
+    from cnm.netns import MountDir, Namespace
 
     _build(host)
-    names = [host.namespace.name, host.outside.namespace.name] + [s.namespace.name for s in host.sandboxes]
-    refused = {f"cnm-{host.token}-sb-s1", f"cnm-{host.token}-sb-s2"}
-    real_delete = Namespace.delete
+    paths = [host.namespace.path, host.outside.namespace.path] + [s.namespace.path for s in host.sandboxes]
+    real_delete, real_unmount = Namespace.delete, MountDir.delete
 
-    def refuse_two(self):
-        if self.name in refused:
+    def refuse_outside(self):
+        if self.name.endswith("-outside"):
             raise cnm.KernelError(errno.EBUSY, f"namespace {self.name!r}: injected refusal")
         return real_delete(self)
 
-    monkeypatch.setattr(Namespace, "delete", refuse_two)
+    def refuse(self):
+        raise cnm.KernelError(errno.EBUSY, f"namespace directory {self.path}: injected refusal")
+
+    monkeypatch.setattr(Namespace, "delete", refuse_outside)
+    monkeypatch.setattr(MountDir, "delete", refuse)
     with pytest.raises(cnm.TeardownError) as info:
         host.close()
     assert len(info.value.exceptions) == 2
     assert all(isinstance(e, cnm.KernelError) and e.errno == errno.EBUSY for e in info.value.exceptions)
-    # Everything else went regardless.
-    assert sorted(n for n in names if os.path.exists(f"/run/netns/{n}")) == sorted(refused)
+    # Everything else went regardless: the host's own namespace.
+    assert [p for p in paths if not os.path.exists(p)] == [host.namespace.path]
     monkeypatch.setattr(Namespace, "delete", real_delete)
+    monkeypatch.setattr(MountDir, "delete", real_unmount)
     host.close()  # retries what is left
-    assert [n for n in names if os.path.exists(f"/run/netns/{n}")] == []
+    assert [p for p in paths if os.path.exists(p)] == []
+    assert not os.path.exists(os.path.dirname(paths[-1]))
     host.close()  # and then does nothing
 
 
@@ -145,24 +153,22 @@ def test_a_failed_firewall_step_is_retried_and_keeps_the_host_port_reserved(host
 
 
 def test_an_interrupted_close_can_be_finished(host, monkeypatch):
-    from cnm.netns import Namespace
+    from cnm.netns import MountDir
 
     _build(host)
-    names = [host.namespace.name, host.outside.namespace.name] + [s.namespace.name for s in host.sandboxes]
-    real_delete = Namespace.delete
+    paths = [host.namespace.path, host.outside.namespace.path] + [s.namespace.path for s in host.sandboxes]
+    real_unmount = MountDir.delete
 
     def interrupted(self):
-        if "-sb-" in self.name:
-            raise KeyboardInterrupt
-        return real_delete(self)
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(Namespace, "delete", interrupted)
+    monkeypatch.setattr(MountDir, "delete", interrupted)
     with pytest.raises(KeyboardInterrupt):
         host.close()
-    assert any(os.path.exists(f"/run/netns/{n}") for n in names)
-    monkeypatch.setattr(Namespace, "delete", real_delete)
+    assert all(os.path.exists(p) for p in paths)  # the sandbox directory comes first
+    monkeypatch.setattr(MountDir, "delete", real_unmount)
     host.close()
-    assert [n for n in names if os.path.exists(f"/run/netns/{n}")] == []
+    assert [p for p in paths if os.path.exists(p)] == []
 
 
 def test_deleting_a_sandbox_takes_the_cheap_path(host, monkeypatch):
