@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import os
+import queue
 import threading
 import re
 import secrets
@@ -457,9 +458,9 @@ class Host(_InNamespace):
                     endpoint._mark_joined(sandbox, spec, endpoint._join)
                 specs.append(spec)
 
-            def build(rtnl: Rtnl, i: int) -> None:
-                """Runs in a builder thread: sandbox *i*'s namespace and interface."""
-                sandbox, endpoint, spec = sandboxes[i], endpoints[i], specs[i]
+            def make_namespace(i: int) -> None:
+                """Runs in a namespace thread: sandbox *i*'s namespace, lo up, a socket in it."""
+                sandbox = sandboxes[i]
                 sockets: list[Rtnl] = []
                 sandbox.namespace = Namespace.create(
                     sandbox.namespace.name,
@@ -470,13 +471,17 @@ class Host(_InNamespace):
                 sandbox._undo.kernel.push(f"sandbox {sandbox.name!r}: namespace", sandbox.namespace.delete)
                 sandbox._rtnl = sockets[0]
                 sandbox._undo.kernel.push(f"sandbox {sandbox.name!r}: socket", sandbox._cool)
+
+            def plumb(i: int) -> None:
+                """Runs in this thread, as namespaces become ready: sandbox *i*'s interface."""
+                sandbox, endpoint, spec = sandboxes[i], endpoints[i], specs[i]
                 try:
                     if endpoint is not None and spec is not None:
-                        endpoint._plumb(rtnl, spec, sandbox, endpoint._join)
+                        endpoint._plumb(self._rtnl, spec, sandbox, endpoint._join)
                 finally:
                     sandbox._cool()  # descriptors stay bounded however many sandboxes
 
-            _build_in_parallel(self.namespace, len(sandboxes), build)
+            _pipeline(len(sandboxes), make_namespace, plumb)
             if network is not None and network._rules is not None:
                 groups = [(e._forwards(), e._join.kernel) for e in endpoints if e is not None and e.published]
                 self._firewall.add_port_forwards_many(network._rules, groups)
@@ -593,65 +598,92 @@ class Host(_InNamespace):
         kernel.push(f"host {self.name!r}: ip_forward", release)
 
 
-#: Threads that build sandboxes in parallel (Host.create_sandboxes). Creating
-#: a namespace and a veth is mostly kernel work, during which a thread does
-#: not hold the GIL; more threads than cores only add contention.
-BUILDERS = max(2, min(4, os.cpu_count() or 2))
+#: Threads that create sandbox namespaces for Host.create_sandboxes while the
+#: calling thread plumbs the ones that are ready (see _pipeline).
+NAMESPACE_THREADS = 1
+#: How many sandboxes may wait between the two stages, each holding one
+#: socket: bounds the descriptors in use whatever the number of sandboxes.
+PIPELINE_DEPTH = 16
 
 
-def _build_in_parallel(host_namespace: Namespace, count: int, build: Callable[[Rtnl, int], None]) -> None:
-    """Run ``build(rtnl, i)`` for i in range(count) on :data:`BUILDERS` threads.
+def _pipeline(count: int, first: Callable[[int], None], second: Callable[[int], None]) -> None:
+    """Run ``first(i)`` then ``second(i)`` for every i in range(count), overlapped.
 
-    Each thread has its own rtnetlink socket in the host namespace (a socket
-    is not shared between threads) and takes the next index until none is
-    left or one build failed. Returns when every thread has stopped (also
-    when interrupted), so the caller's rollback never races a builder; raises
-    the first failure, the others attached as notes.
+    ``first`` runs on :data:`NAMESPACE_THREADS` threads of their own,
+    ``second`` in the calling thread as items come out of the first stage.
+    Creating a namespace is mostly kernel work outside the RTNL lock, and
+    plumbing a veth is mostly work under it: one thread on each keeps both
+    cores busy without the two contending for the lock, which two threads
+    each doing whole sandboxes did (measured). The namespace threads are left
+    inside the namespaces they made (nothing they do depends on where they
+    are) and end with this call.
+
+    Stops at the first failure (no new item starts; items already through
+    the first stage are left as they are, their undo registered by
+    ``first``); returns when every thread has stopped, also when
+    interrupted, so the caller's rollback never races a thread; raises the
+    first failure, the others attached as notes.
     """
-    threads = min(BUILDERS, count)
-    if threads == 0:
+    if count == 0:
         return
     indexes = iter(range(count))
-    failures: list[BaseException] = []
     lock = threading.Lock()
-    sockets: list[Rtnl] = []
-    try:
-        for _ in range(threads):
-            sockets.append(Rtnl(host_namespace))
+    ready: queue.Queue[int | None] = queue.Queue(maxsize=PIPELINE_DEPTH)
+    failures: list[BaseException] = []
+    stop = threading.Event()
 
-        def work(rtnl: Rtnl) -> None:
-            while not failures:
+    def produce() -> None:
+        try:
+            while not stop.is_set():
                 with lock:
                     i = next(indexes, None)
                 if i is None:
                     return
                 try:
-                    build(rtnl, i)
+                    first(i)
                 except BaseException as exc:  # handed to the caller
-                    with lock:
-                        failures.append(exc)
+                    failures.append(exc)
+                    stop.set()
+                    return
+                while not stop.is_set():
+                    try:
+                        ready.put(i, timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+        finally:
+            while not stop.is_set():  # tell the consumer this producer is done
+                try:
+                    ready.put(None, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
 
-        # The builders are left inside the namespaces they made (going home
-        # costs a setns per sandbox, and nothing they do depends on where they
-        # are); they end with this call, which lets those namespaces go.
-        workers = [threading.Thread(target=work, args=(rtnl,), name="cnm-builder") for rtnl in sockets]
-        for worker in workers:
-            worker.start()
-        try:
-            for worker in workers:
-                worker.join()
-        except BaseException as exc:
-            failures.append(exc)  # stops the builders; wait for them before rolling back
-            for worker in workers:
-                worker.join()
+    threads = [threading.Thread(target=produce, name="cnm-namespaces") for _ in range(min(NAMESPACE_THREADS, count))]
+    for thread in threads:
+        thread.start()
+    try:
+        finished = 0
+        while finished < len(threads) and not stop.is_set():
+            try:
+                i = ready.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if i is None:
+                finished += 1
+            else:
+                second(i)
+    except BaseException as exc:
+        failures.append(exc)
     finally:
-        for rtnl in sockets:
-            rtnl.close()
+        stop.set()
+        for thread in threads:
+            thread.join()
     if failures:
-        first = failures[0]
+        first_failure = failures[0]
         for other in failures[1:]:
-            first.add_note(f"another sandbox failed too: {other!r}")
-        raise first
+            first_failure.add_note(f"another sandbox failed too: {other!r}")
+        raise first_failure
 
 
 def _ensure_gone(rtnl: Rtnl, index: int, gone: set[int]) -> Callable[[], None]:
@@ -675,10 +707,14 @@ def _collect(step: Callable[[], object]) -> list[Exception]:
 
 
 def _prepare_new_namespace() -> None:
-    """Runs inside each namespace cnm makes, as it is made: loopback up, and
-    IPv6 off for the interfaces that will be added (cnm's networks are IPv4
-    only for now, as Docker's are without --ipv6; it also halves what the
-    kernel does when a veth comes up)."""
+    """Runs inside each namespace cnm makes, as it is made: loopback up.
+
+    (cnm's networks are IPv4 only for now, as Docker's are without --ipv6:
+    each interface cnm configures is told to make no IPv6 addresses, see
+    :meth:`cnm.kernel.Rtnl.configure_interface`. Not through the namespace's
+    ``net.ipv6.conf.default`` sysctl: a path under /proc/sys/net costs a
+    look-up that grows with the number of namespaces on the machine.)
+    """
     _open_new_namespace().close()
 
 
@@ -687,8 +723,6 @@ def _open_new_namespace() -> Rtnl:
     rtnl = Rtnl(Namespace("new", "/proc/thread-self/ns/net"), here=True)
     try:
         rtnl.loopback_up()
-        with open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as f:
-            f.write("1")
     except BaseException:
         rtnl.close()
         raise

@@ -47,9 +47,12 @@ _IFF_UP = 0x1
 # attribute numbers (linux/if_link.h, if_addr.h, rtnetlink.h, veth.h)
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
 _IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_NET_NS_FD = 18, 20, 28
+_IFLA_NUM_TX_QUEUES, _IFLA_NUM_RX_QUEUES = 31, 32
+_IFLA_AF_SPEC, _IFLA_INET6_ADDR_GEN_MODE, _IN6_ADDR_GEN_MODE_NONE = 26, 8, 1
 _IFLA_INFO_KIND, _IFLA_INFO_DATA, _IFLA_INFO_SLAVE_KIND, _IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 _VETH_INFO_PEER = 1
 _IFLA_BRPORT_MODE = 4
+_IFLA_BR_MCAST_SNOOPING = 23
 _IFA_ADDRESS, _IFA_LOCAL, _IFA_BROADCAST = 1, 2, 4
 _RTA_DST, _RTA_OIF, _RTA_GATEWAY = 1, 4, 5
 _RT_TABLE_MAIN, _RTPROT_STATIC, _RTN_UNICAST = 254, 4, 1
@@ -98,12 +101,27 @@ def set_up(index: int) -> bytes:
     return _ifinfo(index, up=True)
 
 
-def bridge(name: str, mac: str, mtu: int | None) -> bytes:
-    """RTM_NEWLINK body creating an up bridge *name* with a fixed *mac*."""
+def _no_ipv6_addresses() -> bytes:
+    mode = _attr(_IFLA_INET6_ADDR_GEN_MODE, bytes([_IN6_ADDR_GEN_MODE_NONE]))
+    return _attr(_IFLA_AF_SPEC, _attr(socket.AF_INET6, mode))
+
+
+def no_ipv6_addresses(index: int) -> bytes:
+    """RTM_NEWLINK body telling IPv6 not to make addresses of its own (not even a
+    link-local one) on link *index* (addr_gen_mode none); must precede "up"."""
+    return _ifinfo(index) + _no_ipv6_addresses()
+
+
+def bridge(name: str, mac: str, mtu: int | None, multicast_snooping: bool = True) -> bytes:
+    """RTM_NEWLINK body creating an up bridge *name* with a fixed *mac*
+    (and, unless *multicast_snooping*, with IGMP snooping off)."""
     attrs = _string(_IFLA_IFNAME, name) + _mac(_IFLA_ADDRESS, mac)
     if mtu is not None:
         attrs += _u32(_IFLA_MTU, mtu)
-    return _ifinfo(up=True) + attrs + _attr(_IFLA_LINKINFO, _string(_IFLA_INFO_KIND, "bridge"))
+    info = _string(_IFLA_INFO_KIND, "bridge")
+    if not multicast_snooping:
+        info += _attr(_IFLA_INFO_DATA, _attr(_IFLA_BR_MCAST_SNOOPING, b"\0"))
+    return _ifinfo(up=True) + attrs + _attr(_IFLA_LINKINFO, info)
 
 
 def veth(
@@ -116,7 +134,15 @@ def veth(
     peer_mac: str | None,
 ) -> bytes:
     """RTM_NEWLINK body creating veth *name* (up, enslaved to *master*) with
-    its peer *peer_name* (down) in the namespace behind *peer_netns_fd*."""
+    its peer *peer_name* (down) in the namespace behind *peer_netns_fd*.
+
+    Both ends get one transmit and one receive queue. The kernel's default
+    is one of each per CPU, and every queue is a sysfs object made and
+    removed with the link (a large share of creating and deleting a veth;
+    on a machine with many CPUs, most of it). A veth's queues matter only
+    to XDP and threaded NAPI, which cnm does not set up.
+    """
+    queues = _u32(_IFLA_NUM_TX_QUEUES, 1) + _u32(_IFLA_NUM_RX_QUEUES, 1)
     peer = _string(_IFLA_IFNAME, peer_name)
     if peer_mac is not None:
         peer += _mac(_IFLA_ADDRESS, peer_mac)
@@ -124,12 +150,14 @@ def veth(
         peer += _u32(_IFLA_MTU, mtu)
     if peer_netns_fd is not None:
         peer += _u32(_IFLA_NET_NS_FD, peer_netns_fd)
+    peer += queues
     info = _string(_IFLA_INFO_KIND, "veth") + _attr(_IFLA_INFO_DATA, _attr(_VETH_INFO_PEER, _ifinfo() + peer))
     attrs = _string(_IFLA_IFNAME, name)
     if mac is not None:
         attrs += _mac(_IFLA_ADDRESS, mac)
     if mtu is not None:
         attrs += _u32(_IFLA_MTU, mtu)
+    attrs += queues
     attrs += _attr(_IFLA_LINKINFO, info)
     if master is not None:
         attrs += _u32(_IFLA_MASTER, master)
@@ -137,14 +165,15 @@ def veth(
 
 
 def link_settings(index: int, alias: str | None, hairpin: bool) -> bytes:
-    """RTM_NEWLINK body changing link *index*: its alias, and hairpin mode on its bridge port."""
+    """RTM_NEWLINK body changing link *index*: its alias, hairpin mode on its
+    bridge port, and no IPv6 addresses (see :func:`no_ipv6_addresses`)."""
     attrs = b""
     if alias is not None:
         attrs += _string(_IFLA_IFALIAS, alias)
     if hairpin:
         port = _attr(_IFLA_BRPORT_MODE, b"\x01")
         attrs += _attr(_IFLA_LINKINFO, _string(_IFLA_INFO_SLAVE_KIND, "bridge") + _attr(_IFLA_INFO_SLAVE_DATA, port))
-    return _ifinfo(index) + attrs
+    return _ifinfo(index) + attrs + _no_ipv6_addresses()
 
 
 def address(index: int, ip: IPv4Address, network: IPv4Network) -> bytes:

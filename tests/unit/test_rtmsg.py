@@ -36,13 +36,17 @@ def test_getlink_dellink_set_up():
 
 
 @pytest.mark.parametrize("mtu", [None, 1400])
-def test_bridge(mtu):
+@pytest.mark.parametrize("snooping", [True, False])
+def test_bridge(mtu, snooping):
     attrs = [("IFLA_IFNAME", "br-0123456789a"), ("IFLA_ADDRESS", "02:aa:bb:cc:dd:ee")]
     if mtu:
         attrs.append(("IFLA_MTU", mtu))
-    attrs.append(("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]}))
+    info = [("IFLA_INFO_KIND", "bridge")]
+    if not snooping:
+        info.append(("IFLA_INFO_DATA", {"attrs": [("IFLA_BR_MCAST_SNOOPING", 0)]}))
+    attrs.append(("IFLA_LINKINFO", {"attrs": info}))
     expected = pyroute2_bytes(ifinfo(up=True, attrs=attrs), 16, 0x605, 11)
-    assert packed(16, 0x605, pack.bridge("br-0123456789a", "02:aa:bb:cc:dd:ee", mtu), 11) == expected
+    assert packed(16, 0x605, pack.bridge("br-0123456789a", "02:aa:bb:cc:dd:ee", mtu, snooping), 11) == expected
 
 
 @pytest.mark.parametrize("mtu, master, mac", [(None, 5, "02:42:ac:11:00:02"), (9000, None, None)])
@@ -54,11 +58,14 @@ def test_veth(mtu, master, mac, own_mac):
     if mtu:
         peer.append(["IFLA_MTU", mtu])
     peer.append(["IFLA_NET_NS_FD", 17])
+    queues = [("IFLA_NUM_TX_QUEUES", 1), ("IFLA_NUM_RX_QUEUES", 1)]
+    peer += queues
     attrs = [("IFLA_IFNAME", "vethabcdef0")]
     if own_mac:
         attrs.append(("IFLA_ADDRESS", own_mac))
     if mtu:
         attrs.append(("IFLA_MTU", mtu))
+    attrs += queues
     attrs.append(
         (
             "IFLA_LINKINFO",
@@ -79,8 +86,17 @@ def test_link_settings(alias, hairpin):
     if hairpin:
         slave = {"attrs": [("IFLA_INFO_SLAVE_KIND", "bridge"), ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]})]}
         attrs.append(("IFLA_LINKINFO", slave))
+    attrs.append(NO_IPV6_ADDRESSES)
     expected = pyroute2_bytes(ifinfo(9, attrs=attrs), 16, 4, 13)
     assert packed(16, 4, pack.link_settings(9, alias, hairpin), 13) == expected
+
+
+NO_IPV6_ADDRESSES = ("IFLA_AF_SPEC", {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]})
+
+
+def test_no_ipv6_addresses():
+    expected = pyroute2_bytes(ifinfo(7, attrs=[NO_IPV6_ADDRESSES]), 16, 4, 14)
+    assert packed(16, 4, pack.no_ipv6_addresses(7), 14) == expected
 
 
 @pytest.mark.parametrize("network", ["172.17.0.0/16", "10.0.0.0/31"])
