@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import subprocess
 from ipaddress import IPv4Interface, IPv4Network
 
 import pytest
 
 import cnm
+from tests.integration.traffic import Server, tcp_hello
 
 
 def _kernel_addresses(sandbox) -> list[str]:
@@ -85,6 +87,7 @@ def test_lookups_and_not_found(host):
         ({"subnet": "10.0.0.0/24", "ip_range": "10.0.1.0/25"}, "10.0.1.0/25"),
         ({"options": {"com.docker.network.bridge.name": "much-too-long-for-linux"}}, "much-too-long"),
         ({"options": {"unknown.option": "1"}}, "unknown.option"),
+        ({"options": {"cnm.bridge.multicast_snooping": "yes"}}, "'true' or 'false'"),
         ({"labels": {"a": 1}}, "labels"),
     ],
 )
@@ -222,7 +225,8 @@ def test_closed_host_refuses_work_and_closes_once(host):
 
 
 def test_the_machines_own_host_opens_and_closes_without_changing_anything():
-    # Only reads: the session guard checks that the root namespace is unchanged.
+    # Changes nothing (not even a mount for sandboxes, made with the first
+    # one): the session guard checks that the root namespace is unchanged.
     with cnm.Host() as machine:
         assert machine.networks == [] and machine.sandboxes == []
         assert machine.address is None and machine.outside is None
@@ -281,3 +285,31 @@ def test_a_bridge_name_in_use_fails_without_touching_the_other_link(host):
 def test_invalid_bridge_names(host, bad):
     with pytest.raises(cnm.InvalidArgumentError, match="bridge name"):
         host.create_network("web", options={"com.docker.network.bridge.name": bad})
+
+
+def _ip_details(namespace_path: str, *args: str) -> str:
+    argv = ["nsenter", f"--net={namespace_path}", "ip", "-d", *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def test_bridges_have_multicast_snooping_off_unless_asked(host):
+    plain = host.create_network("plain")
+    snooping = host.create_network("snooping", options={"cnm.bridge.multicast_snooping": "true"})
+    assert "mcast_snooping 0 " in _ip_details(host.namespace.path, "link", "show", plain.interface)
+    assert "mcast_snooping 1 " in _ip_details(host.namespace.path, "link", "show", snooping.interface)
+
+
+def test_interfaces_get_no_ipv6_addresses_and_one_queue_each_way(host):
+    net = host.create_network("web")
+    a = host.create_sandbox("a")
+    net.connect(a)
+    (b,) = host.create_sandboxes(["b"], network=net)
+    for sandbox in (a, b):
+        assert sandbox.run(["ip", "-6", "-o", "addr", "show", "dev", "eth0"], capture_output=True, text=True, check=True).stdout == ""
+        assert "numtxqueues 1 numrxqueues 1 " in _ip_details(sandbox.namespace.path, "link", "show", "eth0")
+    host_ends = _ip_details(host.namespace.path, "-o", "link", "show", "type", "veth")
+    assert host_ends.count("numtxqueues 1 numrxqueues 1 ") == 2 + 1  # and the uplink's
+    assert "inet6" not in _ip_details(host.namespace.path, "-6", "addr", "show", "master", net.interface)
+    # IPv4 is unaffected: the sandboxes reach each other.
+    with Server(b, 7000):
+        assert tcp_hello(a, b.address(net).ip, 7000) == b"hello"
