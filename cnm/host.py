@@ -224,8 +224,9 @@ class Host(_InNamespace):
         self._ports = HostPortAllocator()
         self._rtnl = Rtnl(namespace)
         undo.books.push(f"host {self.name!r}: rtnetlink socket", self._rtnl.close)
-        #: where this host's sandboxes are mounted, made with the first one (see cnm.netns)
-        self._mounts: MountDir | None = None
+        # Where this host's sandboxes are mounted (see cnm.netns for why not /run/netns).
+        self._mounts = MountDir.create(token)
+        undo.kernel.push(f"host {self.name!r}: sandbox namespace directory", lambda: self._mounts.delete())
         factory = firewall_backend(firewall)
         self._firewall: FirewallBackend = factory(namespace, token)
         undo.books.push(f"host {self.name!r}: firewall", self._firewall.close)
@@ -563,10 +564,6 @@ class Host(_InNamespace):
             raise ClosedError(f"host {self.name!r} is closed")
 
     def _sandbox_path(self, name: str) -> str:
-        if self._mounts is None:
-            mounts = self._mounts = MountDir.create(self.token)
-            # On the host's own log: it goes when the host closes, after its sandboxes.
-            self._undo.kernel.push(f"host {self.name!r}: sandbox namespace directory", lambda: mounts.delete())
         return os.path.join(self._mounts.path, f"sb-{name}")
 
     def _adopt(self, registry: dict[str, Any], name: str, child: Network | Sandbox, books: UndoLog) -> None:
