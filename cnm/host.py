@@ -1279,6 +1279,11 @@ class Sandbox(_InNamespace):
         gone: set[int] = set()
         waiting: list[int] = []
         rtnl: Rtnl | None = None
+        # The published ports of all of them go in one firewall transaction.
+        for host in {sandbox.host for sandbox in sandboxes}:
+            host._firewall.undo_together(
+                step for sandbox in sandboxes for endpoint in sandbox._endpoints for step in endpoint._join.kernel.steps()
+            )
         try:
             for sandbox in sandboxes:
                 if sandbox._deleted and not len(sandbox._undo) and not sandbox._endpoints:

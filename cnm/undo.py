@@ -47,6 +47,10 @@ class UndoLog:
         """Register *step* as the inverse of the change described by *what*."""
         self._steps.append((what, step))
 
+    def steps(self) -> list[Callable[[], object]]:
+        """The steps, newest first (for a backend that can run several in one go)."""
+        return [step for _, step in reversed(self._steps)]
+
     def absorb(self, other: UndoLog) -> None:
         """Take over *other*'s steps (they run before this log's older ones)."""
         self._steps.extend(other._steps)

@@ -54,7 +54,7 @@ may refuse them again (nftables does, with ``EEXIST``) but need not.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -206,6 +206,18 @@ class FirewallBackend(Protocol):
         for all. On success it pushes one undo step per non-empty group, on
         that group's own log, removing exactly that group's forwards; on
         failure nothing is installed and nothing is pushed.
+        """
+        ...
+
+    def undo_together(self, steps: Iterable[Callable[[], object]]) -> None:
+        """Do what several undo steps this backend handed out would do, in one atomic change.
+
+        For bulk teardown (:meth:`cnm.Host.delete_sandboxes`). *steps* may
+        hold anything; the backend picks out its own steps that are not done
+        yet. On success those steps are done, and running them later does
+        nothing. On failure nothing changes and nothing is raised: the steps
+        then run one by one as usual and report their own failures. Doing
+        nothing at all is a correct implementation.
         """
         ...
 

@@ -827,7 +827,7 @@ class NftablesFirewall:
         fill: Callable[[_Batch, Any], None],
         present: Callable[[], Any],
         forget: Callable[[], None],
-    ) -> Callable[[], None]:
+    ) -> _Remover:
         """The undo step of one call: one batch deleting what the call added.
 
         *fill(batch, still_there)* adds the deletions to *batch*: all of them
@@ -835,35 +835,38 @@ class NftablesFirewall:
         what is installed). The undo of the last outstanding call deletes the
         whole table instead. Running the step again does nothing.
         """
-        done = False
+        return _Remover(self, what, fill, present, forget)
 
-        def step() -> None:
-            nonlocal done
-            with self._lock:
-                if done:
-                    return
-                self._link()
-                batch = _Batch(self.table)
-                if self._users == 1:
-                    batch.table_delete()
-                    self._commit(batch, what, gone_ok=True)
-                else:
-                    fill(batch, None)
-                    try:
-                        self._commit(batch, what)
-                    except KernelError as exc:
-                        if exc.errno != errno.ENOENT or isinstance(exc, _UnknownOutcome):
-                            raise
-                        # One missing object aborts the whole batch: delete only what is left.
-                        batch = _Batch(self.table)
-                        fill(batch, present())
-                        if len(batch):
-                            self._commit(batch, what)
-                forget()
-                self._users -= 1
-                done = True
+    def undo_together(self, steps: Iterable[Callable[[], object]]) -> None:
+        """Do what several of this backend's undo steps would do, in one transaction.
 
-        return step
+        For bulk deletion (:meth:`cnm.Host.delete_sandboxes`). Steps that are
+        not this backend's, or already done, are ignored. On success the steps
+        are done (running them does nothing); if the kernel refuses, nothing
+        changed and nothing is raised: the steps, when run, then commit one by
+        one and report their own failures.
+        """
+        ours = [s for s in steps if isinstance(s, _Remover) and s.backend is self and not s.done]
+        if len(ours) < 2:
+            return
+        with self._lock:
+            if self._nl is None:
+                return
+            batch = _Batch(self.table)
+            if self._users == len(ours):
+                batch.table_delete()
+            else:
+                for step in ours:
+                    step.fill(batch, None)
+            try:
+                self._commit(batch, f"firewall {self.table}: {len(ours)} removals", gone_ok=True)
+            except KernelError:
+                return
+            for step in ours:
+                step.forget()
+                step.done = True
+            self._users -= len(ours)
+
 
     def _rules_listed(self) -> list[tuple[str, int, bytes | None]]:
         """(chain, handle, user data) of every rule in the table."""
@@ -896,6 +899,50 @@ class NftablesFirewall:
             if exc.errno == errno.ENOENT:
                 return []  # the table (or map) is gone, and what was in it
             raise kernel_error(exc, f"firewall {self.table}: list") from exc
+
+
+class _Remover:
+    """An undo step of :class:`NftablesFirewall` (see ``_remover``); a class so
+    that :meth:`NftablesFirewall.undo_together` can recognise and batch it."""
+
+    __slots__ = ("backend", "what", "fill", "present", "forget", "done")
+
+    def __init__(
+        self,
+        backend: NftablesFirewall,
+        what: str,
+        fill: Callable[[_Batch, Any], None],
+        present: Callable[[], Any],
+        forget: Callable[[], None],
+    ) -> None:
+        self.backend, self.what, self.fill, self.present, self.forget = backend, what, fill, present, forget
+        self.done = False
+
+    def __call__(self) -> None:
+        backend = self.backend
+        with backend._lock:
+            if self.done:
+                return
+            backend._link()
+            batch = _Batch(backend.table)
+            if backend._users == 1:
+                batch.table_delete()
+                backend._commit(batch, self.what, gone_ok=True)
+            else:
+                self.fill(batch, None)
+                try:
+                    backend._commit(batch, self.what)
+                except KernelError as exc:
+                    if exc.errno != errno.ENOENT or isinstance(exc, _UnknownOutcome):
+                        raise
+                    # One missing object aborts the whole batch: delete only what is left.
+                    batch = _Batch(backend.table)
+                    self.fill(batch, self.present())
+                    if len(batch):
+                        backend._commit(batch, self.what)
+            self.forget()
+            backend._users -= 1
+            self.done = True
 
 
 def _rule_handle(raw: bytes) -> int | None:

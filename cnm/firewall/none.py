@@ -12,7 +12,7 @@ Because it changes nothing, it has nothing to undo and pushes no undo steps
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import ClosedError
@@ -48,6 +48,9 @@ class NoFirewall:
         self, rules: NetworkRules, groups: Sequence[tuple[Sequence[PortForward], UndoLog]]
     ) -> None:
         self._check_open()
+
+    def undo_together(self, steps: Iterable[Callable[[], object]]) -> None:
+        pass  # its steps do nothing already
 
     def close(self) -> None:
         self._closed = True

@@ -9,13 +9,15 @@ was.
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 import cnm
 from cnm.kernel import Rtnl
 from tests.integration.test_all_or_nothing import _host_state, _sweep
 from tests.integration.traffic import Server, tcp_hello
-from tests.kernelstate import diff
+from tests.kernelstate import diff, snapshot
 
 
 def _requests(count: int, first_port: int = 20000) -> list[cnm.SandboxRequest]:
@@ -124,3 +126,45 @@ def test_delete_sandboxes_leaves_the_host_as_it_was(host):
     assert str(again.address(net).ip) == "10.44.0.3"
     with pytest.raises(cnm.ClosedError):
         made[0].run(["true"])
+
+
+def _published_elements(host: cnm.Host) -> int:
+    return snapshot(host.namespace.name)["nftables"].count(" : 10.45.0.")
+
+
+def test_delete_sandboxes_withdraws_all_ports_in_one_transaction(host, monkeypatch):
+    from cnm.firewall.nftables import NftablesFirewall
+
+    net = host.create_network("web", subnet="10.45.0.0/24")
+    keep = host.create_sandbox("keep")
+    net.connect(keep, ports=["8080:80"])
+    made = host.create_sandboxes(_requests(6), network=net)
+    assert _published_elements(host) == 7
+    commits = []
+    real_commit = NftablesFirewall._commit
+    monkeypatch.setattr(NftablesFirewall, "_commit", lambda self, *a, **k: commits.append(a[1]) or real_commit(self, *a, **k))
+    host.delete_sandboxes(made)
+    assert len(commits) == 1 and "6 removals" in commits[0]
+    assert _published_elements(host) == 1  # keep's is still there
+    with Server(keep, 80) as server:
+        assert tcp_hello(host.outside, host.address, 8080) == b"hello"
+
+
+def test_if_the_one_transaction_is_refused_each_sandbox_withdraws_its_own(host, monkeypatch):
+    from cnm.firewall.nftables import NftablesFirewall
+
+    net = host.create_network("web", subnet="10.45.0.0/24")
+    keep = host.create_sandbox("keep")
+    net.connect(keep, ports=["8080:80"])
+    made = host.create_sandboxes(_requests(6), network=net)
+    real_commit = NftablesFirewall._commit
+
+    def refuse_batches(self, batch, what, *args, **kwargs):
+        if "removals" in what:
+            raise cnm.KernelError(errno.EBUSY, f"{what}: injected refusal")
+        return real_commit(self, batch, what, *args, **kwargs)
+
+    monkeypatch.setattr(NftablesFirewall, "_commit", refuse_batches)
+    host.delete_sandboxes(made)  # no error: the steps ran one by one
+    assert _published_elements(host) == 1
+    assert [s.name for s in host.sandboxes] == ["keep"]
