@@ -114,11 +114,36 @@ def cnm_run(n: int, *, bulk: bool = True) -> tuple[float, float]:
         while any(link.kind == "veth" and link.master for link in watcher.links()):
             if time.perf_counter() > deadline:
                 raise RuntimeError("the kernel did not take the sandboxes' veths apart within 120 s")
-            time.sleep(0.0005)
+            # Every 5 ms, as the peer scripts poll: each look is a dump of
+            # every link, which competes with the kernel work being timed.
+            time.sleep(0.005)
         teardown = time.perf_counter() - start
     finally:
         watcher.close()
     return setup * 1000 / n, teardown * 1000 / n
+
+
+def _busy_ticks() -> tuple[int, int]:
+    """(busy, total) CPU time of the machine so far, from /proc/stat, in clock ticks."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def settle(quiet: float, limit: float = 60.0) -> None:
+    """Wait until the machine has been quiet (under 5% busy) for *quiet* seconds, or *limit* passed."""
+    deadline = time.monotonic() + limit
+    quiet_since = time.monotonic()
+    busy, total = _busy_ticks()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        busy2, total2 = _busy_ticks()
+        if total2 > total and (busy2 - busy) / (total2 - total) > 0.05:
+            quiet_since = time.monotonic()
+        busy, total = busy2, total2
+        if time.monotonic() - quiet_since >= quiet:
+            return
 
 
 def peer_missing(name: str) -> str | None:
@@ -232,8 +257,9 @@ def main() -> None:
         "--settle",
         type=float,
         default=2.0,
-        help="seconds to pause before each run: the kernel frees deleted namespaces in the background, "
-        "and that work would otherwise be charged to the next run (default 2)",
+        help="before each run, wait until the CPUs have been idle for this many seconds (at most 60 s "
+        "in all): the kernel frees deleted namespaces in the background, for seconds after a run with "
+        "N=1000, and that work would otherwise be charged to the next run (default 2)",
     )
     parser.add_argument(
         "--json", type=Path, metavar="FILE", help="write every run's figures and the conditions to FILE"
@@ -288,7 +314,7 @@ def main() -> None:
         for run in range(max(map(runs_of, tools))):
             for tool in tools:
                 if run < runs_of(tool):
-                    time.sleep(args.settle)
+                    settle(args.settle)
                     setup, teardown = run_tool(tool, n)
                     measured[tool].append((setup, teardown))
                     print(
