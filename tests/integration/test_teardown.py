@@ -8,6 +8,7 @@ import os
 import pytest
 
 import cnm
+from cnm.drivers.bridge import host_end_name
 from cnm.kernel import Rtnl
 from tests.kernelstate import diff, snapshot
 
@@ -115,10 +116,10 @@ def test_sandbox_delete_is_idempotent_and_cheap_path_leaves_no_veth(host):
     sandbox = host.create_sandbox("a")
     endpoint = net.connect(sandbox)
     host_links_before = {l.name for l in host._rtnl.links()}
-    assert f"veth{endpoint.id[:7]}" in host_links_before
+    assert host_end_name(endpoint.id) in host_links_before
     sandbox.delete()
     sandbox.delete()
-    assert f"veth{endpoint.id[:7]}" not in {l.name for l in host._rtnl.links()}
+    assert host_end_name(endpoint.id) not in {l.name for l in host._rtnl.links()}
     assert net.endpoints == []
 
 
@@ -205,7 +206,7 @@ def test_an_interrupted_sandbox_delete_keeps_the_address_until_it_is_finished(ho
 
 
 def _veth_index(host, endpoint):
-    return host._rtnl.link_index(f"veth{endpoint.id[:7]}")
+    return host._rtnl.link_index(host_end_name(endpoint.id))
 
 
 def test_what_a_failed_join_could_not_roll_back_is_cleaned_up_by_the_next_join(host, monkeypatch):
@@ -230,7 +231,7 @@ def test_what_a_failed_join_could_not_roll_back_is_cleaned_up_by_the_next_join(h
     with pytest.raises(cnm.KernelError) as info:
         endpoint.join(a)
     assert any("retried" in note for note in info.value.__notes__)
-    assert host._rtnl.link_index(f"veth{endpoint.id[:7]}") is not None  # the rollback could not remove it
+    assert host._rtnl.link_index(host_end_name(endpoint.id)) is not None  # the rollback could not remove it
     monkeypatch.undo()
     endpoint.join(a)  # first removes the leftover veth and frees the port, then joins
     assert endpoint.published[0].host_port == 8080 and endpoint.interface == "eth0"
