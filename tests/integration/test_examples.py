@@ -34,3 +34,11 @@ def test_endpoints():
     assert "left; address kept: 10.30.0.10/24 sandbox: None" in out
     assert "connected: 10.30.0.128/24" in out
     assert out.count("Error: network") == 3
+
+
+def test_many():
+    out = run_example("many.py")
+    assert "built 200 sandboxes in" in out
+    assert "first: node0 10.77.0.2/16 last: node199 10.77.0.201/16" in out
+    assert "outside -> 198.18.0.2:30199: hello from node199, you are 198.18.0.1" in out
+    assert "sandboxes left: 0" in out
