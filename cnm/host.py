@@ -252,9 +252,9 @@ class Host(_InNamespace):
     @classmethod
     def _build_isolated(cls, host: Host, token: str, name: str | None, label: str, firewall: str) -> Host:
         with transaction() as undo:
-            host_ns = Namespace.create(f"cnm-{token}-host" + (f"-{name}" if name else ""), setup=_prepare_new_namespace)
+            host_ns = Namespace.create(f"cnm-{token}-host" + (f"-{name}" if name else ""), setup=_prepare_host_namespace)
             undo.kernel.push(f"host {label!r}: namespace", lambda: host_ns.delete())
-            outside_ns = Namespace.create(f"cnm-{token}-outside", setup=_prepare_new_namespace)
+            outside_ns = Namespace.create(f"cnm-{token}-outside", setup=_prepare_host_namespace)
             undo.kernel.push(f"host {label!r}: outside namespace", lambda: outside_ns.delete())
             outside = Outside(outside_ns, OUTSIDE_ADDRESS.ip, host)
             host._setup(host_ns, outside, firewall, token, undo)
@@ -706,20 +706,28 @@ def _collect(step: Callable[[], object]) -> list[Exception]:
     return []
 
 
-def _prepare_new_namespace() -> None:
-    """Runs inside each namespace cnm makes, as it is made: loopback up.
+def _prepare_host_namespace() -> None:
+    """Runs inside an isolated host's namespace and its outside's, as they are
+    made: loopback up, and IPv6 off for the interfaces to come.
 
-    (cnm's networks are IPv4 only for now, as Docker's are without --ipv6:
-    each interface cnm configures is told to make no IPv6 addresses, see
-    :meth:`cnm.kernel.Rtnl.configure_interface`. Not through the namespace's
-    ``net.ipv6.conf.default`` sysctl: a path under /proc/sys/net costs a
-    look-up that grows with the number of namespaces on the machine.)
+    cnm's networks are IPv4 only for now, as Docker's are without --ipv6.
+    Every interface cnm configures is told to make no IPv6 addresses (see
+    :meth:`cnm.kernel.Rtnl.configure_interface`), but IPv6 would still give
+    each host end of a veth a multicast route: the host's IPv6 routing table
+    would grow with the number of sandboxes, and the kernel walks all of it
+    on every link change (O(N^2) for N sandboxes, measured). Sandboxes don't
+    get this sysctl: a path under /proc/sys/net costs a look-up that grows
+    with the number of namespaces on the machine, and a sandbox has one
+    interface per network.
     """
-    _open_new_namespace().close()
+    with _open_new_namespace():
+        with open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as f:
+            f.write("1")
 
 
 def _open_new_namespace() -> Rtnl:
-    """:func:`_prepare_new_namespace`, returning its rtnetlink socket still open."""
+    """Loopback up in the namespace of the calling thread (new, and made by
+    cnm); returns the rtnetlink socket that did it, still open."""
     rtnl = Rtnl(Namespace("new", "/proc/thread-self/ns/net"), here=True)
     try:
         rtnl.loopback_up()

@@ -367,6 +367,10 @@ def _concat_type(types: Sequence[int]) -> int:
 # ---- batches ---------------------------------------------------------------------
 
 
+#: the skeleton's messages (type, flags, body, label) per length of table name
+_SKELETONS: dict[int, list[tuple[int, int, bytes, str]]] = {}
+
+
 class _Batch:
     """The messages of one nfnetlink transaction, each with a label for errors."""
 
@@ -387,6 +391,35 @@ class _Batch:
         self.messages.append((seq, data))
         self.labels[seq] = label
         return seq
+
+    def add_skeleton(self) -> None:
+        """What :func:`_skeleton` adds, at the start of this batch, from a cache.
+
+        The skeleton is the same for every table but for its name: it is
+        encoded once (by pyroute2, ~1 ms a message) for a placeholder name
+        of the same length, which is then replaced in the bytes.
+        """
+        assert not self.messages  # the sets' NFTA_SET_ID count from the batch's start
+        placeholder, name = "#" * len(self.table), self.table
+        cached = _SKELETONS.get(len(name))
+        if cached is None:
+            template = _Batch(placeholder)
+            _skeleton(template)
+            cached = []
+            for seq, data in template.messages:
+                _length, mtype, flags, _seq, _pid = _HEADER.unpack_from(data)
+                body = data[16:]
+                if body.count(placeholder.encode()) != 1:  # the name must be findable, once
+                    _skeleton(self)
+                    return
+                cached.append((mtype, flags, body, template.labels[seq]))
+            _SKELETONS[len(name)] = cached
+        for mtype, flags, body, label in cached:
+            seq = next_seq()
+            body = body.replace(placeholder.encode(), name.encode())
+            self.messages.append((seq, _HEADER.pack(16 + len(body), mtype, flags, seq, 0) + body))
+            self.labels[seq] = label.replace(placeholder, name)
+        self.creates_table = True
 
     def table_add(self) -> None:
         msg = nft.nft_table_msg()
@@ -583,6 +616,34 @@ class _UnknownOutcome(KernelError):
     """A batch was sent but its answer was lost: it may or may not have been committed."""
 
 
+def _skeleton(batch: _Batch) -> None:
+    """The table with its sets, maps, chains and the rules every network shares."""
+    batch.table_add()
+    for name in _SETS:
+        batch.set_add(name)
+    batch.chain_add("prerouting", (_HOOK_PREROUTING, _PRIORITY_DSTNAT, "nat"))
+    batch.chain_add("output", (_HOOK_OUTPUT, _PRIORITY_DSTNAT, "nat"))
+    batch.chain_add("published")
+    batch.chain_add("postrouting", (_HOOK_POSTROUTING, _PRIORITY_SRCNAT, "nat"))
+    batch.chain_add("forward", (_HOOK_FORWARD, _PRIORITY_FILTER, "filter"))
+    batch.chain_add("isolation")
+    jump = _fib_daddr_type_local() + [_verdict(_NFT_JUMP, "published")]
+    batch.rule_add("prerouting", jump, "send traffic to local addresses to published")
+    batch.rule_add("output", jump, "send traffic to local addresses to published")
+    batch.rule_add("published", _dnat_through("ports_addr", True), "forward ports published on one address")
+    batch.rule_add("published", _dnat_through("ports", False), "forward ports published on every address")
+    between_bridges = (
+        _ifname_in(_META_IIFNAME, "bridges")
+        + _ifname_in(_META_OIFNAME, "bridges")
+        + _ifname_pair_not_in("same_bridge")
+    )
+    batch.rule_add(
+        "forward", between_bridges + [_verdict(_NFT_JUMP, "isolation")], "send traffic between bridges to isolation"
+    )
+    batch.rule_add("isolation", _ct_status_dnat() + [_verdict(_NFT_RETURN)], "let published-port traffic pass")
+    batch.rule_add("isolation", [_verdict(_NF_DROP)], "drop the rest of the traffic between bridges")
+
+
 class NftablesFirewall:
     """A :class:`~cnm.firewall.FirewallBackend` keeping its rules in table ``ip cnm-<owner>``.
 
@@ -730,31 +791,10 @@ class NftablesFirewall:
         self._link()
         batch = _Batch(self.table)
         if self._users == 0:
-            batch.table_add()
-            for name in _SETS:
-                batch.set_add(name)
-            batch.chain_add("prerouting", (_HOOK_PREROUTING, _PRIORITY_DSTNAT, "nat"))
-            batch.chain_add("output", (_HOOK_OUTPUT, _PRIORITY_DSTNAT, "nat"))
-            batch.chain_add("published")
-            batch.chain_add("postrouting", (_HOOK_POSTROUTING, _PRIORITY_SRCNAT, "nat"))
-            batch.chain_add("forward", (_HOOK_FORWARD, _PRIORITY_FILTER, "filter"))
-            batch.chain_add("isolation")
-            jump = _fib_daddr_type_local() + [_verdict(_NFT_JUMP, "published")]
-            batch.rule_add("prerouting", jump, "send traffic to local addresses to published")
-            batch.rule_add("output", jump, "send traffic to local addresses to published")
-            batch.rule_add("published", _dnat_through("ports_addr", True), "forward ports published on one address")
-            batch.rule_add("published", _dnat_through("ports", False), "forward ports published on every address")
-            between_bridges = (
-                _ifname_in(_META_IIFNAME, "bridges")
-                + _ifname_in(_META_OIFNAME, "bridges")
-                + _ifname_pair_not_in("same_bridge")
-            )
-            batch.rule_add(
-                "forward", between_bridges + [_verdict(_NFT_JUMP, "isolation")], "send traffic between bridges to isolation"
-            )
-            batch.rule_add("isolation", _ct_status_dnat() + [_verdict(_NFT_RETURN)], "let published-port traffic pass")
-            batch.rule_add("isolation", [_verdict(_NF_DROP)], "drop the rest of the traffic between bridges")
+            batch.add_skeleton()
         return batch
+
+
 
     def _apply(self, batch: _Batch, what: str, strays: Callable[[_Batch], object]) -> dict[int, int]:
         """Commit an adding *batch*; if its answer is lost, remove whatever it may have installed.

@@ -40,3 +40,18 @@ def test_batch_markers():
         marker["nfgen_family"] = 0
         marker["res_id"] = NFNL_SUBSYS_NFTABLES
         assert packed == pyroute2_bytes(marker, mtype, 0, seq)
+
+
+@pytest.mark.parametrize("tables", [["cnm-abc123", "cnm-ffffff"], ["cnm-x", "cnm-y"], ["cnm-" + "a" * 64]])
+def test_the_cached_skeleton_is_what_encoding_it_gives(tables):
+    from cnm.firewall.nftables import _skeleton
+
+    for table in tables:  # the first one of each length fills the cache, the next one uses it
+        cached, direct = _Batch(table), _Batch(table)
+        cached.add_skeleton()
+        _skeleton(direct)
+        assert cached.creates_table and len(cached) == len(direct) > 10
+        # The same bytes but for the sequence numbers (header bytes 8..12).
+        assert [m[:8] + m[12:] for _, m in cached.messages] == [m[:8] + m[12:] for _, m in direct.messages]
+        assert list(cached.labels.values()) == list(direct.labels.values())
+        assert all(table.encode() in m for _, m in cached.messages)
