@@ -29,7 +29,7 @@ from cnm.firewall.nftables import NftablesFirewall
 from cnm.kernel import Rtnl
 from cnm.netns import Namespace
 
-spent: collections.Counter[str] = collections.Counter()
+spent: collections.defaultdict[str, float] = collections.defaultdict(float)
 cpu: dict[str, tuple[float, float]] = {}
 lock = threading.Lock()
 
@@ -88,7 +88,7 @@ def main() -> None:
 
     def pipeline(count: int, make: Callable[[int], None], plumb: Callable[[int], None]) -> None:
         spent["calling thread: bookkeeping before the kernel work"] += time.perf_counter() - started
-        return note_cpu("calling thread", original_pipeline)(count, note_cpu("namespace thread", make), plumb)
+        note_cpu("calling thread", original_pipeline)(count, note_cpu("namespace thread", make), plumb)
 
     host_module._pipeline = pipeline  # type: ignore[assignment]
 

@@ -162,6 +162,10 @@ class _InNamespace:
         self._processes.clear()
 
 
+def _ports_tuple(ports: Iterable[str | PortMapping]) -> tuple[str | PortMapping, ...]:
+    return tuple(ports)
+
+
 @attrs.frozen
 class SandboxRequest:
     """One sandbox for :meth:`Host.create_sandboxes`: its name and, when the
@@ -171,7 +175,7 @@ class SandboxRequest:
     name: str
     ip: str | IPv4Address | None = None
     mac: str | None = None
-    ports: Sequence[str | PortMapping] = attrs.field(default=(), converter=tuple)
+    ports: tuple[str | PortMapping, ...] = attrs.field(default=(), converter=_ports_tuple)
 
 
 class Outside(_InNamespace):

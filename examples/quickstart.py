@@ -15,11 +15,14 @@ import threading
 import cnm
 
 
-def serve_once(owner, port: int) -> tuple[socket.socket, threading.Thread, list]:
+Owner = cnm.Host | cnm.Sandbox | cnm.Outside  # anything with a namespace to run code in
+
+
+def serve_once(owner: Owner, port: int) -> tuple[socket.socket, threading.Thread, list[str]]:
     """A one-shot TCP server inside *owner*'s namespace that says hello and records the peer."""
     listener = owner.call(socket.create_server, ("0.0.0.0", port))
     listener.settimeout(5)
-    peers: list = []
+    peers: list[str] = []
 
     def serve() -> None:
         conn, peer = listener.accept()
@@ -32,17 +35,18 @@ def serve_once(owner, port: int) -> tuple[socket.socket, threading.Thread, list]
     return listener, thread, peers
 
 
-def fetch(owner, address, port: int) -> str:
+def fetch(owner: Owner, address: object, port: int) -> str:
     """Connect from inside *owner*'s namespace and return the greeting."""
 
     def go() -> bytes:
         with socket.create_connection((str(address), port), timeout=5) as conn:
             return conn.recv(100)
 
-    return owner.call(go).decode()
+    answer: bytes = owner.call(go)
+    return answer.decode()
 
 
-def check(label: str, client, address, port: int, server, server_port: int) -> None:
+def check(label: str, client: Owner, address: object, port: int, server: Owner, server_port: int) -> None:
     """*client* connects to address:port; *server* listens on server_port."""
     listener, thread, peers = serve_once(server, server_port)
     try:
@@ -55,6 +59,8 @@ def check(label: str, client, address, port: int, server, server_port: int) -> N
 
 def main() -> None:
     with cnm.Host.isolated("demo") as host:
+        outside = host.outside  # the namespace playing the internet (an isolated host has one)
+        assert outside is not None
         net = host.create_network("web")
         a = host.create_sandbox("a")
         b = host.create_sandbox("b")
@@ -70,8 +76,8 @@ def main() -> None:
 
         print("traffic:")
         check("same bridge", a, b.address(net).ip, 7000, b, 7000)
-        check("outbound, masqueraded", a, host.outside_address, 9000, host.outside, 9000)
-        check("published port", host.outside, host.address, 8080, a, 80)
+        check("outbound, masqueraded", a, host.outside_address, 9000, outside, 9000)
+        check("published port", outside, host.address, 8080, a, 80)
         check("published, hairpin", b, host.address, 8080, a, 80)
         check("published, localhost", host, "127.0.0.1", 8080, a, 80)
 
@@ -83,7 +89,7 @@ def main() -> None:
         print(json.dumps(net.inspect(), indent=2))
         print("sandbox 'a' inspect:")
         print(json.dumps(a.inspect(), indent=2))
-        paths = host.namespace.path, host.outside.namespace.path, a.namespace.path, b.namespace.path
+        paths = host.namespace.path, outside.namespace.path, a.namespace.path, b.namespace.path
 
     left = [p for p in paths if os.path.exists(p)]
     print(f"torn down: {len(paths)} namespaces removed, {len(left)} left")
