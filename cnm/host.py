@@ -1049,9 +1049,13 @@ class Endpoint:
         """The bookkeeping of a join: host ports, interface name, the sandbox's record."""
         network = self.network
         host = network.host
-        published = host._ports.reserve(self.name, self.ports)
-        undo.books.push(f"endpoint {self.name!r}: host ports", lambda: host._ports.release(published))
-        self.published = published
+        published = self.published = host._ports.reserve(self.name, self.ports)
+
+        def release() -> None:
+            host._ports.release(published)
+            self.published = []
+
+        undo.books.push(f"endpoint {self.name!r}: host ports", release)
         interface = sandbox._next_interface()
         gives_route = not network.internal and not any(e._gives_route for e in sandbox._endpoints)
         return EndpointSpec(

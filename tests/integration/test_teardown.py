@@ -237,6 +237,24 @@ def test_what_a_failed_join_could_not_roll_back_is_cleaned_up_by_the_next_join(h
     assert endpoint.published[0].host_port == 8080 and endpoint.interface == "eth0"
 
 
+def test_a_failed_join_leaves_the_endpoint_as_before(host, monkeypatch):
+    from cnm.firewall.nftables import NftablesFirewall
+
+    net = host.create_network("web")
+    a = host.create_sandbox("a")
+    endpoint = net.create_endpoint("e", ports=["8080:80"])
+    monkeypatch.setattr(
+        NftablesFirewall, "add_port_forwards", lambda *a, **k: (_ for _ in ()).throw(cnm.KernelError(errno.EPERM, "injected"))
+    )
+    with pytest.raises(cnm.KernelError):
+        endpoint.join(a)
+    assert endpoint.sandbox is None and endpoint.interface is None and endpoint.published == []
+    assert a.endpoints == []
+    monkeypatch.undo()
+    other = net.connect(a, ports=["8080:80"])  # the host port was given back
+    assert other.published[0].host_port == 8080
+
+
 def test_after_closing_an_isolated_host_its_objects_show_nothing(host):
     net = host.create_network("web")
     a = host.create_sandbox("a")
