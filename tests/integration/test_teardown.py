@@ -209,7 +209,8 @@ def _veth_index(host, endpoint):
     return host._rtnl.link_index(host_end_name(endpoint.id))
 
 
-def test_what_a_failed_join_could_not_roll_back_is_cleaned_up_by_the_next_join(host, monkeypatch):
+def _join_whose_ports_will_be_refused(host, monkeypatch):
+    """A network, a sandbox and an endpoint publishing 8080, whose join's firewall step fails."""
     from cnm.firewall.nftables import NftablesFirewall
 
     net = host.create_network("web")
@@ -218,6 +219,11 @@ def test_what_a_failed_join_could_not_roll_back_is_cleaned_up_by_the_next_join(h
     monkeypatch.setattr(
         NftablesFirewall, "add_port_forwards", lambda *a, **k: (_ for _ in ()).throw(cnm.KernelError(errno.EPERM, "injected"))
     )
+    return net, a, endpoint
+
+
+def test_what_a_failed_join_could_not_roll_back_is_cleaned_up_by_the_next_join(host, monkeypatch):
+    net, a, endpoint = _join_whose_ports_will_be_refused(host, monkeypatch)
     real_delete = Rtnl.delete_link
     refusals = []
 
@@ -231,21 +237,14 @@ def test_what_a_failed_join_could_not_roll_back_is_cleaned_up_by_the_next_join(h
     with pytest.raises(cnm.KernelError) as info:
         endpoint.join(a)
     assert any("retried" in note for note in info.value.__notes__)
-    assert host._rtnl.link_index(host_end_name(endpoint.id)) is not None  # the rollback could not remove it
+    assert _veth_index(host, endpoint) is not None  # the rollback could not remove it
     monkeypatch.undo()
     endpoint.join(a)  # first removes the leftover veth and frees the port, then joins
     assert endpoint.published[0].host_port == 8080 and endpoint.interface == "eth0"
 
 
 def test_a_failed_join_leaves_the_endpoint_as_before(host, monkeypatch):
-    from cnm.firewall.nftables import NftablesFirewall
-
-    net = host.create_network("web")
-    a = host.create_sandbox("a")
-    endpoint = net.create_endpoint("e", ports=["8080:80"])
-    monkeypatch.setattr(
-        NftablesFirewall, "add_port_forwards", lambda *a, **k: (_ for _ in ()).throw(cnm.KernelError(errno.EPERM, "injected"))
-    )
+    net, a, endpoint = _join_whose_ports_will_be_refused(host, monkeypatch)
     with pytest.raises(cnm.KernelError):
         endpoint.join(a)
     assert endpoint.sandbox is None and endpoint.interface is None and endpoint.published == []
