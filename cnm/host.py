@@ -602,92 +602,69 @@ class Host(_InNamespace):
         kernel.push(f"host {self.name!r}: ip_forward", release)
 
 
-#: Threads that create sandbox namespaces for Host.create_sandboxes while the
-#: calling thread plumbs the ones that are ready (see _pipeline).
-NAMESPACE_THREADS = 1
-#: How many sandboxes may wait between the two stages, each holding one
-#: socket: bounds the descriptors in use whatever the number of sandboxes.
+#: How many sandboxes may wait between the two stages of _pipeline, each
+#: holding one socket: bounds the descriptors in use whatever the number of
+#: sandboxes.
 PIPELINE_DEPTH = 16
 
 
 def _pipeline(count: int, first: Callable[[int], None], second: Callable[[int], None]) -> None:
     """Run ``first(i)`` then ``second(i)`` for every i in range(count), overlapped.
 
-    ``first`` runs on :data:`NAMESPACE_THREADS` threads of their own,
-    ``second`` in the calling thread as items come out of the first stage.
-    Creating a namespace is mostly kernel work outside the RTNL lock, and
-    plumbing a veth is mostly work under it: one thread on each keeps both
-    cores busy without the two contending for the lock, which two threads
-    each doing whole sandboxes did (measured). The namespace threads are left
-    inside the namespaces they made (nothing they do depends on where they
-    are) and end with this call.
+    ``first`` runs on a thread of its own, ``second`` in the calling thread
+    as items come out of the first stage. Creating a namespace is mostly
+    kernel work outside the RTNL lock, and plumbing a veth mostly work under
+    it: one thread on each keeps both cores busy with less contention for
+    the lock than two threads each doing whole sandboxes (measured). The
+    thread is left inside the namespace it made last (nothing it does
+    depends on where it is) and ends with this call.
 
     Stops at the first failure (no new item starts; items already through
     the first stage are left as they are, their undo registered by
-    ``first``); returns when every thread has stopped, also when
-    interrupted, so the caller's rollback never races a thread; raises the
-    first failure, the others attached as notes.
+    ``first``); returns when the thread has stopped, also when interrupted,
+    so the caller's rollback never races it; raises the first failure, the
+    other (if both stages failed) attached as a note.
     """
-    if count == 0:
-        return
-    indexes = iter(range(count))
-    lock = threading.Lock()
-    ready: queue.Queue[int | None] = queue.Queue(maxsize=PIPELINE_DEPTH)
+    ready: queue.Queue[int] = queue.Queue(maxsize=PIPELINE_DEPTH)
     failures: list[BaseException] = []
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            while not stop.is_set():
-                with lock:
-                    i = next(indexes, None)
-                if i is None:
-                    return
-                try:
-                    first(i)
-                except BaseException as exc:  # handed to the caller
-                    failures.append(exc)
-                    stop.set()
-                    return
+            for i in range(count):
+                first(i)
                 while not stop.is_set():
                     try:
                         ready.put(i, timeout=0.05)
                         break
                     except queue.Full:
                         continue
-        finally:
-            while not stop.is_set():  # tell the consumer this producer is done
-                try:
-                    ready.put(None, timeout=0.05)
-                    break
-                except queue.Full:
-                    continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the caller
+            failures.append(exc)
+            stop.set()
 
-    threads = [threading.Thread(target=produce, name="cnm-namespaces") for _ in range(min(NAMESPACE_THREADS, count))]
-    for thread in threads:
-        thread.start()
+    thread = threading.Thread(target=produce, name="cnm-namespaces")
+    thread.start()
     try:
-        finished = 0
-        while finished < len(threads) and not stop.is_set():
+        done = 0
+        while done < count and not stop.is_set():
             try:
                 i = ready.get(timeout=0.05)
             except queue.Empty:
                 continue
-            if i is None:
-                finished += 1
-            else:
-                second(i)
+            second(i)
+            done += 1
     except BaseException as exc:
         failures.append(exc)
     finally:
         stop.set()
-        for thread in threads:
-            thread.join()
+        thread.join()
     if failures:
-        first_failure = failures[0]
         for other in failures[1:]:
-            first_failure.add_note(f"another sandbox failed too: {other!r}")
-        raise first_failure
+            failures[0].add_note(f"another sandbox failed too: {other!r}")
+        raise failures[0]
 
 
 def _ensure_gone(rtnl: Rtnl, index: int, gone: set[int]) -> Callable[[], None]:
