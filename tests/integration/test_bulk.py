@@ -168,3 +168,36 @@ def test_if_the_one_transaction_is_refused_each_sandbox_withdraws_its_own(host, 
     host.delete_sandboxes(made)  # no error: the steps ran one by one
     assert _published_elements(host) == 1
     assert [s.name for s in host.sandboxes] == ["keep"]
+
+
+@pytest.mark.parametrize("where", ["namespace thread", "calling thread"])
+def test_an_interrupted_create_sandboxes_leaves_nothing(host, monkeypatch, where):
+    """Ctrl-C while sandboxes are half built, in either thread: both threads
+    stop, everything of the call is rolled back, and the interruption propagates."""
+    from cnm.netns import Namespace
+
+    net = host.create_network("web", subnet="10.46.0.0/24")
+    before = _host_state(host)
+    calls = []
+
+    def interrupt_third(original):
+        def step(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return original(*args, **kwargs)
+
+        return step
+
+    if where == "namespace thread":
+        monkeypatch.setattr(Namespace, "create", classmethod(interrupt_third(Namespace.create.__func__)))
+    else:
+        monkeypatch.setattr(Rtnl, "configure_interface", interrupt_third(Rtnl.configure_interface))
+    with pytest.raises(KeyboardInterrupt):
+        host.create_sandboxes(_requests(8), network=net)
+    assert len(calls) == 3  # it stopped at the interruption
+    monkeypatch.undo()
+    assert not diff(before, _host_state(host))
+    assert host.sandboxes == [] and net.endpoints == []
+    (again,) = host.create_sandboxes(_requests(1), network=net)
+    assert str(again.address(net).ip) == "10.46.0.2"
