@@ -130,19 +130,16 @@ class Netlink:
         msg.encode()
         return seq, bytes(msg.data)
 
-    def transact(
-        self, requests: Sequence[tuple[int, bytes]], acked: Iterable[int] | None = None, echoed: Iterable[int] = ()
-    ) -> dict[int, NetlinkReply]:
-        """Send pre-encoded requests in one write; wait for their acknowledgements.
+    def transact(self, requests: Sequence[tuple[int, bytes]], echoed: Iterable[int] = ()) -> dict[int, NetlinkReply]:
+        """Send pre-encoded requests in one write; wait for their answers.
 
-        *acked* lists the sequence numbers that will be answered (default:
-        all of them): by an acknowledgement, or for a GET by its reply
-        message. Requests in *echoed* were sent with ``NLM_F_ECHO``: their
+        Each request is answered by an acknowledgement, or for a GET by its
+        reply message. Requests in *echoed* were sent with ``NLM_F_ECHO``: their
         answer is the acknowledgement, and the echoed message (the kernel's
         description of what it made) is kept as its ``data``. Returns
         ``{seq: NetlinkReply}``.
         """
-        waiting = set(seq for seq, _ in requests) if acked is None else set(acked)
+        waiting = set(seq for seq, _ in requests)
         echoes = set(echoed)
         kept: dict[int, bytes | None] = {}
         self.sock.sendall(b"".join(data for _, data in requests))

@@ -726,7 +726,7 @@ class NftablesFirewall:
             rules_there = {handle for _, handle, _ in self._rules_listed()}
             return rules_there, self._elements_listed(_BRIDGE_SETS)
 
-        undo.push(f"{what}: remove firewall rules", self._remover(what, fill, present, forget))
+        undo.push(f"{what}: remove firewall rules", _Remover(self, what, fill, present, forget))
 
     def add_port_forwards(self, rules: NetworkRules, forwards: Sequence[PortForward], undo: UndoLog) -> None:
         self.add_port_forwards_many(rules, [(forwards, undo)])
@@ -771,7 +771,7 @@ class NftablesFirewall:
         def forget() -> None:
             self._live_elements.difference_update(keys)
 
-        return self._remover(what, fill, self._elements_listed, forget)
+        return _Remover(self, what, fill, self._elements_listed, forget)
 
     def close(self) -> None:
         with self._lock:
@@ -861,22 +861,6 @@ class NftablesFirewall:
             raise _UnknownOutcome(errno.EPROTO, f"{what}: the kernel did not echo the new rules back")
         return handles
 
-    def _remover(
-        self,
-        what: str,
-        fill: Callable[[_Batch, Any], None],
-        present: Callable[[], Any],
-        forget: Callable[[], None],
-    ) -> _Remover:
-        """The undo step of one call: one batch deleting what the call added.
-
-        *fill(batch, still_there)* adds the deletions to *batch*: all of them
-        when *still_there* is None, else only those in it (*present()* lists
-        what is installed). The undo of the last outstanding call deletes the
-        whole table instead. Running the step again does nothing.
-        """
-        return _Remover(self, what, fill, present, forget)
-
     def undo_together(self, steps: Iterable[Callable[[], object]]) -> None:
         """Do what several of this backend's undo steps would do, in one transaction.
 
@@ -942,8 +926,14 @@ class NftablesFirewall:
 
 
 class _Remover:
-    """An undo step of :class:`NftablesFirewall` (see ``_remover``); a class so
-    that :meth:`NftablesFirewall.undo_together` can recognise and batch it."""
+    """The undo step of one :class:`NftablesFirewall` call: one batch deleting what the call added.
+
+    *fill(batch, still_there)* adds the deletions to *batch*: all of them
+    when *still_there* is None, else only those in it (*present()* lists what
+    is installed). The undo of the last outstanding call deletes the whole
+    table instead. Running the step again does nothing. A class, so that
+    :meth:`NftablesFirewall.undo_together` can recognise and batch it.
+    """
 
     __slots__ = ("backend", "what", "fill", "present", "forget", "done")
 

@@ -250,6 +250,18 @@ def _load_entry_point(name: str) -> Callable[[], IPAMDriver]:
     raise NotFoundError(f"IPAM driver {name!r} not found (known drivers: {known})")
 
 
+def _ipv4_text(network_name: str, what: str, value: object, ipv6_type: type, ipv4_type_name: str) -> str:
+    """The checks :func:`parse_subnet` and :func:`parse_address` share: *value*
+    must be a string and not IPv6. Returns the "network 'x': what" prefix for
+    their own messages."""
+    where = f"network {network_name!r}: {what}"
+    if isinstance(value, ipv6_type) or (isinstance(value, str) and ":" in value):
+        raise InvalidArgumentError(f"{where} {str(value)!r} is IPv6, which is not supported yet")
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{where} must be a string or an {ipv4_type_name}, not {type(value).__name__}")
+    return where
+
+
 def parse_subnet(
     network_name: str, value: str | IPv4Network | None, *, what: str = "subnet"
 ) -> IPv4Network | None:
@@ -264,11 +276,7 @@ def parse_subnet(
     """
     if value is None or isinstance(value, IPv4Network):
         return value
-    where = f"network {network_name!r}: {what}"
-    if isinstance(value, IPv6Network) or (isinstance(value, str) and ":" in value):
-        raise InvalidArgumentError(f"{where} {str(value)!r} is IPv6, which is not supported yet")
-    if not isinstance(value, str):
-        raise InvalidArgumentError(f"{where} must be a string or an IPv4Network, not {type(value).__name__}")
+    where = _ipv4_text(network_name, what, value, IPv6Network, "IPv4Network")
     address, slash, _prefix = value.partition("/")
     if not slash:
         raise InvalidArgumentError(f"{where} {value!r} has no prefix length (write it as {value}/N)")
@@ -292,11 +300,7 @@ def parse_address(network_name: str, what: str, value: str | IPv4Address | None)
     """
     if value is None or isinstance(value, IPv4Address):
         return value
-    where = f"network {network_name!r}: {what}"
-    if isinstance(value, IPv6Address) or (isinstance(value, str) and ":" in value):
-        raise InvalidArgumentError(f"{where} {str(value)!r} is IPv6, which is not supported yet")
-    if not isinstance(value, str):
-        raise InvalidArgumentError(f"{where} must be a string or an IPv4Address, not {type(value).__name__}")
+    where = _ipv4_text(network_name, what, value, IPv6Address, "IPv4Address")
     if "/" in value:
         raise InvalidArgumentError(f"{where} {value!r} is not a valid IPv4 address (give it without a prefix length)")
     try:
