@@ -101,7 +101,7 @@ def _check_port(instance: object, attribute: attrs.Attribute[int], value: int) -
 class NetworkRules:
     """What the firewall needs to know about one network.
 
-    The backend derives every rule from these four fields; it is handed the
+    The backend derives every rule from these fields; it is handed the
     same value again with each :meth:`FirewallBackend.add_port_forwards` call
     for the network.
     """
@@ -125,6 +125,14 @@ class NetworkRules:
     #: Sandboxes on it reach each other and the host's address on the bridge;
     #: its published ports (if any) are reachable from the host only.
     internal: bool = False
+
+    #: Whether other interfaces than the bridge (the uplink, say) may open
+    #: connections straight to sandbox addresses. ``False`` (the default, as
+    #: in Docker 28) forwards into the bridge only replies, connections the
+    #: sandboxes opened, and connections to published ports; ``True`` is
+    #: what Docker's ``gateway_mode_ipv4`` ``nat-unprotected`` and ``routed``
+    #: allow.
+    direct_access: bool = False
 
 
 @attrs.frozen

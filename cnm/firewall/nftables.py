@@ -8,6 +8,9 @@ chain's priority is -100, which nft prints as a number there)::
       map ports_addr  { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
       set bridges     { type ifname; elements = { "BRIDGE", ... } }                 # each network
       set same_bridge { type ifname . ifname; elements = { "BRIDGE" . "BRIDGE", ... } }
+      set guarded     { type ifname; elements = { "BRIDGE", ... } }                 # each network
+      chain loopback    { type filter hook prerouting priority raw; policy accept;
+                          iifname != "lo" ip daddr 127.0.0.0/8 drop }
       chain prerouting  { type nat hook prerouting priority dstnat; policy accept;
                           fib daddr type local jump published }
       chain output      { type nat hook output priority -100; policy accept;
@@ -22,10 +25,14 @@ chain's priority is -100, which nft prints as a number there)::
                           ip saddr 127.0.0.0/8 oifname "BRIDGE" masquerade comment "NAME" }
       chain forward     { type filter hook forward priority filter; policy accept;
                           iifname @bridges oifname @bridges iifname . oifname != @same_bridge jump isolation
+                          oifname @guarded iifname . oifname != @same_bridge jump direct
                           # each internal network:
                           iifname "BRIDGE" oifname != "BRIDGE" drop comment "NAME"
                           oifname "BRIDGE" iifname != "BRIDGE" drop comment "NAME" }
       chain isolation   { ct status dnat return
+                          drop }
+      chain direct      { ct state established,related return
+                          ct status dnat return
                           drop }
     }
 
@@ -52,6 +59,28 @@ elements, not rules. The exceptions:
   state (invalid, untracked), for which ``ct status`` matches nothing, is
   dropped rather than let through. Internal networks keep their own drop
   rules, which refuse published-port traffic from other interfaces too.
+
+Two guards close the ways in that routing alone would open:
+
+* ``loopback``: the bridges have ``route_localnet`` on, so that the host's
+  own connections to a port published on 127.0.0.1 can be DNATed out of
+  them. The kernel then also accepts, on a bridge, a packet addressed to
+  127.0.0.1: a sandbox that is root inside its namespace (and so may route
+  127.0.0.0/8 via its gateway) would reach every service the host binds to
+  loopback (the CVE-2020-8558 class). Nothing with a loopback destination
+  is accepted from any interface but ``lo``. The chain runs at the raw
+  priority, before conntrack: a reply to the host's own connection through
+  127.0.0.1 arrives addressed to the bridge's gateway (it was masqueraded)
+  and is only turned back into 127.0.0.1 after this check. (IPv6 needs no
+  such rule: the kernel drops ``::1`` arriving on any interface but
+  ``lo``, and has no ``route_localnet`` for it.)
+* ``direct``: a neighbour on the uplink that routes a network's subnet via
+  the host would otherwise reach every port of every sandbox, published or
+  not (Docker 28 drops such "direct routing" too). Into a bridge in
+  ``guarded``, from any interface but itself, only replies, traffic of
+  connections the sandboxes opened, and published-port connections (DNAT)
+  are forwarded. A network's membership in ``guarded`` is the one place that
+  decides (:attr:`cnm.firewall.NetworkRules.direct_access` leaves it out).
 
 How a change reaches the kernel
 -------------------------------
@@ -139,13 +168,14 @@ _GETGEN = 16
 
 # netfilter hooks, registers, verdicts and expression constants
 _HOOK_PREROUTING, _HOOK_FORWARD, _HOOK_OUTPUT, _HOOK_POSTROUTING = 0, 2, 3, 4
-_PRIORITY_DSTNAT, _PRIORITY_FILTER, _PRIORITY_SRCNAT = -100, 0, 100
+_PRIORITY_RAW, _PRIORITY_DSTNAT, _PRIORITY_FILTER, _PRIORITY_SRCNAT = -300, -100, 0, 100
 _NF_DROP, _NF_ACCEPT, _NFT_JUMP, _NFT_RETURN = 0, 1, -3, -5
 _REG_VERDICT, _REG_1, _REG_2, _REG32_01, _REG32_02 = 0, 1, 2, 9, 10
 _CMP_EQ, _CMP_NEQ = 0, 1
 _PAYLOAD_NETWORK, _PAYLOAD_TRANSPORT = 1, 2
 _META_IIFNAME, _META_OIFNAME, _META_L4PROTO = 6, 7, 16
-_CT_STATUS = 2
+_CT_STATE, _CT_STATUS = 0, 2
+_CT_ESTABLISHED, _CT_RELATED = 1 << 1, 1 << 2
 _IPS_DST_NAT = 0x20
 _FIB_RESULT_ADDRTYPE, _FIB_F_DADDR = 3, 1 << 1
 _RTN_LOCAL = 2
@@ -165,9 +195,10 @@ _SETS: dict[str, tuple[tuple[int, ...], int, tuple[int, ...] | None, int]] = {
     "ports_addr": ((_TYPE_IPADDR, _TYPE_INET_PROTO, _TYPE_INET_SERVICE), 12, (_TYPE_IPADDR, _TYPE_INET_SERVICE), 8),
     "bridges": ((_TYPE_IFNAME,), _IFNAMSIZ, None, 0),
     "same_bridge": ((_TYPE_IFNAME, _TYPE_IFNAME), 2 * _IFNAMSIZ, None, 0),
+    "guarded": ((_TYPE_IFNAME,), _IFNAMSIZ, None, 0),
 }
 _PORT_MAPS = ("ports", "ports_addr")
-_BRIDGE_SETS = ("bridges", "same_bridge")
+_BRIDGE_SETS = ("bridges", "same_bridge", "guarded")
 _LOCALHOST = IPv4Network("127.0.0.0/8")
 _OWNER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ATTR = struct.Struct("=HH")
@@ -287,12 +318,24 @@ def _ifname_pair_not_in(set_name: str) -> list[Expr]:
     ]
 
 
-def _ct_status_dnat() -> list[Expr]:
+def _ct_bits(key: int, bits: int) -> list[Expr]:
+    """``ct status``/``ct state`` has any of *bits* (both are host-endian bit fields)."""
     return [
-        _expr("ct", key=_CT_STATUS, dreg=_REG_1),
-        # ct status is a host-endian bit field
-        _expr("bitwise", sreg=_REG_1, dreg=_REG_1, len=4, mask=_data(struct.pack("=I", _IPS_DST_NAT)), xor=_data(bytes(4))),
+        _expr("ct", key=key, dreg=_REG_1),
+        _expr("bitwise", sreg=_REG_1, dreg=_REG_1, len=4, mask=_data(struct.pack("=I", bits)), xor=_data(bytes(4))),
         _expr("cmp", sreg=_REG_1, op=_CMP_NEQ, data=_data(bytes(4))),
+    ]
+
+
+def _ct_status_dnat() -> list[Expr]:
+    return _ct_bits(_CT_STATUS, _IPS_DST_NAT)
+
+
+def _ip_daddr_loopback_not_from_lo() -> list[Expr]:
+    """``iifname != "lo" ip daddr 127.0.0.0/8``."""
+    return _ifname(_META_IIFNAME, _CMP_NEQ, "lo") + [
+        _expr("payload", dreg=_REG_1, base=_PAYLOAD_NETWORK, offset=16, len=1),
+        _expr("cmp", sreg=_REG_1, op=_CMP_EQ, data=_data(_LOCALHOST.network_address.packed[:1])),
     ]
 
 
@@ -598,10 +641,14 @@ _Member = tuple[str, bytes, str]  # set, key, the key in nft syntax
 
 
 def _network_members(rules: NetworkRules) -> list[_Member]:
-    """The set elements of one network: what puts its bridge under the isolation rule."""
+    """The set elements of one network: what puts its bridge under the isolation
+    rule and, unless it allows direct access, under the direct-access guard."""
     name = _ifname_bytes(rules.bridge)
     text = f'"{rules.bridge}"'
-    return [("bridges", name, text), ("same_bridge", name + name, f"{text} . {text}")]
+    members = [("bridges", name, text), ("same_bridge", name + name, f"{text} . {text}")]
+    if not rules.direct_access:
+        members.append(("guarded", name, text))
+    return members
 
 
 def _member_label(adding: bool, member: _Member) -> str:
@@ -627,6 +674,11 @@ def _skeleton(batch: _Batch) -> None:
     batch.chain_add("postrouting", (_HOOK_POSTROUTING, _PRIORITY_SRCNAT, "nat"))
     batch.chain_add("forward", (_HOOK_FORWARD, _PRIORITY_FILTER, "filter"))
     batch.chain_add("isolation")
+    batch.chain_add("direct")
+    batch.chain_add("loopback", (_HOOK_PREROUTING, _PRIORITY_RAW, "filter"))
+    batch.rule_add(
+        "loopback", _ip_daddr_loopback_not_from_lo() + [_verdict(_NF_DROP)], "drop loopback destinations from outside lo"
+    )
     jump = _fib_daddr_type_local() + [_verdict(_NFT_JUMP, "published")]
     batch.rule_add("prerouting", jump, "send traffic to local addresses to published")
     batch.rule_add("output", jump, "send traffic to local addresses to published")
@@ -642,6 +694,13 @@ def _skeleton(batch: _Batch) -> None:
     )
     batch.rule_add("isolation", _ct_status_dnat() + [_verdict(_NFT_RETURN)], "let published-port traffic pass")
     batch.rule_add("isolation", [_verdict(_NF_DROP)], "drop the rest of the traffic between bridges")
+    into_guarded = _ifname_in(_META_OIFNAME, "guarded") + _ifname_pair_not_in("same_bridge")
+    batch.rule_add("forward", into_guarded + [_verdict(_NFT_JUMP, "direct")], "send traffic into guarded bridges to direct")
+    batch.rule_add(
+        "direct", _ct_bits(_CT_STATE, _CT_ESTABLISHED | _CT_RELATED) + [_verdict(_NFT_RETURN)], "let replies pass"
+    )
+    batch.rule_add("direct", _ct_status_dnat() + [_verdict(_NFT_RETURN)], "let published-port traffic pass")
+    batch.rule_add("direct", [_verdict(_NF_DROP)], "drop new connections not made through a published port")
 
 
 class NftablesFirewall:

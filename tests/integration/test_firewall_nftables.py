@@ -124,11 +124,14 @@ SKELETON = {
         "dnat ip to meta l4proto . th dport map @ports",
     ],
     "isolation": ["ct status dnat return", "drop"],
+    "direct": ["ct state established,related return", "ct status dnat return", "drop"],
+    "loopback": ["type filter hook prerouting priority raw; policy accept;", 'iifname != "lo" ip daddr 127.0.0.0/8 drop'],
 }
 POSTROUTING_HEAD = "type nat hook postrouting priority srcnat; policy accept;"
 FORWARD_HEAD = "type filter hook forward priority filter; policy accept;"
 ISOLATE = "iifname @bridges oifname @bridges iifname . oifname != @same_bridge jump isolation"
-FORWARD = [FORWARD_HEAD, ISOLATE]
+GUARD = "oifname @guarded iifname . oifname != @same_bridge jump direct"
+FORWARD = [FORWARD_HEAD, ISOLATE, GUARD]
 WEB_POSTROUTING = [
     'ip saddr 10.1.0.0/24 oifname != "br-web" masquerade comment "web"',
     'ct status dnat ip saddr 10.1.0.0/24 oifname "br-web" masquerade comment "web"',
@@ -144,11 +147,13 @@ DB_FORWARD = [
 ]
 
 
-def bridge_sets(*bridges: str) -> dict[str, dict[str, object]]:
-    """The sets ``bridges`` and ``same_bridge`` holding *bridges*, as parse() reads them."""
+def bridge_sets(*bridges: str, unguarded: tuple[str, ...] = ()) -> dict[str, dict[str, object]]:
+    """The sets ``bridges``, ``same_bridge`` and ``guarded`` holding *bridges*
+    (less *unguarded* in the last), as parse() reads them."""
     return {
         "bridges": {"type": "ifname", "elements": {f'"{b}"' for b in bridges}},
         "same_bridge": {"type": "ifname . ifname", "elements": {f'"{b}" . "{b}"' for b in bridges}},
+        "guarded": {"type": "ifname", "elements": {f'"{b}"' for b in bridges if b not in unguarded}},
     }
 
 
@@ -250,6 +255,20 @@ def test_internal_network_is_isolated_and_not_masqueraded(fw):
     assert chains["postrouting"] == [POSTROUTING_HEAD, *DB_POSTROUTING]
     assert table["sets"] == bridge_sets("br-db")  # isolated from other networks as well
     assert not any("!=" in line for line in chains["postrouting"])  # no outbound NAT
+
+
+@needs_kernel
+def test_a_network_allowing_direct_access_stays_out_of_the_guard(fw):
+    """The one place that decides: membership of the bridge in ``guarded``."""
+    open_web = NetworkRules(name="open", bridge="br-open", subnet=IPv4Network("10.3.0.0/24"), direct_access=True)
+    undo = UndoLog()
+    fw.add_network(WEB, undo)
+    fw.add_network(open_web, undo)
+    table = table_of(fw)
+    assert table["sets"] == bridge_sets("br-web", "br-open", unguarded=("br-open",))
+    assert table["chains"]["forward"] == FORWARD  # no rule of its own either way
+    assert undo.unwind() == []
+    assert ruleset(fw.namespace) == ""
 
 
 @needs_kernel

@@ -100,10 +100,10 @@ def assert_unreachable(
     assert listening.peers == []
 
 
-def udp_ping(owner: Any, address: object, port: int) -> bytes:
+def udp_ping(owner: Any, address: object, port: int, timeout: float = TIMEOUT) -> bytes:
     def go() -> bytes:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(TIMEOUT)
+            s.settimeout(timeout)
             s.sendto(b"ping", (str(address), port))
             return s.recvfrom(100)[0]
 
