@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from .dying import DyingLinks
 from .drivers import EndpointSpec, NetworkDriver, NetworkPlumbing, NetworkSpec, network_driver
 from .errors import (
     ClosedError,
@@ -59,8 +60,9 @@ UPLINK_SUBNET = IPv4Network("198.18.0.0/24")
 OUTSIDE_ADDRESS = IPv4Interface("198.18.0.1/24")
 HOST_ADDRESS = IPv4Interface("198.18.0.2/24")
 
-#: How long deleting a sandbox waits for the kernel to dismantle its namespace
-#: (and with it the host ends of its veths) before deleting them one by one.
+#: How long cnm waits for the kernel to dismantle a deleted sandbox's
+#: namespace (and with it the host ends of its veths) before deleting them
+#: one by one (see cnm.dying).
 NAMESPACE_GONE_TIMEOUT = 5.0
 
 
@@ -228,6 +230,8 @@ class Host(_InNamespace):
         self._ports = HostPortAllocator()
         self._rtnl = Rtnl(namespace)
         undo.books.push(f"host {self.name!r}: rtnetlink socket", self._rtnl.close)
+        #: deleted sandboxes' veths the kernel has yet to remove, and the addresses and ports they hold
+        self._dying = DyingLinks(self._rtnl, NAMESPACE_GONE_TIMEOUT)
         # Where this host's sandboxes are mounted (see cnm.netns for why not /run/netns).
         self._mounts = MountDir.create(token)
         undo.kernel.push(f"host {self.name!r}: sandbox namespace directory", lambda: self._mounts.delete())
@@ -438,7 +442,7 @@ class Host(_InNamespace):
             # Rollback runs the kernel step first, then (once it is clean) the books.
             undo.kernel.push(
                 f"host {self.name!r}: new sandboxes",
-                lambda: raise_collected("new sandboxes", Sandbox._delete_many(sandboxes)),
+                lambda: raise_collected("new sandboxes", Sandbox._delete_many(sandboxes, wait=True)),
             )
             for request in wanted:
                 endpoint = None
@@ -502,7 +506,19 @@ class Host(_InNamespace):
         for sandbox in doomed:
             if sandbox.host is not self:
                 raise InvalidArgumentError(f"sandbox {sandbox.name!r} belongs to another host")
-        raise_collected(f"host {self.name!r}: delete sandboxes", Sandbox._delete_many(doomed))
+        raise_collected(f"host {self.name!r}: delete sandboxes", Sandbox._delete_many(doomed, wait=True))
+
+    @_serialized
+    def settle(self) -> None:
+        """Wait until the kernel has removed the interfaces of every deleted
+        sandbox, and give their addresses and host ports back.
+
+        ``sandbox.delete()`` returns as soon as the kernel has been told;
+        cnm settles by itself whenever it allocates. Call this to know that
+        nothing of the deleted sandboxes is left in the kernel.
+        """
+        self._check_open()
+        raise_collected(f"host {self.name!r}: settle", self._dying.wait())
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -537,6 +553,7 @@ class Host(_InNamespace):
                 gone = Namespace.sweep(f"cnm-{self.token}-")
             failures += gone
             if not gone:
+                self._dying.abandon()
                 self._leftovers.clear()
                 for child in self._children:
                     child._abandon()
@@ -547,10 +564,11 @@ class Host(_InNamespace):
             for leftover in self._leftovers:
                 failures += leftover.unwind()
             self._leftovers[:] = [u for u in self._leftovers if len(u)]
-            failures += Sandbox._delete_many([c for c in reversed(self._children) if isinstance(c, Sandbox)])
+            failures += Sandbox._delete_many([c for c in reversed(self._children) if isinstance(c, Sandbox)], wait=True)
             for child in reversed(self._children[:]):
                 if isinstance(child, Network):
                     failures += child._teardown(force=True)
+            failures += self._dying.wait()  # sandboxes deleted earlier may still hold their veths
         if not self._children and not self._leftovers:
             failures += self._undo.unwind()  # the host's sockets
         raise_collected(f"host {self.name!r}", failures)
@@ -667,15 +685,9 @@ def _pipeline(count: int, first: Callable[[int], None], second: Callable[[int], 
         raise failures[0]
 
 
-def _ensure_gone(rtnl: Rtnl, index: int, gone: set[int]) -> Callable[[], None]:
-    """An undo step for a veth expected to vanish with its namespace: nothing
-    to do once it was seen gone, else delete it (already gone is success)."""
-
-    def step() -> None:
-        if index not in gone:
-            rtnl.delete_link(index, f"veth index {index}")
-
-    return step
+def _link_remover(rtnl: Rtnl, index: int) -> Callable[[], None]:
+    """An undo step deleting link *index* (already gone is success)."""
+    return lambda: rtnl.delete_link(index, f"veth index {index}")
 
 
 def _collect(step: Callable[[], object]) -> list[Exception]:
@@ -818,9 +830,12 @@ class Network:
         address = parse_address(self.name, "ip", ip)
         if mac is not None and (not isinstance(mac, str) or not _MAC.match(mac.lower()) or int(mac[:2], 16) & 1):
             raise InvalidArgumentError(f"endpoint {name!r}: {mac!r} is not a unicast MAC address like 02:42:ac:11:00:02")
+        dying = self.host._dying
         with transaction() as undo:
-            allocated = self._pool.allocate(address)
-            undo.books.push(f"endpoint {name!r}: address {allocated}", lambda: self._pool.release(allocated))
+            allocated = dying.retrying(lambda: self._pool.allocate(address))
+            undo.books.push(
+                f"endpoint {name!r}: address {allocated}", lambda: dying.release(lambda: self._pool.release(allocated))
+            )
             interface = IPv4Interface(f"{allocated}/{self.subnet.prefixlen}")
             endpoint = Endpoint(self, name, interface, (mac or mac_for(allocated)).lower(), mappings, address is not None)
             self._endpoints[name] = endpoint
@@ -888,6 +903,9 @@ class Network:
         failures: list[Exception] = []
         for endpoint in reversed(list(self._endpoints.values())):
             failures += endpoint._teardown()
+        # Veths of deleted sandboxes may still be ports of the bridge: the
+        # network goes with nothing of its own left in the kernel.
+        failures += self.host._dying.wait()
         failures += self._undo.kernel.unwind()
         if not failures:
             failures += self._undo.books.unwind()
@@ -976,6 +994,8 @@ class Endpoint:
         self._join = Undo()  # interface, port forwards; host ports and the sandbox's record
         self._owned_by_connection = False
         self._deleted = False
+        #: the links of its last join, if they went with a namespace the kernel may still be dismantling
+        self._old_links: frozenset[int] = frozenset()
 
     def __repr__(self) -> str:
         where = f" in {self.sandbox.name!r}" if self.sandbox else ""
@@ -1002,6 +1022,8 @@ class Endpoint:
                     f"endpoint {self.name!r}: sandbox {sandbox.name!r} is already connected to network {network.name!r}"
                 )
         self._check_host_addresses()
+        # Its address must not meet its old interface on the bridge.
+        raise_collected(f"endpoint {self.name!r}: waiting for its old interface", host._dying.outlive(self._old_links))
         # What an earlier failed join could not roll back is cleaned up first.
         raise_collected(f"endpoint {self.name!r}: cleaning up an earlier join", self._join.unwind())
 
@@ -1026,10 +1048,10 @@ class Endpoint:
         """The bookkeeping of a join: host ports, interface name, the sandbox's record."""
         network = self.network
         host = network.host
-        published = self.published = host._ports.reserve(self.name, self.ports)
+        published = self.published = host._dying.retrying(lambda: host._ports.reserve(self.name, self.ports))
 
         def release() -> None:
-            host._ports.release(published)
+            host._dying.release(lambda: host._ports.release(published))
             self.published = []
 
         undo.books.push(f"endpoint {self.name!r}: host ports", release)
@@ -1163,6 +1185,8 @@ class Sandbox(_InNamespace):
         self._deleted = False
         #: set while the namespace is being deleted: links with an end in it go with it
         self._dying_links: list[int] | None = None
+        #: links that went with the namespace, whose addresses and ports are not yet released
+        self._went_with_namespace: list[int] = []
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.name!r} {self.namespace.path}>"
@@ -1214,7 +1238,7 @@ class Sandbox(_InNamespace):
 
     def release_link(self, host: Rtnl, index: int, what: str) -> None:
         if self._dying_links is not None:
-            self._dying_links.append(index)  # goes with the namespace; waited for in _delete_many
+            self._dying_links.append(index)  # goes with the namespace (see _delete_many)
         else:
             host.delete_link(index, what)
 
@@ -1255,62 +1279,69 @@ class Sandbox(_InNamespace):
         Endpoints made by ``network.connect`` are deleted; endpoints that were
         created separately and joined are left (they keep their address).
         Idempotent; after a failed step, calling it again retries what is left.
+
+        Returns once the kernel has been told: it removes the sandbox's
+        interfaces a little later, and until it has, their addresses and
+        host ports are not given to anyone else (:meth:`Host.settle` waits).
         """
-        raise_collected(f"sandbox {self.name!r}", Sandbox._delete_many([self]))
+        raise_collected(f"sandbox {self.name!r}", Sandbox._delete_many([self], wait=False))
 
     @staticmethod
-    def _delete_many(sandboxes: Sequence[Sandbox]) -> list[Exception]:
-        """Delete several sandboxes with one wait for the kernel.
+    def _delete_many(sandboxes: Sequence[Sandbox], *, wait: bool) -> list[Exception]:
+        """Delete sandboxes, namespaces first; return the failures.
 
         Deleting a veth by itself costs ~16 ms (an RCU grace period each);
-        deleting the namespace takes the sandbox end, and so the pair, for
-        ~0.3 ms. So: every namespace goes first, then one wait until the
-        host ends are gone, and only what is left after the timeout is deleted
-        link by link.
+        deleting the namespace takes the sandbox end, and so the pair, for a
+        fraction of that, but the kernel does it later, on its own. So every
+        namespace goes first, and the veths, with the addresses and host
+        ports they hold, are handed to the host's :class:`~cnm.dying.DyingLinks`:
+        those are given back once the kernel has removed the veths. With
+        *wait*, this returns only then (one wait for all of them); without,
+        as soon as the kernel has been told.
         """
         failures: list[Exception] = []
-        gone: set[int] = set()
-        waiting: list[int] = []
-        rtnl: Rtnl | None = None
+        hosts: set[Host] = set()
         # The published ports of all of them go in one firewall transaction.
         for host in {sandbox.host for sandbox in sandboxes}:
             host._firewall.undo_together(
                 step for sandbox in sandboxes for endpoint in sandbox._endpoints for step in endpoint._join.kernel.steps()
             )
-        try:
-            for sandbox in sandboxes:
-                if sandbox._deleted and not len(sandbox._undo) and not sandbox._endpoints:
-                    continue  # already gone
-                sandbox._deleted = True
-                rtnl = sandbox.host._rtnl
-                sandbox._dying_links = []
+        for sandbox in sandboxes:
+            if sandbox._deleted and not len(sandbox._undo) and not sandbox._endpoints:
+                continue  # already gone
+            sandbox._deleted = True
+            host = sandbox.host
+            hosts.add(host)
+            sandbox._dying_links = []
+            try:
                 failures += _collect(sandbox._stop_processes)
                 for endpoint in reversed(sandbox._endpoints):
                     failures += endpoint._join.kernel.unwind()  # port forwards; veths join _dying_links
                 failures += sandbox._undo.kernel.unwind()  # its socket, then its namespace
-                # Each veth is still a step on the sandbox's log until it is
-                # seen gone (or deleted after the wait): if the wait is cut
-                # short, deleting again finishes the job.
-                for index in sandbox._dying_links:
-                    sandbox._undo.kernel.push(f"sandbox {sandbox.name!r}: veth {index}", _ensure_gone(rtnl, index, gone))
-                waiting += sandbox._dying_links
-            if waiting and rtnl is not None:
-                gone.update(set(waiting) - set(rtnl.wait_gone(waiting, NAMESPACE_GONE_TIMEOUT)))
-            for sandbox in sandboxes:
-                failures += sandbox._undo.kernel.unwind()
-        finally:
-            for sandbox in sandboxes:
+                dying = sandbox._dying_links
+            finally:
                 sandbox._dying_links = None
-        # Addresses, host ports and names are given back only once the
-        # sandbox's interfaces are really gone.
-        for sandbox in sandboxes:
-            if len(sandbox._undo.kernel) or any(len(e._join.kernel) for e in sandbox._endpoints):
+            if len(sandbox._undo.kernel):
+                # The namespace is still there: its veths will not go by
+                # themselves. Deleting the sandbox again deletes them first.
+                for index in dying:
+                    sandbox._undo.kernel.push(f"sandbox {sandbox.name!r}: veth {index}", _link_remover(host._rtnl, index))
                 continue
-            for endpoint in reversed(sandbox._endpoints[:]):
-                failures += endpoint._join.books.unwind()
-                if endpoint._owned_by_connection:
-                    failures += endpoint._teardown()
-            failures += sandbox._undo.books.unwind()
+            sandbox._went_with_namespace += dying
+            if any(len(e._join.kernel) for e in sandbox._endpoints):
+                continue  # a port forward is still there: everything stays held until it goes
+            # Names are given back now; addresses and host ports once the veths are gone.
+            with host._dying.holding(sandbox._went_with_namespace):
+                for endpoint in reversed(sandbox._endpoints[:]):
+                    endpoint._old_links = frozenset(sandbox._went_with_namespace)  # if it joins again
+                    failures += endpoint._join.books.unwind()
+                    if endpoint._owned_by_connection:
+                        failures += endpoint._teardown()
+                failures += sandbox._undo.books.unwind()
+            sandbox._went_with_namespace = []
+        if wait:
+            for host in hosts:
+                failures += host._dying.wait()
         return failures
 
     def _abandon(self) -> None:

@@ -1,0 +1,146 @@
+"""Interfaces the kernel is still taking apart, and what waits for them to go.
+
+Deleting a sandbox's namespace is how cnm removes its interfaces cheaply
+(see :doc:`/explanation`): unmounting the namespace takes a few
+microseconds, and the kernel then dismantles the namespace and every link
+with an end in it on its own, in a work queue, tens of milliseconds later.
+Waiting for that on every ``sandbox.delete()`` is what made one delete cost
+~38 ms.
+
+So a deleted sandbox's veths are handed to :class:`DyingLinks`, together
+with the releases that must wait for them: the endpoint's address and its
+host ports. Until the kernel has removed the old interface, the old
+address is still configured on a link that is still a port of the bridge,
+so handing it to a new endpoint would put two interfaces with one address
+on one bridge. Names (of sandboxes and endpoints) are cnm's bookkeeping,
+not the kernel's, and are given back at once.
+
+A held release runs at the first :meth:`DyingLinks.settle` after its links
+are gone (cnm settles before every allocation of an address or host port)
+or in :meth:`DyingLinks.wait`, which an allocation that found nothing free
+calls before trying again, as do ``close()`` and ``delete_sandboxes``. Each
+check asks the kernel for just the pending links, in one pipelined round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+from .errors import ConflictError, ExhaustedError
+from .kernel import Rtnl
+from .undo import raise_collected
+
+__all__ = ["DyingLinks"]
+
+T = TypeVar("T")
+
+
+class DyingLinks:
+    """Groups of link indexes, each with the releases to run once all of them are gone."""
+
+    def __init__(self, rtnl: Rtnl, timeout: float) -> None:
+        self._rtnl = rtnl
+        #: how long :meth:`wait` gives the kernel before deleting links one by one
+        self.timeout = timeout
+        self._groups: list[tuple[frozenset[int], list[Callable[[], object]]]] = []
+        self._holding: list[Callable[[], object]] | None = None
+
+    def __len__(self) -> int:
+        """How many groups still wait for the kernel."""
+        return len(self._groups)
+
+    @property
+    def indexes(self) -> set[int]:
+        return {index for group, _ in self._groups for index in group}
+
+    @contextlib.contextmanager
+    def holding(self, indexes: Iterable[int]) -> Iterator[None]:
+        """Releases made (through :meth:`release`) inside this block wait for *indexes* to go."""
+        group = frozenset(indexes)
+        if not group:
+            yield
+            return
+        assert self._holding is None, "holding() blocks do not nest"
+        steps: list[Callable[[], object]] = []
+        self._holding = steps
+        try:
+            yield
+        finally:
+            self._holding = None
+            self._groups.append((group, steps))
+
+    def release(self, step: Callable[[], object]) -> None:
+        """Run *step* now, or, inside :meth:`holding`, once that block's links are gone."""
+        if self._holding is not None:
+            self._holding.append(step)
+        else:
+            step()
+
+    def settle(self) -> list[Exception]:
+        """Run the releases of every group whose links the kernel has removed; return their failures."""
+        if not self._groups:
+            return []
+        present = set(self._rtnl.wait_gone(self.indexes, 0))
+        return self._run(present)
+
+    def wait(self) -> list[Exception]:
+        """Wait until the kernel has removed every pending link, then run every release.
+
+        A link still there after :attr:`timeout` (something else keeps its
+        namespace alive, a process entered from outside, say) is deleted
+        by itself; one that cannot be stays pending, its failure returned.
+        """
+        if not self._groups:
+            return []
+        failures: list[Exception] = []
+        present: set[int] = set()
+        for index in self._rtnl.wait_gone(self.indexes, self.timeout):
+            try:
+                self._rtnl.delete_link(index, f"veth index {index} (its namespace outlived the wait)")
+            except OSError as exc:
+                if exc.errno != errno.ENODEV:
+                    failures.append(exc)
+                    present.add(index)
+        return failures + self._run(present)
+
+    def retrying(self, allocate: Callable[[], T]) -> T:
+        """``allocate()``, settled first; if nothing was free, wait for the dying links and try again."""
+        raise_collected("releasing what deleted sandboxes held", self.settle())
+        try:
+            return allocate()
+        except (ConflictError, ExhaustedError):
+            if not self._groups:
+                raise
+        raise_collected("releasing what deleted sandboxes held", self.wait())
+        return allocate()
+
+    def outlive(self, indexes: frozenset[int]) -> list[Exception]:
+        """Return once none of *indexes* is pending (settling, then waiting if need be)."""
+        if not indexes & self.indexes:
+            return []
+        failures = self.settle()
+        if indexes & self.indexes:
+            failures += self.wait()
+        return failures
+
+    def abandon(self) -> None:
+        """Forget every group: their links went with a namespace that is gone."""
+        self._groups.clear()
+
+    def _run(self, present: set[int]) -> list[Exception]:
+        failures: list[Exception] = []
+        waiting = []
+        for group, steps in self._groups:
+            if group & present:
+                waiting.append((group, steps))
+                continue
+            for step in steps:
+                try:
+                    step()
+                except Exception as exc:  # noqa: BLE001 - reported together
+                    failures.append(exc)
+        self._groups = waiting
+        return failures

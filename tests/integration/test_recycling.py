@@ -1,0 +1,131 @@
+"""A deleted sandbox's address and host ports are reused only once the kernel has removed its veth.
+
+``sandbox.delete()`` returns once the kernel has been told; the kernel takes
+the veth apart a little later. These tests watch the host namespace's link
+notifications (a netlink socket of the test's own, reading what the kernel
+announces in the order it happens) while sandboxes come and go on a tiny
+subnet, and check that no veth carrying a recycled address (or host port)
+appears before the veth that had it before is gone.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import pytest
+
+from cnm.drivers.bridge import host_end_name
+
+_RTMGRP_LINK = 1
+_RTM_NEWLINK, _RTM_DELLINK = 16, 17
+_IFLA_IFNAME = 3
+
+
+class LinkEvents:
+    """Every link notification in *owner*'s namespace, in the kernel's order: (type, name)."""
+
+    def __init__(self, owner) -> None:
+        def make() -> socket.socket:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            s.bind((0, _RTMGRP_LINK))
+            return s
+
+        self.sock = owner.call(make)
+        self.sock.settimeout(0.1)
+        self.events: list[tuple[int, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(1 << 20)
+            except socket.timeout:
+                continue
+            offset = 0
+            while offset + 16 <= len(data):
+                length, mtype = struct.unpack_from("=IH", data, offset)
+                if mtype in (_RTM_NEWLINK, _RTM_DELLINK):
+                    self.events.append((mtype, _ifname(data[offset + 32 : offset + length])))
+                offset += (length + 3) & ~3
+
+    def stop(self) -> list[tuple[int, str]]:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+        return self.events
+
+
+def _ifname(attrs: bytes) -> str:
+    offset = 0
+    while offset + 4 <= len(attrs):
+        length, kind = struct.unpack_from("=HH", attrs, offset)
+        if length < 4:
+            break
+        if kind == _IFLA_IFNAME:
+            return attrs[offset + 4 : offset + length].rstrip(b"\0").decode()
+        offset += (length + 3) & ~3
+    return ""
+
+
+def _assert_each_holder_went_before_the_next_came(holders: dict[object, list[str]], events) -> None:
+    first_seen: dict[str, int] = {}
+    gone_at: dict[str, int] = {}
+    for position, (mtype, name) in enumerate(events):
+        if mtype == _RTM_NEWLINK:
+            first_seen.setdefault(name, position)
+        else:
+            gone_at.setdefault(name, position)
+    reuses = 0
+    for thing, names in holders.items():
+        for old, new in zip(names, names[1:]):
+            assert old in gone_at, f"{thing}: the veth {old} that had it never went"
+            assert gone_at[old] < first_seen[new], f"{thing}: {new} appeared before {old} was gone"
+            reuses += 1
+    assert reuses  # the loop really recycled something
+
+
+@pytest.mark.parametrize("ports", [False, True], ids=["addresses", "addresses-and-ports"])
+def test_a_tight_delete_create_loop_on_a_29_never_meets_the_old_veth(host, ports):
+    net = host.create_network("tiny", subnet="10.99.0.0/29")  # five addresses for sandboxes
+    watch = LinkEvents(host)
+    by_address: dict[object, list[str]] = {}
+    by_port: dict[object, list[str]] = {}
+    live = []
+    for i in range(30):
+        if len(live) == 5:
+            live.pop(0).delete()  # and at once, a new one needs what it had
+        sandbox = host.create_sandbox(f"s{i}")
+        endpoint = net.connect(sandbox, ports=[f"{9000 + i % 6}:80"] if ports else [])
+        veth = host_end_name(endpoint.id)
+        by_address.setdefault(endpoint.ip, []).append(veth)
+        for published in endpoint.published:
+            by_port.setdefault(published.host_port, []).append(veth)
+        live.append(sandbox)
+    for sandbox in live:
+        sandbox.delete()
+    host.settle()
+    events = watch.stop()
+    _assert_each_holder_went_before_the_next_came(by_address, events)
+    if ports:
+        _assert_each_holder_went_before_the_next_came(by_port, events)
+    assert not [e for e in net.endpoints]
+
+
+def test_deleted_sandboxes_release_what_they_held_once_the_kernel_is_done(host):
+    """No allocation needs to fail for the books to catch up: the next one settles first."""
+    net = host.create_network("web", subnet="10.98.0.0/24")
+    sandboxes = [host.create_sandbox(f"s{i}") for i in range(5)]
+    for s in sandboxes:
+        net.connect(s)
+    taken = [s.address(net).ip for s in sandboxes]
+    for s in sandboxes:
+        s.delete()
+    host.settle()
+    fresh = host.create_sandbox("fresh")
+    assert net.connect(fresh).ip == taken[0]  # the lowest address is free again
+    assert len(host._dying) == 0
