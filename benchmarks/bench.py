@@ -13,9 +13,12 @@ runs inside ``pb*`` namespaces of its own and removes them.
 
 Prints, per N, the median setup and teardown milliseconds per sandbox of each
 tool and each one's time as a multiple of cnm's. Setup is timed from a host
-with the network already made to all N connected; teardown from
-``host.close()`` until the kernel has taken every sandbox's veth apart (as the
-peer scripts wait for). ``--json FILE`` also writes every run's figures and
+with the network already made to all N connected; teardown until the kernel
+has taken every sandbox's veth apart (as the peer scripts wait for): for
+``cnm`` from ``host.close()``, for ``cnm-loop`` from a loop of
+``sandbox.delete()`` (a runtime deleting its containers one at a time),
+whose own time until the calls have returned is printed beside it ("delete
+calls"). ``--json FILE`` also writes every run's figures and
 the conditions (date, kernel, CPUs, command line); ``--plot`` then runs
 ``benchmarks/plot.py`` on that file (SVG charts and an RST table in
 ``docs/_static``).
@@ -78,11 +81,13 @@ DEFAULT_PEERS = ["ipbatch", "cni"]
 MAX_N = 1000
 
 
-def cnm_run(n: int, *, bulk: bool = True) -> tuple[float, float]:
-    """One cnm run: (setup, teardown) in ms per sandbox.
+def cnm_run(n: int, *, bulk: bool = True) -> tuple[float, float, float | None]:
+    """One cnm run: (setup, teardown, delete calls) in ms per sandbox.
 
-    *bulk*: one ``host.create_sandboxes`` call; otherwise ``create_sandbox``
-    and ``connect`` per sandbox, as a program not knowing N in advance does.
+    *bulk*: one ``host.create_sandboxes`` call, and ``host.close()``;
+    otherwise ``create_sandbox`` and ``connect`` per sandbox, as a program
+    not knowing N in advance does, and ``sandbox.delete()`` per sandbox,
+    whose loop is timed by itself too (the third figure; None for *bulk*).
     """
     # Setup includes making the host and its network, as the peer scripts'
     # setup includes their host namespace, bridge and NAT table (cnm's host
@@ -93,11 +98,13 @@ def cnm_run(n: int, *, bulk: bool = True) -> tuple[float, float]:
         net = host.create_network("bench", subnet="10.88.0.0/16")
         if bulk:  # building the requests is part of what a user pays
             requests = [cnm.SandboxRequest(f"s{i}", ports=[f"{20000 + i}:80"]) for i in range(n)]
-            host.create_sandboxes(requests, network=net)
+            sandboxes = host.create_sandboxes(requests, network=net)
         else:
+            sandboxes = []
             for i in range(n):
                 sandbox = host.create_sandbox(f"s{i}")
                 net.connect(sandbox, ports=[f"{20000 + i}:80"])
+                sandboxes.append(sandbox)
         setup = time.perf_counter() - start
     except BaseException:
         host.close()
@@ -110,8 +117,13 @@ def cnm_run(n: int, *, bulk: bool = True) -> tuple[float, float]:
     except BaseException:
         host.close()
         raise
+    calls = None
     try:
         start = time.perf_counter()
+        if not bulk:
+            for sandbox in sandboxes:
+                sandbox.delete()
+            calls = (time.perf_counter() - start) * 1000 / n
         host.close()
         deadline = start + 120  # as long as the peer scripts wait
         while any(link.kind == "veth" and link.master for link in watcher.links()):
@@ -123,7 +135,7 @@ def cnm_run(n: int, *, bulk: bool = True) -> tuple[float, float]:
         teardown = time.perf_counter() - start
     finally:
         watcher.close()
-    return setup * 1000 / n, teardown * 1000 / n
+    return setup * 1000 / n, teardown * 1000 / n, calls
 
 
 def _busy_ticks() -> tuple[int, int]:
@@ -178,12 +190,13 @@ def peer_run(name: str, n: int) -> tuple[float, float]:
     return float(fields[-2]), float(fields[-1])
 
 
-def run_tool(tool: str, n: int) -> tuple[float, float]:
+def run_tool(tool: str, n: int) -> tuple[float, float, float | None]:
+    """(setup, teardown, delete calls or None) in ms per sandbox."""
     if tool == "cnm":
         return cnm_run(n)
     if tool == "cnm-loop":
         return cnm_run(n, bulk=False)
-    return peer_run(tool, n)
+    return (*peer_run(tool, n), None)
 
 
 def ratio(value: float, base: float) -> str:
@@ -309,19 +322,23 @@ def main() -> None:
     data = conditions(args, tools, skipped)
     data["complete"] = False
     data["results"] = []
-    print(f"{'tool':<10} {'N':>5} {'setup ms':>9} {'teardown ms':>12} {'setup vs cnm':>13} {'teardown vs cnm':>16}")
+    print(
+        f"{'tool':<10} {'N':>5} {'setup ms':>9} {'teardown ms':>12} {'setup vs cnm':>13} {'teardown vs cnm':>16}"
+        f" {'delete calls ms':>16}"
+    )
     for n in args.n:
-        measured: dict[str, list[tuple[float, float]]] = {tool: [] for tool in tools}
+        measured: dict[str, list[tuple[float, float, float | None]]] = {tool: [] for tool in tools}
         # Round robin over the tools, so a slow drift of the machine (other
         # work, a warming cache) is shared out instead of charged to one tool.
         for run in range(max(map(runs_of, tools))):
             for tool in tools:
                 if run < runs_of(tool):
                     settle(args.settle)
-                    setup, teardown = run_tool(tool, n)
-                    measured[tool].append((setup, teardown))
+                    setup, teardown, calls = run_tool(tool, n)
+                    measured[tool].append((setup, teardown, calls))
+                    also = "" if calls is None else f" (delete calls {calls:.3f})"
                     print(
-                        f"# N={n} {tool} run {run + 1}/{runs_of(tool)}: setup {setup:.3f} teardown {teardown:.3f}",
+                        f"# N={n} {tool} run {run + 1}/{runs_of(tool)}: setup {setup:.3f} teardown {teardown:.3f}{also}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -332,18 +349,23 @@ def main() -> None:
         base_setup, base_teardown = medians["cnm"]
         for tool, (setup, teardown) in medians.items():
             vs = "" if tool == "cnm" else f"{ratio(setup, base_setup):>13} {ratio(teardown, base_teardown):>16}"
-            print(f"{tool:<10} {n:>5} {setup:>9.3f} {teardown:>12.3f} {vs}".rstrip(), flush=True)
-            data["results"].append(
-                {
-                    "tool": tool,
-                    "n": n,
-                    "runs": len(measured[tool]),
-                    "setup_ms": round(setup, 4),
-                    "teardown_ms": round(teardown, 4),
-                    "setup_runs_ms": [round(r[0], 4) for r in measured[tool]],
-                    "teardown_runs_ms": [round(r[1], 4) for r in measured[tool]],
-                }
-            )
+            call_runs = [r[2] for r in measured[tool] if r[2] is not None]
+            calls = statistics.median(call_runs) if call_runs else None
+            shown = f" {calls:>16.3f}" if calls is not None else ""
+            print(f"{tool:<10} {n:>5} {setup:>9.3f} {teardown:>12.3f} {vs:>30}{shown}".rstrip(), flush=True)
+            result: dict[str, Any] = {
+                "tool": tool,
+                "n": n,
+                "runs": len(measured[tool]),
+                "setup_ms": round(setup, 4),
+                "teardown_ms": round(teardown, 4),
+                "setup_runs_ms": [round(r[0], 4) for r in measured[tool]],
+                "teardown_runs_ms": [round(r[1], 4) for r in measured[tool]],
+            }
+            if calls is not None:
+                result["delete_calls_ms"] = round(calls, 4)
+                result["delete_calls_runs_ms"] = [round(c, 4) for c in call_runs]
+            data["results"].append(result)
         if args.json is not None:  # after each N: a long run cut short keeps what it measured
             write_json(args.json, data)
     same = args.peer_runs == args.runs or all(tool.startswith("cnm") for tool in tools)

@@ -10,8 +10,9 @@ writes into ``docs/_static`` (or ``--out DIR``):
 ``performance-teardown.svg``
     the same for teardown (same scale, so the two compare at a glance);
 ``performance-table.inc``
-    an RST table of the medians with each tool's time as a multiple of cnm's,
-    and a line with the date, kernel, CPUs and the command that measured
+    an RST table of the medians with each tool's time as a multiple of cnm's
+    (and, for ``cnm-loop``, how long its loop of ``sandbox.delete()`` calls
+    took until they returned), and a line with the date, kernel, CPUs and the command that measured
     them, for ``.. include::`` (not ``.rst``: Sphinx would take a ``.rst``
     file for a page of its own).
 
@@ -206,6 +207,7 @@ def table(data: dict[str, Any]) -> str:
         "     - Teardown ms",
         "     - Setup vs cnm",
         "     - Teardown vs cnm",
+        "     - Delete calls ms",
     ]
     order = {tool: i for i, tool in enumerate(data["tools"])}
     for r in sorted(data["results"], key=lambda r: (r["n"], order.get(r["tool"], len(order)))):
@@ -221,6 +223,7 @@ def table(data: dict[str, Any]) -> str:
             f"     - {ms(r['teardown_ms'])}",
             f"     - {vs[0]}",
             f"     - {vs[1]}",
+            f"     - {ms(r['delete_calls_ms']) if 'delete_calls_ms' in r else ''}",
         ]
     cpu = f"{data['cpus']} CPUs" + (f" ({data['cpu_model']})" if data.get("cpu_model") else "")
     commit = f", cnm {data['cnm_commit']}" if data.get("cnm_commit") else ""
