@@ -129,3 +129,33 @@ def test_deleted_sandboxes_release_what_they_held_once_the_kernel_is_done(host):
     fresh = host.create_sandbox("fresh")
     assert net.connect(fresh).ip == taken[0]  # the lowest address is free again
     assert len(host._dying) == 0
+
+
+CHILD = """
+import json, subprocess, cnm
+with cnm.Host() as machine:  # this process's namespace: the isolated host's, here
+    net = machine.create_network("web")
+    sandboxes = [machine.create_sandbox(f"s{i}") for i in range(20)]
+    for s in sandboxes:
+        net.connect(s, ports=["80"])
+    for s in sandboxes:
+        s.delete()  # returns before the kernel is done
+    dying = len(machine._dying)
+links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+print(json.dumps({"dying": dying, "links": [l.split(": ")[1].split("@")[0] for l in links.splitlines()], "tables": tables}))
+"""
+
+
+def test_a_host_closed_right_after_a_delete_loop_waits_and_leaves_nothing(host):
+    """``cnm.Host()`` in a namespace of its own (a child process started in the
+    isolated host's): its close after fast deletes still leaves only what was there."""
+    import json
+    import sys
+
+    before = {l.name for l in host._rtnl.links()}
+    done = host.run([sys.executable, "-c", CHILD], capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout)
+    assert report["dying"] > 0  # the close really had dying veths to wait for
+    assert set(report["links"]) == before
+    assert report["tables"] == ""  # the child's table is gone (the isolated host has made none yet)
