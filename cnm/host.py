@@ -363,9 +363,11 @@ class Host(_InNamespace):
         )
         drv.validate(spec)
         with transaction(keep=self._leftovers.append) as undo:
+            # The driver first: what it can only check against the kernel (an
+            # interface name already taken) then fails before anything changed.
+            plumbing = drv.create_network(self._rtnl, spec, undo.kernel)
             if not internal:
                 self._use_forwarding(undo.kernel)
-            plumbing = drv.create_network(self._rtnl, spec, undo.kernel)
             rules = None
             if plumbing.routed:
                 rules = NetworkRules(name=name, bridge=plumbing.interface, subnet=pool.subnet, internal=internal)
