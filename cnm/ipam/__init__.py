@@ -252,6 +252,20 @@ def _load_entry_point(name: str) -> Callable[[], IPAMDriver]:
     raise NotFoundError(f"IPAM driver {name!r} not found (known drivers: {known})")
 
 
+#: Address blocks no network may use, with what they are for (RFC 6890).
+#: The kernel accepts them on a bridge, but they are not unicast subnets:
+#: 0.0.0.0/8 and 127.0.0.0/8 mean "this host" to the kernel and to every
+#: program, 224.0.0.0/4 holds group addresses, and 240.0.0.0/4 is reserved
+#: (its last address, 255.255.255.255, is the limited broadcast). Link-local
+#: 169.254.0.0/16 is not here: it is ordinary unicast, and Docker accepts it.
+RESERVED_SUBNETS: tuple[tuple[IPv4Network, str], ...] = (
+    (IPv4Network("0.0.0.0/8"), "'this network' (RFC 1122)"),
+    (IPv4Network("127.0.0.0/8"), "loopback"),
+    (IPv4Network("224.0.0.0/4"), "multicast"),
+    (IPv4Network("240.0.0.0/4"), "future use and the limited broadcast address"),
+)
+
+
 def _ipv4_text(where: str, value: object, ipv6_type: type, ipv4_type_name: str) -> str:
     """The checks :func:`parse_subnet` and :func:`parse_address` share: *value*
     must be a string and not IPv6; returns it. *where* ("network 'x': what")
@@ -301,20 +315,6 @@ def _parse_prefix(where: str, value: object) -> IPv4Network:
     if first != net.network_address:
         raise InvalidArgumentError(f"{where} {value!r} has host bits set (did you mean {net}?)")
     return net
-
-
-#: Address blocks no network may use, with what they are for (RFC 6890): on
-#: a bridge the kernel would drop or misroute their traffic (loopback and
-#: "this network" addresses are martians off ``lo``; multicast and class E
-#: cannot be interface addresses of a subnet; 255.255.255.255 is the limited
-#: broadcast). Link-local 169.254.0.0/16 is not here: the kernel routes it
-#: like any subnet, and Docker accepts it too.
-RESERVED_SUBNETS: tuple[tuple[IPv4Network, str], ...] = (
-    (IPv4Network("0.0.0.0/8"), "'this network' (RFC 1122)"),
-    (IPv4Network("127.0.0.0/8"), "loopback"),
-    (IPv4Network("224.0.0.0/4"), "multicast"),
-    (IPv4Network("240.0.0.0/4"), "future use and the limited broadcast address"),
-)
 
 
 def parse_address(
