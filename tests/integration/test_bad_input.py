@@ -239,19 +239,40 @@ row("delete_sandboxes of one name", lambda w: w.host.delete_sandboxes("s0"), cnm
 row("delete_sandboxes of another host's", lambda w: w.host.delete_sandboxes([w.s0, w.far_sandbox]), cnm.InvalidArgumentError, "sandbox 'far' belongs to another host")
 
 
+class Worlds:
+    """The shared World, made again after a row that failed (and so may have
+    changed it), so that one failure does not fail every row after it."""
+
+    def __init__(self) -> None:
+        self.current: World | None = None
+        self.dirty = False
+
+    def get(self) -> World:
+        if self.current is not None and self.dirty:
+            self.close()
+        if self.current is None:
+            self.current = World()
+            self.before = (self.current.kernel(), self.current.books())
+        self.dirty = True  # until the row using it passes
+        return self.current
+
+    def close(self) -> None:
+        if self.current is not None:
+            world, self.current = self.current, None
+            world.close()
+
+
 @pytest.fixture(scope="module")
-def world():
-    w = World()
+def worlds():
+    holder = Worlds()
     try:
-        w.before = (w.kernel(), w.books())  # type: ignore[attr-defined]
-        yield w
+        yield holder
     finally:
-        w.close()
+        holder.close()
 
 
-@pytest.fixture
-def begun(monkeypatch):
-    """Every namespace (and sandbox mount directory) cnm begins to make."""
+def spy_on_creation(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, every namespace (and sandbox mount directory) cnm begins to make."""
     made: list[str] = []
     namespace_create, mounts_create = Namespace.create, MountDir.create
 
@@ -273,7 +294,9 @@ def test_the_table_is_big_enough():
 
 
 @pytest.mark.parametrize(("call", "error", "words"), ROWS)
-def test_bad_input_is_refused_before_any_change(world, begun, call, error, words):
+def test_bad_input_is_refused_before_any_change(worlds, monkeypatch, call, error, words):
+    world = worlds.get()
+    begun = spy_on_creation(monkeypatch)
     with pytest.raises(error) as caught:
         call(world)
     exc = caught.value
@@ -283,7 +306,8 @@ def test_bad_input_is_refused_before_any_change(world, begun, call, error, words
     assert isinstance(exc, LookupError if issubclass(error, cnm.NotFoundError) else ValueError)
     assert words in str(exc), f"{words!r} is not in {str(exc)!r}"
     assert begun == [], f"namespaces begun: {begun}"
-    kernel, books = world.before
+    kernel, books = worlds.before
     assert world.books() == books
     changed = diff(kernel, world.kernel())
     assert not changed, changed
+    worlds.dirty = False
