@@ -257,7 +257,9 @@ def _load_entry_point(name: str) -> Callable[[], IPAMDriver]:
 #: 0.0.0.0/8 and 127.0.0.0/8 mean "this host" to the kernel and to every
 #: program, 224.0.0.0/4 holds group addresses, and 240.0.0.0/4 is reserved
 #: (its last address, 255.255.255.255, is the limited broadcast). Link-local
-#: 169.254.0.0/16 is not here: it is ordinary unicast, and Docker accepts it.
+#: 169.254.0.0/16 is not here: it is unicast confined to one link, which a
+#: bridge network is, and deployments use it on purpose (Docker even lets a
+#: container have link-local addresses of its own, ``--link-local-ip``).
 RESERVED_SUBNETS: tuple[tuple[IPv4Network, str], ...] = (
     (IPv4Network("0.0.0.0/8"), "'this network' (RFC 1122)"),
     (IPv4Network("127.0.0.0/8"), "loopback"),
