@@ -14,7 +14,9 @@ catch it sensibly (``except ValueError`` catches a bad subnet)::
     │   └── ClosedError                     endpoints, endpoint already joined; object
     │                                       used after it was deleted or closed
     ├── KernelError (OSError)               the kernel refused a change; has ``errno``
-    │   └── MissingKernelFeatureError       the kernel lacks a module (ipvlan, ...)
+    │   ├── MissingKernelFeatureError       the kernel lacks a module (ipvlan, ...)
+    │   └── InterfaceExistsError            an interface name is taken (also a
+    │                                       ConflictError, so also a ValueError)
     └── TeardownError (ExceptionGroup)      one or more undo steps failed; every
                                             failure is in ``exceptions``
 
@@ -37,6 +39,7 @@ __all__ = [
     "ClosedError",
     "ConflictError",
     "ExhaustedError",
+    "InterfaceExistsError",
     "InvalidArgumentError",
     "KernelError",
     "MissingKernelFeatureError",
@@ -85,6 +88,16 @@ class KernelError(CNMError, OSError):
 
 class MissingKernelFeatureError(KernelError):
     """The running kernel lacks a module or feature that the operation needs."""
+
+
+class InterfaceExistsError(KernelError, ConflictError):
+    """An interface cnm would create has a name some link already has (``errno`` is EEXIST).
+
+    Usually found by a look-up before any change; when another process
+    creates the link in between, it is the kernel's EEXIST, mapped to this.
+    Both a :class:`KernelError` and a :class:`ConflictError`: whichever way it
+    was found, callers catch it as the conflict it is.
+    """
 
 
 class TeardownError(CNMError, ExceptionGroup):

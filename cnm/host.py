@@ -21,7 +21,6 @@ import functools
 import os
 import queue
 import threading
-import re
 import secrets
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,6 +31,15 @@ import attrs
 
 from .dying import DyingLinks
 from .drivers import EndpointSpec, NetworkDriver, NetworkPlumbing, NetworkSpec, network_driver
+from ._checks import (
+    check_collection,
+    check_flag,
+    check_instance,
+    check_mac,
+    check_name,
+    check_text,
+    string_map,
+)
 from .errors import (
     ClosedError,
     ConflictError,
@@ -39,7 +47,7 @@ from .errors import (
     NotFoundError,
     StateError,
 )
-from .firewall import FirewallBackend, NetworkRules, PortForward, firewall_backend
+from .firewall import FirewallBackend, FirewallFactory, NetworkRules, PortForward, firewall_backend
 from .ipam import AddressPool, ipam_driver, parse_address, parse_subnet
 from .kernel import Rtnl, mac_for, random_mac
 from .netns import MOUNT_DIRS, MountDir, Namespace
@@ -50,8 +58,6 @@ __all__ = ["Endpoint", "Host", "Network", "Outside", "Sandbox", "SandboxRequest"
 
 T = TypeVar("T")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 #: The link between an isolated host and its "outside": a /24 from the range
 #: reserved for benchmarking network devices (RFC 2544), so it never collides
@@ -94,12 +100,15 @@ def _host_of(obj: Any) -> Host:
     return obj.host  # type: ignore[no-any-return]
 
 
-def _check_name(kind: str, name: object) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise InvalidArgumentError(
-            f"{kind} name {name!r} is not valid: use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
-        )
-    return name
+C = TypeVar("C", "Network", "Sandbox")
+
+
+def _check_child(host: Host, where: str, what: str, value: object, cls: type[C]) -> C:
+    """*value* must be a *cls* (a Network or a Sandbox) of *host*."""
+    child = check_instance(where, what, value, cls)
+    if child.host is not host:
+        raise InvalidArgumentError(f"{where}: {what} {child.name!r} belongs to another host")
+    return child
 
 
 def _new_id() -> str:
@@ -164,20 +173,34 @@ class _InNamespace:
         self._processes.clear()
 
 
-def _ports_tuple(ports: Iterable[str | PortMapping]) -> tuple[str | PortMapping, ...]:
-    return tuple(ports)
-
-
-@attrs.frozen
+@attrs.frozen(init=False)
 class SandboxRequest:
     """One sandbox for :meth:`Host.create_sandboxes`: its name and, when the
     call connects it to a network, its address, MAC and published ports
-    (as in :meth:`Network.connect`)."""
+    (as in :meth:`Network.connect`: a single string is one port spec).
+
+    Checked when made: a bad value raises
+    :class:`~cnm.errors.InvalidArgumentError` here, not in the bulk call.
+    *ports* is kept as the :class:`~cnm.PortMapping` list it stands for.
+    """
 
     name: str
-    ip: str | IPv4Address | None = None
-    mac: str | None = None
-    ports: tuple[str | PortMapping, ...] = attrs.field(default=(), converter=_ports_tuple)
+    ip: str | IPv4Address | None
+    mac: str | None
+    ports: tuple[PortMapping, ...]
+
+    def __init__(
+        self,
+        name: str,
+        ip: str | IPv4Address | None = None,
+        mac: str | None = None,
+        ports: Iterable[str | PortMapping] | str = (),
+    ) -> None:
+        # By hand, not by attrs converters: each message names the sandbox.
+        name = check_name("sandbox", name)
+        where = f"sandbox {name!r}"
+        parse_address(name, "ip", ip, kind="sandbox")
+        self.__attrs_init__(name, ip, check_mac(where, mac), tuple(normalize_ports(ports, owner=where)))
 
 
 class Outside(_InNamespace):
@@ -207,10 +230,13 @@ class Host(_InNamespace):
     """
 
     def __init__(self, *, firewall: str = "nftables") -> None:
+        factory = _firewall_factory(firewall)
         with transaction() as undo:
-            self._setup(Namespace.current(), None, firewall, secrets.token_hex(3), undo)
+            self._setup(Namespace.current(), None, factory, secrets.token_hex(3), undo)
 
-    def _setup(self, namespace: Namespace, outside: Outside | None, firewall: str, token: str, undo: Undo) -> None:
+    def _setup(
+        self, namespace: Namespace, outside: Outside | None, firewall: FirewallFactory, token: str, undo: Undo
+    ) -> None:
         self.namespace = namespace
         self.outside = outside
         self.name = namespace.name
@@ -235,8 +261,7 @@ class Host(_InNamespace):
         # Where this host's sandboxes are mounted (see cnm.netns for why not /run/netns).
         self._mounts = MountDir.create(token)
         undo.kernel.push(f"host {self.name!r}: sandbox namespace directory", lambda: self._mounts.delete())
-        factory = firewall_backend(firewall)
-        self._firewall: FirewallBackend = factory(namespace, token)
+        self._firewall: FirewallBackend = firewall(namespace, token)
         undo.books.push(f"host {self.name!r}: firewall", self._firewall.close)
 
     @classmethod
@@ -247,10 +272,11 @@ class Host(_InNamespace):
         ``outside_address`` 198.18.0.1 and is the host's default gateway.
         """
         token = secrets.token_hex(3)
-        label = _check_name("host", name) if name is not None else "host"
+        label = check_name("host", name) if name is not None else "host"
+        factory = _firewall_factory(firewall)
         host = cls.__new__(cls)
         try:
-            return cls._build_isolated(host, token, name, label, firewall)
+            return cls._build_isolated(host, token, name, label, factory)
         except BaseException:
             # Whatever the rollback could not remove carries the token: sweep it.
             Namespace.sweep(f"cnm-{token}-")
@@ -258,7 +284,7 @@ class Host(_InNamespace):
             raise
 
     @classmethod
-    def _build_isolated(cls, host: Host, token: str, name: str | None, label: str, firewall: str) -> Host:
+    def _build_isolated(cls, host: Host, token: str, name: str | None, label: str, firewall: FirewallFactory) -> Host:
         with transaction() as undo:
             host_ns = Namespace.create(f"cnm-{token}-host" + (f"-{name}" if name else ""), setup=_prepare_host_namespace)
             undo.kernel.push(f"host {label!r}: namespace", lambda: host_ns.delete())
@@ -305,12 +331,14 @@ class Host(_InNamespace):
         return list(self._sandboxes.values())
 
     def network(self, name: str) -> Network:
+        check_text(f"host {self.name!r}", "network name", name)
         try:
             return self._networks[name]
         except KeyError:
             raise NotFoundError(f"host {self.name!r}: no network named {name!r}") from None
 
     def sandbox(self, name: str) -> Sandbox:
+        check_text(f"host {self.name!r}", "sandbox name", name)
         try:
             return self._sandboxes[name]
         except KeyError:
@@ -341,13 +369,15 @@ class Host(_InNamespace):
         overlaps no network or route of this host is used.
         """
         self._check_open()
-        _check_name("network", name)
+        check_name("network", name)
         if name in self._networks:
             raise ConflictError(f"network {name!r}: a network with that name already exists")
-        options = _string_map(f"network {name!r}: options", options)
-        labels = _string_map(f"network {name!r}: labels", labels)
-        drv = network_driver(driver)
-        ipam_drv = ipam_driver(ipam)
+        where = f"network {name!r}"
+        check_flag(where, "internal", internal)
+        options = string_map(f"{where}: options", options)
+        labels = string_map(f"{where}: labels", labels)
+        drv = network_driver(check_text(where, "driver", driver))
+        ipam_drv = ipam_driver(check_text(where, "ipam", ipam))
         in_use = [n.subnet for n in self._networks.values()] + self._rtnl.routes()
         pool = ipam_drv.request_pool(
             network=name,
@@ -367,9 +397,11 @@ class Host(_InNamespace):
         )
         drv.validate(spec)
         with transaction(keep=self._leftovers.append) as undo:
+            # The driver first: what it can only check against the kernel (an
+            # interface name already taken) then fails before anything changed.
+            plumbing = drv.create_network(self._rtnl, spec, undo.kernel)
             if not internal:
                 self._use_forwarding(undo.kernel)
-            plumbing = drv.create_network(self._rtnl, spec, undo.kernel)
             rules = None
             if plumbing.routed:
                 rules = NetworkRules(name=name, bridge=plumbing.interface, subnet=pool.subnet, internal=internal)
@@ -385,7 +417,7 @@ class Host(_InNamespace):
     def create_sandbox(self, name: str) -> Sandbox:
         """A sandbox: its own network namespace with loopback up."""
         self._check_open()
-        _check_name("sandbox", name)
+        check_name("sandbox", name)
         if name in self._sandboxes:
             raise ConflictError(f"sandbox {name!r}: a sandbox with that name already exists")
         sockets: list[Rtnl] = []
@@ -423,19 +455,20 @@ class Host(_InNamespace):
         connection to *network*).
         """
         self._check_open()
-        wanted = [r if isinstance(r, SandboxRequest) else SandboxRequest(r) for r in requests]
+        where = f"host {self.name!r}: create_sandboxes"
+        if network is not None:
+            _check_child(self, where, "network", network, Network)
+            network._check_open()
+        # SandboxRequest checks each name (and ip, mac, ports) as it is made.
+        items = check_collection(where, "requests", requests, "sandbox names or SandboxRequests")
+        wanted = [r if isinstance(r, SandboxRequest) else SandboxRequest(r) for r in items]
         names: set[str] = set()
         for request in wanted:
-            _check_name("sandbox", request.name)
             if request.name in self._sandboxes or request.name in names:
                 raise ConflictError(f"sandbox {request.name!r}: a sandbox with that name already exists")
             names.add(request.name)
             if network is None and (request.ip is not None or request.mac is not None or request.ports):
                 raise InvalidArgumentError(f"sandbox {request.name!r}: ip, mac and ports need a network to connect to")
-        if network is not None:
-            network._check_open()
-            if network.host is not self:
-                raise InvalidArgumentError(f"network {network.name!r} belongs to another host")
         endpoints: list[Endpoint | None] = []
         sandboxes: list[Sandbox] = []
         with transaction(keep=self._leftovers.append) as undo:
@@ -502,10 +535,11 @@ class Host(_InNamespace):
         Like :meth:`Sandbox.delete` for each; failures are collected and
         raised together, and calling it again retries what is left.
         """
-        doomed = list(sandboxes)
-        for sandbox in doomed:
-            if sandbox.host is not self:
-                raise InvalidArgumentError(f"sandbox {sandbox.name!r} belongs to another host")
+        where = f"host {self.name!r}: delete_sandboxes"
+        doomed = [
+            _check_child(self, where, "sandbox", s, Sandbox)
+            for s in check_collection(where, "sandboxes", sandboxes, "Sandbox objects")
+        ]
         raise_collected(f"host {self.name!r}: delete sandboxes", Sandbox._delete_many(doomed, wait=True))
 
     @_serialized
@@ -699,6 +733,11 @@ def _collect(step: Callable[[], object]) -> list[Exception]:
     return []
 
 
+def _firewall_factory(name: str) -> FirewallFactory:
+    """The firewall backend called *name*, found before a host makes anything."""
+    return firewall_backend(check_text("host", "firewall", name))
+
+
 def _prepare_host_namespace() -> None:
     """Runs inside an isolated host's namespace and its outside's, as they are
     made: loopback up, and IPv6 off for the interfaces to come.
@@ -728,14 +767,6 @@ def _open_new_namespace() -> Rtnl:
         rtnl.close()
         raise
     return rtnl
-
-
-def _string_map(what: str, value: Mapping[str, str] | None) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise InvalidArgumentError(f"{what} must map strings to strings, got {value!r}")
-    return dict(value)
 
 
 class Network:
@@ -801,6 +832,7 @@ class Network:
         return list(self._endpoints.values())
 
     def endpoint(self, name: str) -> Endpoint:
+        check_text(f"network {self.name!r}", "endpoint name", name)
         try:
             return self._endpoints[name]
         except KeyError:
@@ -819,17 +851,16 @@ class Network:
     ) -> Endpoint:
         """An endpoint with an address from this network's pool, not yet joined."""
         self._check_open()
-        _check_name("endpoint", name)
+        check_name("endpoint", name)
         if name in self._endpoints:
             raise ConflictError(f"network {self.name!r}: an endpoint named {name!r} already exists")
-        mappings = normalize_ports(ports)
+        mappings = normalize_ports(ports, owner=f"endpoint {name!r}")
         if mappings and self._rules is None:
             raise InvalidArgumentError(f"endpoint {name!r}: network {self.name!r} ({self.driver}) cannot publish ports")
         if mappings and self.internal:
             raise InvalidArgumentError(f"endpoint {name!r}: network {self.name!r} is internal; ports cannot be published")
         address = parse_address(self.name, "ip", ip)
-        if mac is not None and (not isinstance(mac, str) or not _MAC.match(mac.lower()) or int(mac[:2], 16) & 1):
-            raise InvalidArgumentError(f"endpoint {name!r}: {mac!r} is not a unicast MAC address like 02:42:ac:11:00:02")
+        mac = check_mac(f"endpoint {name!r}", mac)
         dying = self.host._dying
         with transaction() as undo:
             allocated = dying.retrying(lambda: self._pool.allocate(address))
@@ -837,7 +868,7 @@ class Network:
                 f"endpoint {name!r}: address {allocated}", lambda: dying.release(lambda: self._pool.release(allocated))
             )
             interface = IPv4Interface(f"{allocated}/{self.subnet.prefixlen}")
-            endpoint = Endpoint(self, name, interface, (mac or mac_for(allocated)).lower(), mappings, address is not None)
+            endpoint = Endpoint(self, name, interface, mac or mac_for(allocated), mappings, address is not None)
             self._endpoints[name] = endpoint
             undo.books.push(f"forget endpoint {name!r}", lambda: self._endpoints.pop(name, None))
         endpoint._undo = undo
@@ -859,9 +890,10 @@ class Network:
         sandbox delete it.
         """
         self._check_open()
+        _check_child(self.host, f"network {self.name!r}: connect", "sandbox", sandbox, Sandbox)
         sandbox._check_open()
         with transaction(keep=self.host._leftovers.append) as undo:
-            endpoint = self.create_endpoint(name or sandbox.name, ip=ip, mac=mac, ports=ports)
+            endpoint = self.create_endpoint(sandbox.name if name is None else name, ip=ip, mac=mac, ports=ports)
             undo.books.push(f"endpoint {endpoint.name!r}", endpoint.delete)
             endpoint.join(sandbox)
         endpoint._owned_by_connection = True
@@ -870,6 +902,7 @@ class Network:
     @_serialized
     def disconnect(self, sandbox: Sandbox) -> None:
         """Make *sandbox* leave this network (``docker network disconnect``)."""
+        _check_child(self.host, f"network {self.name!r}: disconnect", "sandbox", sandbox, Sandbox)
         for endpoint in self._endpoints.values():
             if endpoint.sandbox is sandbox:
                 raise_collected(f"endpoint {endpoint.name!r}: disconnect", endpoint._disconnect())
@@ -884,6 +917,7 @@ class Network:
 
         Idempotent; after a failed step, calling it again retries what is left.
         """
+        check_flag(f"network {self.name!r}: delete", "force", force)
         if self._endpoints and not force and not self._deleted:
             names = ", ".join(sorted(self._endpoints))
             raise StateError(f"network {self.name!r} has active endpoints ({names}); disconnect them or use force=True")
@@ -1009,11 +1043,10 @@ class Endpoint:
     def join(self, sandbox: Sandbox) -> None:
         """Attach this endpoint to *sandbox*: interface, address, route, published ports."""
         self._check_open()
-        sandbox._check_open()
         network = self.network
         host = network.host
-        if sandbox.host is not host:
-            raise InvalidArgumentError(f"endpoint {self.name!r}: sandbox {sandbox.name!r} belongs to another host")
+        _check_child(host, f"endpoint {self.name!r}: join", "sandbox", sandbox, Sandbox)
+        sandbox._check_open()
         if self.sandbox is not None:
             raise StateError(f"endpoint {self.name!r} is already joined to sandbox {self.sandbox.name!r}")
         for other in sandbox._endpoints:
@@ -1204,6 +1237,7 @@ class Sandbox(_InNamespace):
     @_serialized
     def address(self, network: Network) -> IPv4Interface:
         """The sandbox's interface address on *network*."""
+        _check_child(self.host, f"sandbox {self.name!r}: address", "network", network, Network)
         for endpoint in self._endpoints:
             if endpoint.network is network:
                 return endpoint.address

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv6Address
 
 import attrs
 
+from ._checks import describe
 from .errors import ConflictError, ExhaustedError, InvalidArgumentError
 
 __all__ = [
@@ -221,17 +222,39 @@ def _parse_range(text: str, what: str, bad: Callable[[str], InvalidArgumentError
     return first, last
 
 
-def normalize_ports(ports: Iterable[str | PortMapping]) -> list[PortMapping]:
+def normalize_ports(ports: Iterable[str | PortMapping] | str, owner: str | None = None) -> list[PortMapping]:
     """Turn a mix of ``-p`` strings and :class:`PortMapping` objects into mappings.
 
     Strings are read with :meth:`PortMapping.parse` (so one string may give
     several mappings); order is kept and duplicates are kept, so that a
     duplicate is reported as a clash when the ports are published. A lone
     string or mapping is taken as a list of one, not as a sequence of
-    characters.
+    characters; this is the one place that decides it, for every argument
+    called ``ports``. *owner* (``"endpoint 'web'"``) starts the message of
+    any :class:`~cnm.errors.InvalidArgumentError`.
     """
+    try:
+        return _normalize_ports(ports)
+    except InvalidArgumentError as exc:
+        if owner is None:
+            raise
+        raise InvalidArgumentError(f"{owner}: {exc}") from None
+
+
+def _normalize_ports(ports: object) -> list[PortMapping]:
     if isinstance(ports, (str, PortMapping)):
         ports = [ports]
+    elif isinstance(ports, (bytes, bytearray)):
+        raise InvalidArgumentError(f"ports {ports!r} are bytes, not a port spec string (decode them first)")
+    elif isinstance(ports, Mapping):
+        # docker-py's {"80/tcp": 8080}: iterated, it would publish the keys on ephemeral ports.
+        raise InvalidArgumentError(
+            f"ports {ports!r} is a mapping; give a list of port specs instead, e.g. ['8080:80/tcp']"
+        )
+    elif not isinstance(ports, Iterable):
+        raise InvalidArgumentError(
+            f"ports must be a port spec string, a PortMapping or a list of them, not {describe(ports)}"
+        )
     result: list[PortMapping] = []
     for item in ports:
         if isinstance(item, PortMapping):

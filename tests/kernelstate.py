@@ -32,11 +32,12 @@ def namespaces() -> list[str]:
     names = sorted(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else []
     if os.path.isdir(MOUNT_DIRS):
         for token in sorted(os.listdir(MOUNT_DIRS)):
-            if not os.path.isdir(os.path.join(MOUNT_DIRS, token)):
-                names.append(f"cnm/{token}")  # not a host's directory: listed, not entered
+            path = os.path.join(MOUNT_DIRS, token)
+            if not os.path.isdir(path):  # not a host's directory: listed, not entered
+                names.append(f"cnm/{token}")
                 continue
             names.append(f"cnm/{token}/")
-            names += [f"cnm/{token}/{f}" for f in sorted(os.listdir(os.path.join(MOUNT_DIRS, token)))]
+            names += [f"cnm/{token}/{f}" for f in sorted(os.listdir(path))]
     return names
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from cnm.ports import PROTOCOLS, PortMapping
 
 __all__ = [
     "bad_port_specs",
+    "hands_out_something",
     "host_ips",
     "ip_ranges",
     "ipv4_subnets",
@@ -56,7 +58,8 @@ def pool_requests(
     """A valid (subnet, ip_range, gateway) triple; range and gateway may be None.
 
     Small subnets by default, so that tests can compare against a model that
-    lists every address.
+    lists every address. Valid means the range holds an address to hand out:
+    one that is not the subnet's network or broadcast address or the gateway.
     """
     subnet = draw(ipv4_subnets(min_prefix, max_prefix))
     ip_range = draw(st.none() | ip_ranges(subnet))
@@ -66,7 +69,16 @@ def pool_requests(
             min_value=int(subnet.network_address) + 1, max_value=int(subnet.broadcast_address) - 1
         ).map(IPv4Address)
     )
+    assume(hands_out_something(subnet, ip_range, gateway))
     return subnet, ip_range, gateway
+
+
+def hands_out_something(subnet: IPv4Network, ip_range: IPv4Network | None, gateway: IPv4Address | None) -> bool:
+    """Whether the range (or the subnet) has an address that is not the
+    subnet's network or broadcast address or the gateway (the first host
+    address unless given)."""
+    never = {subnet.network_address, subnet.broadcast_address, gateway or subnet.network_address + 1}
+    return any(address not in never for address in ip_range or subnet)  # stops within 4 addresses
 
 
 #: A host address for a port mapping: None (every address) or a specific one.

@@ -8,10 +8,11 @@ firewall's job; this driver only marks the network as routed).
 
 from __future__ import annotations
 
+import errno
 import re
 from ipaddress import IPv4Interface
 
-from ..errors import InvalidArgumentError
+from ..errors import InterfaceExistsError, InvalidArgumentError, KernelError
 from ..kernel import Rtnl
 from ..undo import UndoLog
 from . import EndpointSpec, NetworkPlumbing, NetworkSpec, SandboxPort
@@ -24,8 +25,11 @@ OPT_MTU = "com.docker.network.driver.mtu"
 OPT_MULTICAST_SNOOPING = "cnm.bridge.multicast_snooping"
 _KNOWN = {OPT_NAME, OPT_MTU, OPT_MULTICAST_SNOOPING}
 _BOOLEANS = {"true": True, "false": False}
-# What the kernel accepts as an interface name (dev_valid_name), in bytes.
-_IFNAME = re.compile(r"^[^/:\s]{1,15}$", re.ASCII)
+# An interface name: 1-15 printable ASCII characters but '/' and ':'. The
+# kernel counts bytes (15 and a NUL), refuses '/', ':' and whitespace, and
+# takes byte 0xa0 for whitespace, so a non-ASCII name may be refused even
+# when short enough; ASCII keeps characters and bytes the same.
+_IFNAME = re.compile(r"[!-.0-9;-~]{1,15}")
 
 
 def host_end_name(endpoint_id: str) -> str:
@@ -40,6 +44,12 @@ def _bridge_name(spec: NetworkSpec) -> str:
     return spec.options.get(OPT_NAME) or f"br-{spec.id[:12]}"
 
 
+def _name_taken(spec: NetworkSpec, name: str) -> InterfaceExistsError:
+    return InterfaceExistsError(
+        errno.EEXIST, f"network {spec.name!r}: bridge name {name!r} is already taken by another interface of the host"
+    )
+
+
 class BridgeDriver:
     name = "bridge"
 
@@ -50,10 +60,10 @@ class BridgeDriver:
                 f"network {spec.name!r}: unknown bridge option(s) {', '.join(unknown)} (known: {', '.join(sorted(_KNOWN))})"
             )
         name = _bridge_name(spec)
-        if not _IFNAME.match(name) or name in (".", ".."):
+        if not _IFNAME.fullmatch(name) or name in (".", ".."):
             raise InvalidArgumentError(
                 f"network {spec.name!r}: bridge name {name!r} is not a valid interface name "
-                "(1-15 characters, no '/', ':', whitespace)"
+                "(1-15 printable ASCII characters, no '/', ':' or space)"
             )
         if spec.options.get(OPT_MULTICAST_SNOOPING, "false") not in _BOOLEANS:
             raise InvalidArgumentError(
@@ -62,13 +72,16 @@ class BridgeDriver:
             )
         if OPT_MTU in spec.options:
             mtu = spec.options[OPT_MTU]
-            if not mtu.isdigit() or not 68 <= int(mtu) <= 65535:
+            # isascii too: isdigit() alone takes full-width and other non-ASCII digits.
+            if not (mtu.isascii() and mtu.isdigit()) or not 68 <= int(mtu) <= 65535:
                 raise InvalidArgumentError(f"network {spec.name!r}: {OPT_MTU} {mtu!r} is not an MTU in 68..65535")
 
     def create_network(self, host: Rtnl, spec: NetworkSpec, undo: UndoLog) -> NetworkPlumbing:
         name = _bridge_name(spec)
         mtu = int(spec.options[OPT_MTU]) if OPT_MTU in spec.options else None
         what = f"network {spec.name!r}: bridge {name!r}"
+        if host.link_index(name) is not None:
+            raise _name_taken(spec, name)
         mac = "02:" + ":".join(spec.id[i : i + 2] for i in range(0, 10, 2))  # locally administered
         # Multicast snooping is off unless asked for: with it on, the kernel
         # re-arms the multicast state of every port of the bridge whenever a
@@ -77,9 +90,14 @@ class BridgeDriver:
         # container bridge has no IGMP querier anyway, so multicast is
         # flooded to every port, as a bridge without snooping does.
         snooping = _BOOLEANS[spec.options.get(OPT_MULTICAST_SNOOPING, "false")]
-        index = host.add_bridge(
-            name, alias=f"cnm:{spec.owner}:network/{spec.name}", mac=mac, mtu=mtu, multicast_snooping=snooping
-        )
+        try:
+            index = host.add_bridge(
+                name, alias=f"cnm:{spec.owner}:network/{spec.name}", mac=mac, mtu=mtu, multicast_snooping=snooping
+            )
+        except KernelError as exc:
+            if exc.errno == errno.EEXIST:  # made by someone else since the look-up
+                raise _name_taken(spec, name) from exc
+            raise
         undo.push(what, lambda: host.delete_link(index, what))
         # The address and the sysctl belong to the bridge and go with it.
         host.add_address(index, IPv4Interface(f"{spec.gateway}/{spec.subnet.prefixlen}"), what)

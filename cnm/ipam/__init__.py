@@ -78,6 +78,7 @@ from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Protocol, runtime_checkable
 
+from .._checks import describe
 from ..errors import InvalidArgumentError, NotFoundError
 from .default import DefaultIPAM
 
@@ -85,6 +86,7 @@ __all__ = [
     "AddressPool",
     "IPAMDriver",
     "IPAM_DRIVERS",
+    "RESERVED_SUBNETS",
     "ipam_driver",
     "parse_address",
     "parse_subnet",
@@ -250,16 +252,31 @@ def _load_entry_point(name: str) -> Callable[[], IPAMDriver]:
     raise NotFoundError(f"IPAM driver {name!r} not found (known drivers: {known})")
 
 
-def _ipv4_text(network_name: str, what: str, value: object, ipv6_type: type, ipv4_type_name: str) -> str:
+#: Address blocks no network may use, with what they are for (RFC 6890).
+#: The kernel accepts them on a bridge, but they are not unicast subnets:
+#: 0.0.0.0/8 and 127.0.0.0/8 mean "this host" to the kernel and to every
+#: program, 224.0.0.0/4 holds group addresses, and 240.0.0.0/4 is reserved
+#: (its last address, 255.255.255.255, is the limited broadcast). Link-local
+#: 169.254.0.0/16 is not here: it is unicast confined to one link, which a
+#: bridge network is, and deployments use it on purpose (Docker even lets a
+#: container have link-local addresses of its own, ``--link-local-ip``).
+RESERVED_SUBNETS: tuple[tuple[IPv4Network, str], ...] = (
+    (IPv4Network("0.0.0.0/8"), "'this network' (RFC 1122)"),
+    (IPv4Network("127.0.0.0/8"), "loopback"),
+    (IPv4Network("224.0.0.0/4"), "multicast"),
+    (IPv4Network("240.0.0.0/4"), "future use and the limited broadcast address"),
+)
+
+
+def _ipv4_text(where: str, value: object, ipv6_type: type, ipv4_type_name: str) -> str:
     """The checks :func:`parse_subnet` and :func:`parse_address` share: *value*
-    must be a string and not IPv6. Returns the "network 'x': what" prefix for
-    their own messages."""
-    where = f"network {network_name!r}: {what}"
+    must be a string and not IPv6; returns it. *where* ("network 'x': what")
+    starts the messages."""
     if isinstance(value, ipv6_type) or (isinstance(value, str) and ":" in value):
         raise InvalidArgumentError(f"{where} {str(value)!r} is IPv6, which is not supported yet")
     if not isinstance(value, str):
-        raise InvalidArgumentError(f"{where} must be a string or an {ipv4_type_name}, not {type(value).__name__}")
-    return where
+        raise InvalidArgumentError(f"{where} must be a string or an {ipv4_type_name}, not {describe(value)}")
+    return value
 
 
 def parse_subnet(
@@ -271,12 +288,24 @@ def parse_subnet(
     set. *what* names the argument in messages (``"subnet"``, ``"ip_range"``).
     Raises :class:`~cnm.errors.InvalidArgumentError` naming *network_name* and
     the bad value, e.g. ``network 'web': subnet '10.0.0.0/33' is not a valid
-    IPv4 prefix``. Whether the prefix is usable as a subnet (long enough for
-    a gateway) is the driver's decision, not this function's.
+    IPv4 prefix``. A prefix that overlaps one of :data:`RESERVED_SUBNETS` is
+    refused too, whether given as text or as an ``IPv4Network``. Whether the
+    prefix is usable as a subnet (long enough for a gateway) is the driver's
+    decision, not this function's.
     """
-    if value is None or isinstance(value, IPv4Network):
-        return value
-    where = _ipv4_text(network_name, what, value, IPv6Network, "IPv4Network")
+    if value is None:
+        return None
+    where = f"network {network_name!r}: {what}"
+    net = value if isinstance(value, IPv4Network) else _parse_prefix(where, value)
+    for reserved, purpose in RESERVED_SUBNETS:
+        if net.overlaps(reserved):
+            how = "is inside" if net.subnet_of(reserved) else "overlaps"
+            raise InvalidArgumentError(f"{where} {net} {how} {reserved}, which is reserved for {purpose}")
+    return net
+
+
+def _parse_prefix(where: str, value: object) -> IPv4Network:
+    value = _ipv4_text(where, value, IPv6Network, "IPv4Network")
     address, slash, _prefix = value.partition("/")
     if not slash:
         raise InvalidArgumentError(f"{where} {value!r} has no prefix length (write it as {value}/N)")
@@ -290,17 +319,20 @@ def parse_subnet(
     return net
 
 
-def parse_address(network_name: str, what: str, value: str | IPv4Address | None) -> IPv4Address | None:
+def parse_address(
+    name: str, what: str, value: str | IPv4Address | None, *, kind: str = "network"
+) -> IPv4Address | None:
     """Turn user input into an :class:`~ipaddress.IPv4Address`, or ``None`` for ``None``.
 
     *what* names the argument in messages (``"gateway"``, ``"address"``).
-    Raises :class:`~cnm.errors.InvalidArgumentError` naming *network_name* and
-    the bad value, e.g. ``network 'web': gateway '10.0.0.300' is not a valid
-    IPv4 address``.
+    Raises :class:`~cnm.errors.InvalidArgumentError` naming the *kind* of
+    object (a network unless told), its *name* and the bad value, e.g.
+    ``network 'web': gateway '10.0.0.300' is not a valid IPv4 address``.
     """
     if value is None or isinstance(value, IPv4Address):
         return value
-    where = _ipv4_text(network_name, what, value, IPv6Address, "IPv4Address")
+    where = f"{kind} {name!r}: {what}"
+    value = _ipv4_text(where, value, IPv6Address, "IPv4Address")
     if "/" in value:
         raise InvalidArgumentError(f"{where} {value!r} is not a valid IPv4 address (give it without a prefix length)")
     try:

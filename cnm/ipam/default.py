@@ -118,6 +118,14 @@ class SubnetAllocator:
         # subnet) never yields its network or broadcast address.
         self._first = max(int(auto.network_address), self._subnet_start + 1)
         self._last = min(int(auto.broadcast_address), self._broadcast - 1)
+        assignable = self._last - self._first + 1 - (self._first <= self._gateway <= self._last)
+        if assignable < 1:
+            # Only the network, broadcast or gateway address: every automatic
+            # allocation would fail, which is better said now.
+            raise InvalidArgumentError(
+                f"{self._where}: ip_range {ip_range} leaves no address to hand out in subnet {subnet}"
+                f" (the network and broadcast addresses and the gateway {gateway} are never handed out)"
+            )
         self._cursor = self._first
         self._taken: set[int] = set()
         self._freed: list[int] = []

@@ -278,13 +278,23 @@ def test_a_bridge_name_in_use_fails_without_touching_the_other_link(host):
     first = host.create_network("first")
     before = {link.name: link.alias for link in host._rtnl.links()}
     for taken in ("eth0", first.interface):
-        with pytest.raises(cnm.KernelError) as info:
+        with pytest.raises(cnm.ConflictError, match=f"network 'second': bridge name '{taken}' is already taken") as info:
             host.create_network("second", options={"com.docker.network.bridge.name": taken})
-        assert info.value.errno == errno.EEXIST
+        assert isinstance(info.value, cnm.KernelError) and info.value.errno == errno.EEXIST
     assert {link.name: link.alias for link in host._rtnl.links()} == before
 
 
-@pytest.mark.parametrize("bad", ["br:0", "br 0", "..", "x" * 16])
+def test_a_bridge_name_taken_after_the_look_up_is_still_a_conflict(host, monkeypatch):
+    # As if another process made the link between cnm's look-up and its creation.
+    monkeypatch.setattr(host._rtnl, "link_index", lambda name: None)
+    before = {link.name: link.alias for link in host._rtnl.links()}
+    with pytest.raises(cnm.InterfaceExistsError, match="network 'second': bridge name 'eth0'") as info:
+        host.create_network("second", options={"com.docker.network.bridge.name": "eth0"})
+    assert isinstance(info.value.__cause__, cnm.KernelError) and info.value.__cause__.errno == errno.EEXIST
+    assert {link.name: link.alias for link in host._rtnl.links()} == before and host.networks == []
+
+
+@pytest.mark.parametrize("bad", ["br:0", "br 0", "..", "x" * 16, "é" * 8, "br\t0", "br\x00"])
 def test_invalid_bridge_names(host, bad):
     with pytest.raises(cnm.InvalidArgumentError, match="bridge name"):
         host.create_network("web", options={"com.docker.network.bridge.name": bad})

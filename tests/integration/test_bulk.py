@@ -70,18 +70,23 @@ def test_bulk_requests_take_static_addresses_macs_and_names(host):
 @pytest.mark.parametrize(
     "requests, error, words",
     [
-        (["a", "a"], cnm.ConflictError, "already exists"),
-        (["ok", "bad name!"], cnm.InvalidArgumentError, "bad name!"),
-        ([cnm.SandboxRequest("a", ports=["99999:80"])], cnm.InvalidArgumentError, "99999"),
-        ([cnm.SandboxRequest("a", ip="10.99.0.2")], cnm.InvalidArgumentError, "10.99.0.2"),
-        ([cnm.SandboxRequest("a", ports=["20000:80"]), cnm.SandboxRequest("b", ports=["20000:81"])], cnm.ConflictError, "20000"),
+        # Made inside the call: a SandboxRequest checks its own fields when made.
+        (lambda: ["a", "a"], cnm.ConflictError, "already exists"),
+        (lambda: ["ok", "bad name!"], cnm.InvalidArgumentError, "bad name!"),
+        (lambda: [cnm.SandboxRequest("a", ports=["99999:80"])], cnm.InvalidArgumentError, "99999"),
+        (lambda: [cnm.SandboxRequest("a", ip="10.99.0.2")], cnm.InvalidArgumentError, "10.99.0.2"),
+        (
+            lambda: [cnm.SandboxRequest("a", ports=["20000:80"]), cnm.SandboxRequest("b", ports=["20000:81"])],
+            cnm.ConflictError,
+            "20000",
+        ),
     ],
 )
 def test_bad_requests_are_refused_before_any_change(host, requests, error, words):
     net = host.create_network("web", subnet="10.42.0.0/24")
     before = _host_state(host)
     with pytest.raises(error, match=words.replace("!", "\\!")):
-        host.create_sandboxes(requests, network=net)
+        host.create_sandboxes(requests(), network=net)
     assert not diff(before, _host_state(host))
     assert host.sandboxes == [] and net.endpoints == []
     # Everything was given back: the first address is handed out again.

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 import cnm.ipam
 from cnm.errors import ConflictError, ExhaustedError, InvalidArgumentError, NotFoundError
-from cnm.ipam import AddressPool, IPAMDriver, ipam_driver, parse_address, parse_subnet
+from cnm.ipam import RESERVED_SUBNETS, AddressPool, IPAMDriver, ipam_driver, parse_address, parse_subnet
 from cnm.ipam.default import DefaultIPAM, SubnetAllocator
-from tests.strategies import ip_ranges, ipv4_subnets, pool_requests, subnet_addresses
+from tests.strategies import hands_out_something, ip_ranges, ipv4_subnets, pool_requests, subnet_addresses
 
 # Docker's default pools, spelled out here rather than imported, so that a
 # mistake in the module's list shows up as a failure.
@@ -302,6 +302,14 @@ def test_repeated_static_reuse_does_not_grow_without_bound():
         ({"gateway": "10.0.1.1"}, "network 'web': gateway 10.0.1.1 is not inside subnet 10.0.0.0/24"),
         ({"gateway": "10.0.0.0"}, "network 'web': gateway 10.0.0.0 is the network address"),
         ({"gateway": "10.0.0.255"}, "network 'web': gateway 10.0.0.255 is the broadcast address"),
+        ({"ip_range": "10.0.0.0/32"}, "network 'web': ip_range 10.0.0.0/32 leaves no address to hand out"),
+        ({"ip_range": "10.0.0.1/32"}, "network 'web': ip_range 10.0.0.1/32 leaves no address to hand out"),
+        ({"ip_range": "10.0.0.0/31"}, "network 'web': ip_range 10.0.0.0/31 leaves no address to hand out"),
+        ({"ip_range": "10.0.0.255/32"}, "network 'web': ip_range 10.0.0.255/32 leaves no address to hand out"),
+        (
+            {"ip_range": "10.0.0.8/32", "gateway": "10.0.0.8"},
+            "network 'web': ip_range 10.0.0.8/32 leaves no address to hand out",
+        ),
     ],
 )
 def test_invalid_pools_are_refused(kwargs, message):
@@ -316,7 +324,7 @@ def test_invalid_pools_are_refused(kwargs, message):
 
 @given(ipv4_subnets(max_prefix=30), st.data())
 def test_gateway_defaults_to_the_first_host_address(subnet, data):
-    ip_range = data.draw(st.none() | ip_ranges(subnet))
+    ip_range = data.draw(st.none() | ip_ranges(subnet).filter(lambda r: hands_out_something(subnet, r, None)))
     pool = DefaultIPAM().request_pool(network="web", subnet=subnet, ip_range=ip_range, gateway=None, in_use=[])
     assert pool.gateway == subnet.network_address + 1
     assert (pool.subnet, pool.ip_range) == (subnet, ip_range)
@@ -407,10 +415,51 @@ def test_range_or_gateway_without_subnet_is_refused(ip_range, gateway, word):
 # --- parsing user input --------------------------------------------------------------------
 
 
-@given(ipv4_subnets(min_prefix=0, max_prefix=32))
+def _reserved(subnet: IPv4Network) -> bool:
+    return any(subnet.overlaps(block) for block, _ in RESERVED_SUBNETS)
+
+
+@given(ipv4_subnets(min_prefix=22, max_prefix=30), st.data())
+def test_a_range_is_refused_exactly_when_it_has_nothing_to_hand_out(subnet, data):
+    ip_range = data.draw(ip_ranges(subnet))
+    gateway = data.draw(st.none() | subnet_addresses(subnet).filter(lambda a: a not in (subnet[0], subnet[-1])))
+    if hands_out_something(subnet, ip_range, gateway):
+        pool = SubnetAllocator(subnet, ip_range=ip_range, gateway=gateway, network="web")
+        assert pool.allocate() in ip_range
+    else:
+        with pytest.raises(InvalidArgumentError, match="leaves no address to hand out"):
+            SubnetAllocator(subnet, ip_range=ip_range, gateway=gateway, network="web")
+
+
+@given(ipv4_subnets(min_prefix=0, max_prefix=32).filter(lambda s: not _reserved(s)))
 def test_parse_subnet_reads_cidr_text(subnet):
     assert parse_subnet("web", str(subnet)) == subnet
     assert parse_subnet("web", subnet) is subnet
+
+
+@given(st.sampled_from(RESERVED_SUBNETS), st.data())
+def test_parse_subnet_refuses_what_overlaps_a_reserved_block(reserved, data):
+    block, _purpose = reserved
+    # Inside the block, or a supernet of it: both overlap.
+    subnet = data.draw(ip_ranges(block) | st.integers(0, block.prefixlen).map(lambda p: block.supernet(new_prefix=p)))
+    for value in (str(subnet), subnet):
+        with pytest.raises(InvalidArgumentError) as caught:
+            parse_subnet("web", value)
+        message = str(caught.value)
+        assert message.startswith(f"network 'web': subnet {subnet} ")
+        # It names a reserved block it overlaps (the given one, or one met first).
+        assert any(f"{b}, which is reserved for {p}" in message for b, p in RESERVED_SUBNETS if subnet.overlaps(b))
+
+
+@pytest.mark.parametrize("text", ["127.0.0.0/8", "127.5.0.0/16", "0.0.0.0/8", "224.0.0.0/24", "239.1.0.0/16", "240.0.0.0/4", "255.255.255.0/24", "0.0.0.0/0"])
+def test_reserved_examples_are_refused(text):
+    with pytest.raises(InvalidArgumentError, match="reserved for"):
+        parse_subnet("web", text)
+
+
+@pytest.mark.parametrize("text", ["169.254.0.0/16", "1.0.0.0/8", "126.255.255.0/24", "128.0.0.0/8", "223.255.255.0/24"])
+def test_link_local_and_the_edges_of_reserved_blocks_are_allowed(text):
+    assert parse_subnet("web", text) == IPv4Network(text)
 
 
 @given(ipv4_subnets(min_prefix=1, max_prefix=31), st.data())

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import cnm
 from cnm.errors import ConflictError, ExhaustedError, InvalidArgumentError
 from cnm.ports import (
     DEFAULT_EPHEMERAL_PORTS,
@@ -161,6 +163,33 @@ def test_normalize_ports_mixes_strings_and_mappings():
     assert normalize_ports([]) == []
     with pytest.raises(InvalidArgumentError, match="port 80 is neither"):
         normalize_ports([80])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("ports", "words"),
+    [
+        (b"8080:80", "are bytes, not a port spec string"),
+        (bytearray(b"80"), "are bytes"),
+        ({"80/tcp": 8080}, "is a mapping; give a list of port specs"),
+        (None, "not None"),
+        (8080, "not int 8080"),
+        ([b"80"], "port b'80' is neither"),
+    ],
+)
+def test_ports_of_the_wrong_shape_are_refused(ports, words):
+    with pytest.raises(InvalidArgumentError, match=re.escape(words)):
+        normalize_ports(ports)
+    with pytest.raises(InvalidArgumentError, match=r"^endpoint 'web': .*" + re.escape(words)):
+        normalize_ports(ports, owner="endpoint 'web'")
+
+
+@given(port_mappings)
+def test_a_single_spec_string_means_the_same_everywhere(mapping):
+    spec = str(mapping)
+    # connect(ports=spec), connect(ports=[spec]) and SandboxRequest(ports=spec) alike
+    assert normalize_ports(spec) == normalize_ports([spec]) == [mapping]
+    assert cnm.SandboxRequest("r", ports=spec).ports == (mapping,)
+    assert cnm.SandboxRequest("r", ports=[spec, mapping]).ports == (mapping, mapping)
 
 
 # --- host port bookkeeping ------------------------------------------------------------------
