@@ -25,6 +25,7 @@ from .errors import (
     TeardownError,
 )
 from .host import Endpoint, Host, Network, Outside, Sandbox, SandboxRequest
+from .leftovers import CollectedHost, GCReport, gc
 from .ports import PortMapping, PublishedPort
 
 __version__ = "0.1.0"
@@ -32,9 +33,11 @@ __version__ = "0.1.0"
 __all__ = [
     "CNMError",
     "ClosedError",
+    "CollectedHost",
     "ConflictError",
     "Endpoint",
     "ExhaustedError",
+    "GCReport",
     "Host",
     "InvalidArgumentError",
     "KernelError",
@@ -49,4 +52,5 @@ __all__ = [
     "StateError",
     "TeardownError",
     "__version__",
+    "gc",
 ]

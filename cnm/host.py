@@ -41,7 +41,9 @@ from .errors import (
 from .firewall import FirewallBackend, NetworkRules, PortForward, firewall_backend
 from .ipam import AddressPool, ipam_driver, parse_address, parse_subnet
 from .kernel import Rtnl, mac_for, random_mac
+from .leftovers import watch
 from .netns import MOUNT_DIRS, MountDir, Namespace
+from .owner import OwnerRecord
 from .ports import HostPortAllocator, PortMapping, PublishedPort, docker_ports_view, normalize_ports
 from .undo import Undo, UndoLog, raise_collected, transaction
 
@@ -205,8 +207,13 @@ class Host(_InNamespace):
     """
 
     def __init__(self, *, firewall: str = "nftables") -> None:
+        namespace, token = Namespace.current(), secrets.token_hex(3)
+        # Recorded before anything is made, removed after everything went (see cnm.owner).
+        record = OwnerRecord.claim(token, "machine", namespace.path, firewall)
         with transaction() as undo:
-            self._setup(Namespace.current(), None, firewall, secrets.token_hex(3), undo)
+            undo.books.push(f"host {namespace.name!r}: owner record", record.remove)
+            self._setup(namespace, None, firewall, token, undo)
+        watch(self, record, f"host {self.name!r}")
 
     def _setup(self, namespace: Namespace, outside: Outside | None, firewall: str, token: str, undo: Undo) -> None:
         self.namespace = namespace
@@ -244,18 +251,25 @@ class Host(_InNamespace):
         """
         token = secrets.token_hex(3)
         label = _check_name("host", name) if name is not None else "host"
+        # Recorded before anything is made, removed after everything went (see cnm.owner).
+        record = OwnerRecord.claim(token, "isolated", Namespace.current().path, firewall)
         host = cls.__new__(cls)
         try:
-            return cls._build_isolated(host, token, name, label, firewall)
+            cls._build_isolated(host, token, name, label, firewall, record)
         except BaseException:
             # Whatever the rollback could not remove carries the token: sweep it.
-            Namespace.sweep(f"cnm-{token}-")
-            _collect(MountDir(os.path.join(MOUNT_DIRS, token)).delete)
+            if not Namespace.sweep(f"cnm-{token}-") + _collect(MountDir(os.path.join(MOUNT_DIRS, token)).delete):
+                _collect(record.remove)
             raise
+        watch(host, record, f"host {label!r}")
+        return host
 
     @classmethod
-    def _build_isolated(cls, host: Host, token: str, name: str | None, label: str, firewall: str) -> Host:
+    def _build_isolated(
+        cls, host: Host, token: str, name: str | None, label: str, firewall: str, record: OwnerRecord
+    ) -> Host:
         with transaction() as undo:
+            undo.books.push(f"host {label!r}: owner record", record.remove)
             host_ns = Namespace.create(f"cnm-{token}-host" + (f"-{name}" if name else ""), setup=_prepare_host_namespace)
             undo.kernel.push(f"host {label!r}: namespace", lambda: host_ns.delete())
             outside_ns = Namespace.create(f"cnm-{token}-outside", setup=_prepare_host_namespace)
@@ -512,7 +526,7 @@ class Host(_InNamespace):
 
         Goes on past failures and raises them together as one TeardownError;
         calling it again retries whatever is left (and does nothing once all
-        is gone).
+        is gone). The owner record goes last (see :mod:`cnm.owner`).
 
         An isolated host owns every namespace that holds what it made (its
         own, the outside's, its sandboxes'), all carrying its owner mark:
