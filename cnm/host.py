@@ -40,6 +40,7 @@ from .errors import (
 )
 from .firewall import FirewallBackend, NetworkRules, PortForward, firewall_backend
 from .ipam import AddressPool, ipam_driver, parse_address, parse_subnet
+from .interrupts import deferred_interrupts, uninterruptible
 from .kernel import Rtnl, mac_for, random_mac
 from .leftovers import watch
 from .netns import MOUNT_DIRS, MountDir, Namespace
@@ -257,9 +258,10 @@ class Host(_InNamespace):
         try:
             cls._build_isolated(host, token, name, label, firewall, record)
         except BaseException:
-            # Whatever the rollback could not remove carries the token: sweep it.
-            if not Namespace.sweep(f"cnm-{token}-") + _collect(MountDir(os.path.join(MOUNT_DIRS, token)).delete):
-                _collect(record.remove)
+            with deferred_interrupts():
+                # Whatever the rollback could not remove carries the token: sweep it.
+                if not Namespace.sweep(f"cnm-{token}-") + _collect(MountDir(os.path.join(MOUNT_DIRS, token)).delete):
+                    _collect(record.remove)
             raise
         watch(host, record, f"host {label!r}")
         return host
@@ -520,13 +522,15 @@ class Host(_InNamespace):
 
     # ---- lifecycle ---------------------------------------------------------------
 
+    @uninterruptible
     @_serialized
     def close(self) -> None:
         """Delete everything this host made.
 
         Goes on past failures and raises them together as one TeardownError;
         calling it again retries whatever is left (and does nothing once all
-        is gone). The owner record goes last (see :mod:`cnm.owner`).
+        is gone). A Ctrl-C while it runs waits until it is done (see
+        :mod:`cnm.interrupts`); the owner record goes last (see :mod:`cnm.owner`).
 
         An isolated host owns every namespace that holds what it made (its
         own, the outside's, its sandboxes'), all carrying its owner mark:
