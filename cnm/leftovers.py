@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 import warnings
 import weakref
 from collections.abc import Callable
@@ -53,6 +54,8 @@ __all__ = ["CollectedHost", "GCReport", "gc", "remove_leftovers", "watch"]
 #: How long gc waits for the host ends of a dead host's veths to vanish with
 #: their sandbox namespaces before deleting the rest one by one.
 VETH_GONE_TIMEOUT = 5.0
+#: ... giving up early once none went for this long
+VETH_ROUND = 0.25
 
 
 @attrs.frozen
@@ -247,10 +250,20 @@ def _remove_links(
 ) -> None:
     """Delete the host's links: first wait for its veths to go with their sandboxes
     (one by one a veth costs an RCU grace period), then delete what is left."""
-    veths = [link.index for link in marked if link.kind == "veth"]
-    still: set[int] = set()
-    if veths:
-        attempt(lambda: still.update(rtnl.wait_gone(veths, VETH_GONE_TIMEOUT)))
+    still = {link.index for link in marked if link.kind == "veth"}
+
+    def wait() -> None:
+        # In rounds, for as long as some go: a veth whose sandbox namespace is
+        # held by something else (a process, a socket) would not go at all.
+        deadline = time.monotonic() + VETH_GONE_TIMEOUT
+        while still and time.monotonic() < deadline:
+            left = set(rtnl.wait_gone(still, VETH_ROUND))
+            if left == still:
+                return
+            still.intersection_update(left)
+
+    if still:
+        attempt(wait)
     gone_with_sandboxes = 0
     for link in marked:
         if link.kind == "veth" and link.index not in still:
