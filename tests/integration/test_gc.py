@@ -225,6 +225,96 @@ def test_gc_removes_links_and_table_of_a_machine_host_killed_mid_build(decoys, h
         _remove_by_token(token)
 
 
+# The same kind of build, smaller, killed right after its k-th kernel change
+# (the change is made, its undo not yet registered: the most a kill can
+# leave). With k = 0 it runs through and says how many changes it made.
+STEPPED = r"""
+import os, secrets, signal, sys, threading
+import cnm, cnm.host
+from cnm.netlink import Netlink
+from cnm.netns import MountDir, Namespace
+from cnm.owner import OwnerRecord
+token, where, kill_at, subnet = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+real = secrets.token_hex
+cnm.host.secrets = type("S", (), {"token_hex": staticmethod(lambda n: token if n == 3 else real(n))})
+count, lock = [0], threading.Lock()
+def counted(original):
+    def step(*args, **kwargs):
+        result = original(*args, **kwargs)
+        with lock:
+            count[0] += 1
+            if count[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    return step
+for cls, name in [(Netlink, "transact"), (Netlink, "fenced"), (Namespace, "write_sysctl")]:
+    setattr(cls, name, counted(getattr(cls, name)))
+for cls, name in [(Namespace, "create"), (MountDir, "create"), (OwnerRecord, "claim")]:
+    setattr(cls, name, staticmethod(counted(getattr(cls, name))))
+host = cnm.Host.isolated() if where == "isolated" else cnm.Host()
+net = host.create_network("n", subnet=subnet)
+for i in range(3):
+    net.connect(host.create_sandbox(f"a{i}"), ports=[f"{20000 + i}:80"])
+host.create_sandboxes([cnm.SandboxRequest(f"b{i}", ports=[f"{21000 + i}:80"]) for i in range(5)], network=net)
+print("steps", count[0], flush=True)
+"""
+
+
+#: children of test_gc_after_a_kill_at_every_kernel_change_of_a_build that run at once
+AT_ONCE = 6
+
+
+@pytest.mark.parametrize("where", ["isolated", "machine"])
+def test_gc_after_a_kill_at_every_kernel_change_of_a_build(decoys, host, where):
+    """Children run a few at a time and gc runs as each one dies, so it also
+    runs while the others are building: a child disturbed by it would fail
+    with an error instead of dying at its own kill point."""
+    netns = host.namespace.path if where == "machine" else None
+
+    def start(token: str, kill_at: int) -> subprocess.Popen[str]:
+        # Children side by side in one namespace (machine) need subnets of their own.
+        argv = [sys.executable, "-c", STEPPED, token, where, str(kill_at), f"10.{100 + kill_at % AT_ONCE}.0.0/16"]
+        launch = host.popen if where == "machine" else subprocess.Popen
+        return launch(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    token = _new_token()
+    try:
+        child = start(token, 0)
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        steps = int(out.split()[-1])
+        assert steps > 20  # the record, namespaces, links, addresses, routes, rules...
+        cnm.gc()  # what the finished child did not close
+        assert _leftovers(token, netns) == []
+    finally:
+        _remove_by_token(token)
+    removed_by_token: dict[str, int] = {}  # what gc removed of each token (it may be an earlier run's gc)
+    for first in range(1, steps + 1, AT_ONCE):
+        batch = {kill_at: _new_token() for kill_at in range(first, min(first + AT_ONCE, steps + 1))}
+        children: dict[int, subprocess.Popen[str]] = {}
+        try:
+            for kill_at, token in batch.items():
+                children[kill_at] = start(token, kill_at)
+            for kill_at, child in children.items():
+                token = batch[kill_at]
+                _, err = child.communicate(timeout=60)
+                assert child.returncode == -signal.SIGKILL, (kill_at, err)
+                report = cnm.gc()
+                removed_by_token.update((c.token, len(c.removed)) for c in report.collected)
+                assert _leftovers(token, netns) == [], (kill_at, report)
+                # The first change is the record: every kill point leaves one, and gc collected it.
+                assert token in removed_by_token, (kill_at, report)
+        finally:
+            for child in children.values():
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+            for token in batch.values():
+                _remove_by_token(token)
+    print(f"{where}: killed after each of {steps} kernel changes; gc removed {sorted(removed_by_token.values())} things")
+    _check_decoys_untouched(decoys, host)
+
+
 def _write_record(token: str, **fields: object) -> None:
     record = {
         "token": token,
