@@ -29,13 +29,16 @@ longer mounted.
 
 The same removal runs when a :class:`cnm.Host` that was not closed is
 garbage-collected, or is still open when the interpreter exits
-(:func:`watch`), with a :class:`ResourceWarning`.
+(:func:`watch`), with a :class:`ResourceWarning`. (Garbage-collected in a
+thread other than the main one, it is removed at exit.)
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
+import threading
 import time
 import warnings
 import weakref
@@ -159,15 +162,18 @@ def _open_record(token: str) -> int | None:
     except FileNotFoundError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.fstat(fd).st_nlink == 0:
-            raise BlockingIOError  # another gc removed it while we waited
-    except BlockingIOError:
-        os.close(fd)
-        return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            locked = False  # another gc run is on it
+        else:
+            locked = os.fstat(fd).st_nlink > 0  # else another run removed it after we opened it
     except BaseException:
         os.close(fd)
         raise
+    if not locked:
+        os.close(fd)
+        return None
     return fd
 
 
@@ -327,6 +333,13 @@ def _abandoned(record: OwnerRecord, what: str) -> None:
         return  # a forked child's copy of the host: its owner is the parent
     if not os.path.exists(record.path):
         return  # closed
+    if threading.current_thread() is not threading.main_thread():
+        # Collected in whatever thread the garbage collector ran in: maybe
+        # cnm's namespace worker (which the removal needs) or a thread left
+        # inside another namespace. The removal waits for the interpreter's
+        # exit, which runs in the main thread.
+        atexit.register(_abandoned, record, what)
+        return
     warnings.warn(
         f"cnm: {what} (token {record.token}) was not closed; removing what it left",
         ResourceWarning,

@@ -73,9 +73,10 @@ class OwnerRecord:
 
     *kind* is ``"isolated"`` (everything is in namespaces named after the
     token) or ``"machine"`` (a :class:`cnm.Host` in an existing namespace,
-    identified by *netns*, the ``(st_dev, st_ino)`` of its namespace file,
-    where the host's links and firewall table are). *firewall* is the name of
-    the host's firewall backend.
+    where its links and firewall table are). *netns* identifies the
+    namespace the owner was in when it made the host, as the ``(st_dev,
+    st_ino)`` of its namespace file: for a ``"machine"`` host, the host's.
+    *firewall* is the name of the host's firewall backend.
     """
 
     token: str

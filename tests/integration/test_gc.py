@@ -406,6 +406,35 @@ def test_a_host_garbage_collected_unclosed_is_removed_with_a_warning():
         _remove_by_token(token)
 
 
+COLLECTED_IN_A_THREAD = r"""
+import gc, os, threading
+import cnm
+host = cnm.Host.isolated()
+host.create_sandbox("s")
+token = host.token
+del host
+collector = threading.Thread(target=gc.collect)
+collector.start()
+collector.join()
+print(token, os.path.exists(f"/run/cnm/{token}.owner"), flush=True)
+"""
+
+
+def test_a_host_collected_in_another_thread_is_removed_at_exit():
+    done = subprocess.run(
+        [sys.executable, "-W", "always::ResourceWarning", "-c", COLLECTED_IN_A_THREAD],
+        capture_output=True, text=True, timeout=60,
+    )
+    token, still_there = done.stdout.split()
+    try:
+        assert done.returncode == 0, done.stderr
+        assert still_there == "True"  # not removed from the collecting thread...
+        assert f"token {token}) was not closed" in done.stderr
+        assert _leftovers(token) == []  # ...but at exit
+    finally:
+        _remove_by_token(token)
+
+
 def test_a_closed_host_gives_no_warning():
     python_gc.collect()  # earlier tests' garbage warns about its own sockets
     made = cnm.Host.isolated()
