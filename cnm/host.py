@@ -205,6 +205,8 @@ class Host(_InNamespace):
     ``Host()`` is the machine's own namespace, for container runtimes.
     ``Host.isolated()`` makes a fresh one (plus an "outside" namespace playing
     the internet), for tests, demos and experiments; closing it removes all.
+    What a host's process could not remove because it died, :func:`cnm.gc`
+    removes (see :mod:`cnm.leftovers`).
     """
 
     def __init__(self, *, firewall: str = "nftables") -> None:
