@@ -15,6 +15,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -313,6 +314,43 @@ def test_gc_after_a_kill_at_every_kernel_change_of_a_build(decoys, host, where):
                 _remove_by_token(token)
     print(f"{where}: killed after each of {steps} kernel changes; gc removed {sorted(removed_by_token.values())} things")
     _check_decoys_untouched(decoys, host)
+
+
+def test_two_gc_runs_at_once_remove_each_dead_host_once():
+    tokens = [_new_token() for _ in range(4)]
+    children = [
+        subprocess.Popen([sys.executable, "-c", CHILD, token, "isolated"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for token in tokens
+    ]
+    try:
+        for child in children:
+            _kill_at(child, "sandbox 0", 0.0)
+        reports: list[cnm.GCReport] = []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                reports.append(cnm.gc())
+            except BaseException as exc:  # handed to the test below
+                errors.append(exc)
+
+        runs = [threading.Thread(target=run) for _ in range(2)]
+        for thread in runs:
+            thread.start()
+        for thread in runs:
+            thread.join()
+        assert errors == []
+        collected = sorted(c.token for report in reports for c in report.collected if c.token in tokens)
+        assert collected == sorted(tokens)  # each once, by one run or the other
+        for token in tokens:
+            assert _leftovers(token) == []
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        for token in tokens:
+            _remove_by_token(token)
 
 
 def _write_record(token: str, **fields: object) -> None:
