@@ -200,21 +200,19 @@ def remove_leftovers(record: OwnerRecord) -> tuple[list[str], list[str], list[Ex
         return True
 
     found = _find_namespace(record.netns) if record.kind == "machine" else None
-    rtnl: Rtnl | None = None
+    if record.kind == "machine" and found is None:
+        notes.append("its namespace is gone, and everything that was in it")
+    namespace = found[0] if found is not None else None
+    links: list[Rtnl] = []  # the socket in that namespace, once open
     marked: list[LinkInfo] = []
     try:
-        if record.kind == "machine":
-            if found is None:
-                notes.append("its namespace is gone, and everything that was in it")
-            else:
-                namespace = found[0]
+        if namespace is not None:
+            # Listed before the sandboxes go, to know which veths to wait for.
+            def list_links() -> None:
+                links.append(Rtnl(namespace))
+                marked.extend(link for link in links[0].links() if (link.alias or "").startswith(f"cnm:{token}:"))
 
-                def list_links() -> None:
-                    nonlocal rtnl, marked
-                    rtnl = Rtnl(namespace)
-                    marked = [link for link in rtnl.links() if (link.alias or "").startswith(f"cnm:{token}:")]
-
-                attempt(list_links)
+            attempt(list_links)
         # The sandboxes first: their veths' host ends go with them.
         directory = os.path.join(MOUNT_DIRS, token)
         if os.path.isdir(directory):
@@ -229,10 +227,9 @@ def remove_leftovers(record: OwnerRecord) -> tuple[list[str], list[str], list[Ex
             path = os.path.join(NETNS_DIR, name)
             if attempt(Namespace(name, path).delete):
                 removed.append(f"namespace {path}")
-        if found is not None:
-            if rtnl is not None:
-                _remove_links(rtnl, marked, removed, attempt)
-            namespace = found[0]
+        if namespace is not None:
+            if links:
+                _remove_links(links[0], marked, removed, attempt)
 
             def sweep_firewall() -> None:
                 sweep = getattr(firewall_backend(record.firewall), "sweep", None)
@@ -242,7 +239,7 @@ def remove_leftovers(record: OwnerRecord) -> tuple[list[str], list[str], list[Ex
             attempt(sweep_firewall)
             notes.append("ip_forward there is left as it is (the host may have turned it on)")
     finally:
-        if rtnl is not None:
+        for rtnl in links:
             rtnl.close()
         if found is not None:
             os.close(found[1])
@@ -275,12 +272,15 @@ def _remove_links(
         if link.kind == "veth" and link.index not in still:
             gone_with_sandboxes += 1
             continue
-        # Deleted by index only while it is still the link we listed (same alias).
-        now = rtnl.link(index=link.index)
-        if now is None or now.alias != link.alias:
-            continue
-        if attempt(lambda: rtnl.delete_link(link.index, f"link {link.name!r} ({link.alias})")):
-            removed.append(f"link {link.name} ({link.alias})")
+
+        def delete(link: LinkInfo = link) -> None:
+            # By index, and only while it is still the link listed (same alias).
+            now = rtnl.link(index=link.index)
+            if now is not None and now.alias == link.alias:
+                rtnl.delete_link(link.index, f"link {link.name!r} ({link.alias})")
+                removed.append(f"link {link.name} ({link.alias})")
+
+        attempt(delete)
     if gone_with_sandboxes:
         removed.append(f"{gone_with_sandboxes} veth(s), with their sandboxes")
 
