@@ -26,6 +26,7 @@ from .errors import (
     TeardownError,
 )
 from .host import Endpoint, Host, Network, Outside, Sandbox, SandboxRequest
+from .leftovers import CollectedHost, GCReport, gc
 from .ports import PortMapping, PublishedPort
 
 __version__ = "0.1.0"
@@ -33,9 +34,11 @@ __version__ = "0.1.0"
 __all__ = [
     "CNMError",
     "ClosedError",
+    "CollectedHost",
     "ConflictError",
     "Endpoint",
     "ExhaustedError",
+    "GCReport",
     "Host",
     "InterfaceExistsError",
     "InvalidArgumentError",
@@ -51,4 +54,5 @@ __all__ = [
     "StateError",
     "TeardownError",
     "__version__",
+    "gc",
 ]

@@ -49,8 +49,11 @@ from .errors import (
 )
 from .firewall import FirewallBackend, FirewallFactory, NetworkRules, PortForward, firewall_backend
 from .ipam import AddressPool, ipam_driver, parse_address, parse_subnet
+from .interrupts import deferred_interrupts, uninterruptible
 from .kernel import Rtnl, mac_for, random_mac
+from .leftovers import watch
 from .netns import MOUNT_DIRS, MountDir, Namespace
+from .owner import OwnerRecord
 from .ports import HostPortAllocator, PortMapping, PublishedPort, docker_ports_view, normalize_ports
 from .undo import Undo, UndoLog, raise_collected, transaction
 
@@ -227,12 +230,19 @@ class Host(_InNamespace):
     ``Host()`` is the machine's own namespace, for container runtimes.
     ``Host.isolated()`` makes a fresh one (plus an "outside" namespace playing
     the internet), for tests, demos and experiments; closing it removes all.
+    What a host's process could not remove because it died, :func:`cnm.gc`
+    removes (see :mod:`cnm.leftovers`).
     """
 
     def __init__(self, *, firewall: str = "nftables") -> None:
         factory = _firewall_factory(firewall)
+        namespace, token = Namespace.current(), secrets.token_hex(3)
+        # Recorded before anything is made, removed after everything went (see cnm.owner).
+        record = OwnerRecord.claim(token, "machine", namespace.path, firewall)
         with transaction() as undo:
-            self._setup(Namespace.current(), None, factory, secrets.token_hex(3), undo)
+            undo.books.push(f"host {namespace.name!r}: owner record", record.remove)
+            self._setup(namespace, None, factory, token, undo)
+        watch(self, record, f"host {self.name!r}")
 
     def _setup(
         self, namespace: Namespace, outside: Outside | None, firewall: FirewallFactory, token: str, undo: Undo
@@ -274,18 +284,26 @@ class Host(_InNamespace):
         token = secrets.token_hex(3)
         label = check_name("host", name) if name is not None else "host"
         factory = _firewall_factory(firewall)
+        # Recorded before anything is made, removed after everything went (see cnm.owner).
+        record = OwnerRecord.claim(token, "isolated", Namespace.current().path, firewall)
         host = cls.__new__(cls)
         try:
-            return cls._build_isolated(host, token, name, label, factory)
+            cls._build_isolated(host, token, name, label, factory, record)
         except BaseException:
-            # Whatever the rollback could not remove carries the token: sweep it.
-            Namespace.sweep(f"cnm-{token}-")
-            _collect(MountDir(os.path.join(MOUNT_DIRS, token)).delete)
+            with deferred_interrupts():
+                # Whatever the rollback could not remove carries the token: sweep it.
+                if not Namespace.sweep(f"cnm-{token}-") + _collect(MountDir(os.path.join(MOUNT_DIRS, token)).delete):
+                    _collect(record.remove)
             raise
+        watch(host, record, f"host {label!r}")
+        return host
 
     @classmethod
-    def _build_isolated(cls, host: Host, token: str, name: str | None, label: str, firewall: FirewallFactory) -> Host:
+    def _build_isolated(
+        cls, host: Host, token: str, name: str | None, label: str, firewall: FirewallFactory, record: OwnerRecord
+    ) -> Host:
         with transaction() as undo:
+            undo.books.push(f"host {label!r}: owner record", record.remove)
             host_ns = Namespace.create(f"cnm-{token}-host" + (f"-{name}" if name else ""), setup=_prepare_host_namespace)
             undo.kernel.push(f"host {label!r}: namespace", lambda: host_ns.delete())
             outside_ns = Namespace.create(f"cnm-{token}-outside", setup=_prepare_host_namespace)
@@ -556,13 +574,15 @@ class Host(_InNamespace):
 
     # ---- lifecycle ---------------------------------------------------------------
 
+    @uninterruptible
     @_serialized
     def close(self) -> None:
         """Delete everything this host made.
 
         Goes on past failures and raises them together as one TeardownError;
         calling it again retries whatever is left (and does nothing once all
-        is gone).
+        is gone). A Ctrl-C while it runs waits until it is done (see
+        :mod:`cnm.interrupts`); the owner record goes last (see :mod:`cnm.owner`).
 
         An isolated host owns every namespace that holds what it made (its
         own, the outside's, its sandboxes'), all carrying its owner mark:

@@ -28,16 +28,20 @@ def _netns_exec(netns: str | None, argv: list[str]) -> list[str]:
 
 
 def namespaces() -> list[str]:
-    """Every named namespace: /run/netns/NAME as NAME, cnm's sandboxes as cnm/TOKEN/FILE."""
+    """Every named namespace: /run/netns/NAME as NAME, cnm's sandboxes as
+    cnm/TOKEN/FILE; and cnm's owner records, as cnm/TOKEN.owner."""
     names = sorted(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else []
     if os.path.isdir(MOUNT_DIRS):
-        for token in sorted(os.listdir(MOUNT_DIRS)):
-            path = os.path.join(MOUNT_DIRS, token)
-            if not os.path.isdir(path):  # not a host's directory: listed, not entered
-                names.append(f"cnm/{token}")
+        for entry in sorted(os.listdir(MOUNT_DIRS)):
+            path = os.path.join(MOUNT_DIRS, entry)
+            if not os.path.isdir(path):
+                names.append(f"cnm/{entry}")
                 continue
-            names.append(f"cnm/{token}/")
-            names += [f"cnm/{token}/{f}" for f in sorted(os.listdir(path))]
+            names.append(f"cnm/{entry}/")
+            try:
+                names += [f"cnm/{entry}/{f}" for f in sorted(os.listdir(path))]
+            except FileNotFoundError:
+                pass  # another run's host closed just then
     return names
 
 
@@ -70,7 +74,9 @@ def snapshot(netns: str | None = None) -> dict[str, object]:
         # A cnm host's namespaces all carry its owner token; those of anyone
         # else (a concurrent test run, say) are not part of its state.
         token = owner.group(1)
-        state["netns"] = [n for n in namespaces() if n.startswith((f"cnm-{token}-", f"cnm/{token}/"))]
+        state["netns"] = [
+            n for n in namespaces() if n.startswith((f"cnm-{token}-", f"cnm/{token}/")) or n == f"cnm/{token}.owner"
+        ]
     return state
 
 

@@ -243,6 +243,13 @@ class FirewallBackend(Protocol):
 #: is the host's network namespace (all kernel access happens inside it);
 #: *owner* is a short token unique to the host (e.g. ``"a1b2c3"``), which the
 #: backend uses to mark what it installs (nftables: table ``cnm-<owner>``).
+#:
+#: A factory may also have a ``sweep(namespace, owner) -> list[str]``
+#: callable: it removes everything marked with *owner* in *namespace*, left
+#: there by a host whose process died, and returns a description of each thing
+#: removed (nothing there is success). :func:`cnm.gc` calls it for hosts in
+#: an existing namespace (an isolated host's rules go with its namespace). A
+#: backend without one leaves its rules to its own cleanup.
 FirewallFactory = Callable[["Namespace", str], FirewallBackend]
 
 

@@ -832,6 +832,28 @@ class NftablesFirewall:
 
         return _Remover(self, what, fill, self._elements_listed, forget)
 
+    @classmethod
+    def sweep(cls, namespace: Namespace, owner: str) -> list[str]:
+        """Delete table ``ip cnm-OWNER`` in *namespace*, left by a host that is gone.
+
+        For :func:`cnm.gc`: the backend's whole state is that one table, so
+        one transaction removes it. Returns what was removed (nothing if the
+        table is not there).
+        """
+        backend = cls(namespace, owner)
+        try:
+            batch = _Batch(backend.table)
+            batch.table_delete()
+            try:
+                backend._commit(batch, f"firewall {backend.table}: remove what a dead host left")
+            except KernelError as exc:
+                if exc.errno == errno.ENOENT and not isinstance(exc, _UnknownOutcome):
+                    return []
+                raise
+            return [f"nftables table ip {backend.table}"]
+        finally:
+            backend.close()
+
     def close(self) -> None:
         with self._lock:
             nl, self._nl = self._nl, None
