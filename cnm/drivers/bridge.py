@@ -101,9 +101,6 @@ class BridgeDriver:
         undo.push(what, lambda: host.delete_link(index, what))
         # The address and the sysctl belong to the bridge and go with it.
         host.add_address(index, IPv4Interface(f"{spec.gateway}/{spec.subnet.prefixlen}"), what)
-        # The host reaching a published port through 127.0.0.1 is DNATed to a
-        # sandbox; routing a loopback source out of the bridge needs this.
-        host.namespace.write_sysctl(f"net/ipv4/conf/{name}/route_localnet", "1")
         # IPv4 only for now: no IPv6 link-local address or route appears on the
         # bridge when its first port comes up (as Docker does without --ipv6).
         host.namespace.write_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")

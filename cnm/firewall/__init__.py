@@ -142,8 +142,10 @@ class PortForward:
     The forward applies to traffic addressed to the host (any of its local
     addresses, or only *host_ip*), whether it comes from outside, from a
     sandbox on any network (hairpin), or from the host itself (including
-    ``127.0.0.1``; the latter also needs ``net.ipv4.conf.<bridge>.route_localnet``,
-    which is the caller's business).
+    ``127.0.0.1``: a backend that forwards those must turn the bridge's
+    ``net.ipv4.conf.<bridge>.route_localnet`` on itself, and then drop
+    loopback destinations arriving on any interface but ``lo``, as the
+    nftables backend does).
     """
 
     #: ``"tcp"``, ``"udp"`` or ``"sctp"``.

@@ -62,7 +62,8 @@ elements, not rules. The exceptions:
 
 Two guards close the ways in that routing alone would open:
 
-* ``loopback``: the bridges have ``route_localnet`` on, so that the host's
+* ``loopback``: the bridges have ``route_localnet`` on (this backend sets
+  it, see ``_route_localnet``), so that the host's
   own connections to a port published on 127.0.0.1 can be DNATed out of
   them. The kernel then also accepts, on a bridge, a packet addressed to
   127.0.0.1: a sandbox that is root inside its namespace (and so may route
@@ -140,7 +141,7 @@ from pyroute2.netlink.marshal import Marshal
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES
 from pyroute2.netlink.nfnetlink import nftsocket as nft
 
-from ..errors import ClosedError, InvalidArgumentError, KernelError, kernel_error
+from ..errors import ALREADY_GONE, ClosedError, InvalidArgumentError, KernelError, kernel_error
 from ..netlink import Netlink, NetlinkReply, next_seq, nla, nla_string
 from . import NetworkRules, PortForward
 
@@ -786,6 +787,31 @@ class NftablesFirewall:
             return rules_there, self._elements_listed(_BRIDGE_SETS)
 
         undo.push(f"{what}: remove firewall rules", _Remover(self, what, fill, present, forget))
+        self._route_localnet(rules.bridge, what, undo)
+
+    def _route_localnet(self, bridge: str, what: str, undo: UndoLog) -> None:
+        """Let the bridge route loopback sources (the host's own connections to
+        a port published on 127.0.0.1, DNATed into the bridge), now that the
+        ``loopback`` chain drops loopback destinations from it.
+
+        This backend sets it, not the driver, so that a host without these
+        rules (the "none" backend) never has it on. It is turned off again
+        before the rules go, so a bridge that outlives them has it off. A
+        bridge that is not there yet (rules may come first) is left alone.
+        """
+        key = f"net/ipv4/conf/{bridge}/route_localnet"
+
+        def write(value: str) -> bool:
+            try:
+                self.namespace.write_sysctl(key, value)
+            except KernelError as exc:
+                if exc.errno not in ALREADY_GONE:
+                    raise
+                return False
+            return True
+
+        if write("1"):
+            undo.push(f"{what}: route_localnet off", lambda: write("0"))
 
     def add_port_forwards(self, rules: NetworkRules, forwards: Sequence[PortForward], undo: UndoLog) -> None:
         self.add_port_forwards_many(rules, [(forwards, undo)])

@@ -135,3 +135,26 @@ def test_the_host_still_reaches_its_sandboxes_directly(host, routed):
     net, a, b = routed
     with Server(a, 7000):
         assert tcp_hello(host, a.address(net).ip, 7000) == b"hello"
+
+
+def test_without_cnm_firewall_rules_the_bridge_does_not_route_loopback():
+    """The "none" backend installs no loopback guard, so the bridge must not
+    have ``route_localnet`` on either (the kernel then drops the packets as martians)."""
+    import cnm
+
+    with cnm.Host.isolated(firewall="none") as bare:
+        net = bare.create_network("web")
+        a = bare.create_sandbox("a")
+        net.connect(a)
+        assert bare.namespace.read_sysctl(f"net/ipv4/conf/{net.interface}/route_localnet") == "0"
+        route_loopback_via(a, "eth0", net.gateway)
+        with Server(bare, HOST_SERVICE, address="127.0.0.1") as listening:
+            with pytest.raises(TimeoutError):
+                tcp_hello(a, "127.0.0.1", HOST_SERVICE, timeout=REFUSED_TIMEOUT)
+        assert listening.peers == []
+
+
+def test_the_bridge_routes_loopback_only_while_the_guard_is_there(host):
+    net = host.create_network("web")
+    key = f"net/ipv4/conf/{net.interface}/route_localnet"
+    assert host.namespace.read_sysctl(key) == "1"  # what the host's own 127.0.0.1 ports need
