@@ -592,7 +592,7 @@ class Host(_InNamespace):
         first, with one wait for their veths) and then its networks, in
         reverse order.
         """
-        if self._closed and not len(self._undo) and not self._children and not self._leftovers:
+        if self._closed and not len(self._undo) and not self._children and not self._leftovers and not len(self._dying):
             return
         self._closed = True
         failures: list[Exception] = []
@@ -623,8 +623,8 @@ class Host(_InNamespace):
                 if isinstance(child, Network):
                     failures += child._teardown(force=True)
             failures += self._dying.wait()  # sandboxes deleted earlier may still hold their veths
-        if not self._children and not self._leftovers:
-            failures += self._undo.unwind()  # the host's sockets
+        if not self._children and not self._leftovers and not len(self._dying):
+            failures += self._undo.unwind()  # the host's sockets (a retry needs them while anything is left)
         raise_collected(f"host {self.name!r}", failures)
 
     def __enter__(self) -> Host:
