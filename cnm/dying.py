@@ -41,12 +41,15 @@ T = TypeVar("T")
 class DyingLinks:
     """Groups of link indexes, each with the releases to run once all of them are gone."""
 
-    def __init__(self, rtnl: Rtnl, timeout: float) -> None:
+    def __init__(self, rtnl: Rtnl, timeout: float, what: str) -> None:
         self._rtnl = rtnl
         #: how long :meth:`wait` gives the kernel before deleting links one by one
         self.timeout = timeout
+        #: who holds them, for messages ("host 'web'")
+        self.what = what
         self._groups: list[tuple[frozenset[int], list[Callable[[], object]]]] = []
-        self._holding: list[Callable[[], object]] | None = None
+        #: the open holding() block: its indexes and the releases made in it
+        self._holding: tuple[set[int], list[Callable[[], object]]] | None = None
 
     def __len__(self) -> int:
         """How many groups still wait for the kernel."""
@@ -58,24 +61,31 @@ class DyingLinks:
 
     @contextlib.contextmanager
     def holding(self, indexes: Iterable[int]) -> Iterator[None]:
-        """Releases made (through :meth:`release`) inside this block wait for *indexes* to go."""
-        group = frozenset(indexes)
-        if not group:
+        """Releases made (through :meth:`release`) inside this block wait for *indexes* to go.
+
+        A block inside another one adds its indexes to the outer block's.
+        """
+        wanted = set(indexes)
+        if self._holding is not None:
+            self._holding[0].update(wanted)
             yield
             return
-        assert self._holding is None, "holding() blocks do not nest"
+        if not wanted:
+            yield
+            return
         steps: list[Callable[[], object]] = []
-        self._holding = steps
+        self._holding = (wanted, steps)
         try:
             yield
         finally:
             self._holding = None
-            self._groups.append((group, steps))
+            if steps:
+                self._groups.append((frozenset(wanted), steps))
 
     def release(self, step: Callable[[], object]) -> None:
         """Run *step* now, or, inside :meth:`holding`, once that block's links are gone."""
         if self._holding is not None:
-            self._holding.append(step)
+            self._holding[1].append(step)
         else:
             step()
 
@@ -99,7 +109,7 @@ class DyingLinks:
         present: set[int] = set()
         for index in self._rtnl.wait_gone(self.indexes, self.timeout):
             try:
-                self._rtnl.delete_link(index, f"veth index {index} (its namespace outlived the wait)")
+                self._rtnl.delete_link(index, f"{self.what}: veth index {index} (its namespace outlived the wait)")
             except OSError as exc:
                 if exc.errno != errno.ENODEV:
                     failures.append(exc)
@@ -108,13 +118,13 @@ class DyingLinks:
 
     def retrying(self, allocate: Callable[[], T]) -> T:
         """``allocate()``, settled first; if nothing was free, wait for the dying links and try again."""
-        raise_collected("releasing what deleted sandboxes held", self.settle())
+        raise_collected(f"{self.what}: releasing what deleted sandboxes held", self.settle())
         try:
             return allocate()
         except (ConflictError, ExhaustedError):
             if not self._groups:
                 raise
-        raise_collected("releasing what deleted sandboxes held", self.wait())
+        raise_collected(f"{self.what}: releasing what deleted sandboxes held", self.wait())
         return allocate()
 
     def outlive(self, indexes: frozenset[int]) -> list[Exception]:
@@ -131,16 +141,20 @@ class DyingLinks:
         self._groups.clear()
 
     def _run(self, present: set[int]) -> list[Exception]:
+        """Run the releases of every group with no index in *present*.
+
+        Each step leaves its group before it runs, so an interrupted run
+        never runs a step twice; a step that fails goes back, in a group of
+        its own with no links to wait for, and the next settle retries it.
+        """
         failures: list[Exception] = []
-        waiting = []
-        for group, steps in self._groups:
-            if group & present:
-                waiting.append((group, steps))
-                continue
-            for step in steps:
+        for group, steps in [g for g in self._groups if not g[0] & present]:
+            while steps:
+                step = steps.pop(0)
                 try:
                     step()
                 except Exception as exc:  # noqa: BLE001 - reported together
                     failures.append(exc)
-        self._groups = waiting
+                    self._groups.append((frozenset(), [step]))
+            self._groups.remove((group, steps))
         return failures

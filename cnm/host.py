@@ -267,7 +267,7 @@ class Host(_InNamespace):
         self._rtnl = Rtnl(namespace)
         undo.books.push(f"host {self.name!r}: rtnetlink socket", self._rtnl.close)
         #: deleted sandboxes' veths the kernel has yet to remove, and the addresses and ports they hold
-        self._dying = DyingLinks(self._rtnl, NAMESPACE_GONE_TIMEOUT)
+        self._dying = DyingLinks(self._rtnl, NAMESPACE_GONE_TIMEOUT, f"host {self.name!r}")
         # Where this host's sandboxes are mounted (see cnm.netns for why not /run/netns).
         self._mounts = MountDir.create(token)
         undo.kernel.push(f"host {self.name!r}: sandbox namespace directory", lambda: self._mounts.delete())
@@ -1175,7 +1175,10 @@ class Endpoint:
         failures = self._leave()
         if failures:
             return failures  # the address stays reserved while its interface may be there
-        return self._undo.unwind()
+        # Its last interface may have gone with a namespace the kernel is still dismantling.
+        dying = self.network.host._dying
+        with dying.holding(self._old_links & dying.indexes):
+            return self._undo.unwind()
 
     def _disconnect(self) -> list[Exception]:
         """Leave (and, for an endpoint made by connect, delete); return the failures."""
@@ -1366,22 +1369,22 @@ class Sandbox(_InNamespace):
             sandbox._deleted = True
             host = sandbox.host
             hosts.add(host)
-            sandbox._dying_links = []
+            # Straight into the sandbox's own list: an interruption loses none of them.
+            sandbox._dying_links = sandbox._went_with_namespace
+            known = len(sandbox._dying_links)
             try:
                 failures += _collect(sandbox._stop_processes)
                 for endpoint in reversed(sandbox._endpoints):
                     failures += endpoint._join.kernel.unwind()  # port forwards; veths join _dying_links
                 failures += sandbox._undo.kernel.unwind()  # its socket, then its namespace
-                dying = sandbox._dying_links
             finally:
                 sandbox._dying_links = None
             if len(sandbox._undo.kernel):
                 # The namespace is still there: its veths will not go by
                 # themselves. Deleting the sandbox again deletes them first.
-                for index in dying:
+                for index in sandbox._went_with_namespace[known:]:
                     sandbox._undo.kernel.push(f"sandbox {sandbox.name!r}: veth {index}", _link_remover(host._rtnl, index))
                 continue
-            sandbox._went_with_namespace += dying
             if any(len(e._join.kernel) for e in sandbox._endpoints):
                 continue  # a port forward is still there: everything stays held until it goes
             # Names are given back now; addresses and host ports once the veths are gone.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -125,7 +126,11 @@ def test_deleted_sandboxes_release_what_they_held_once_the_kernel_is_done(host):
     taken = [s.address(net).ip for s in sandboxes]
     for s in sandboxes:
         s.delete()
-    host.settle()
+    assert len(host._dying) > 0  # held: the kernel has not confirmed yet
+    deadline = time.monotonic() + 10
+    while [l for l in host._rtnl.links() if l.kind == "veth" and l.master]:  # wait for the kernel, not for cnm
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     fresh = host.create_sandbox("fresh")
     assert net.connect(fresh).ip == taken[0]  # the lowest address is free again
     assert len(host._dying) == 0
@@ -159,3 +164,24 @@ def test_a_host_closed_right_after_a_delete_loop_waits_and_leaves_nothing(host):
     assert report["dying"] > 0  # the close really had dying veths to wait for
     assert set(report["links"]) == before
     assert report["tables"] == ""  # the child's table is gone (the isolated host has made none yet)
+
+
+def test_an_endpoint_deleted_after_its_sandbox_keeps_its_address_until_the_veth_is_gone(host, monkeypatch):
+    """An endpoint made apart from its sandbox outlives it: deleting it then
+    must not hand its address out while the veth of its last join is dying."""
+    from cnm.kernel import Rtnl
+
+    net = host.create_network("web", subnet="10.97.0.0/29")
+    endpoint = net.create_endpoint("e")
+    sandbox = host.create_sandbox("a")
+    endpoint.join(sandbox)
+    veth = host._rtnl.link_index(host_end_name(endpoint.id))
+    real_wait_gone = Rtnl.wait_gone
+    # As far as cnm can see, the kernel has not removed the veth yet.
+    monkeypatch.setattr(Rtnl, "wait_gone", lambda self, indexes, timeout: [*real_wait_gone(self, indexes, 0), veth])
+    sandbox.delete()
+    endpoint.delete()
+    assert net.create_endpoint("next").ip != endpoint.ip
+    monkeypatch.undo()
+    host.settle()
+    assert net.create_endpoint("after").ip == endpoint.ip
