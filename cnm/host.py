@@ -43,6 +43,7 @@ from ._checks import (
 from .errors import (
     ClosedError,
     ConflictError,
+    ExhaustedError,
     InvalidArgumentError,
     NotFoundError,
     StateError,
@@ -112,6 +113,18 @@ def _check_child(host: Host, where: str, what: str, value: object, cls: type[C])
     if child.host is not host:
         raise InvalidArgumentError(f"{where}: {what} {child.name!r} belongs to another host")
     return child
+
+
+def _claim_token(kind: str, netns_path: str, firewall: str) -> OwnerRecord:
+    """A fresh host token, recorded as this process's before anything is made
+    (the record goes after everything went; see cnm.owner). A token that is
+    taken (by a live host, or a dead one gc has not collected) is drawn again."""
+    for _ in range(8):
+        try:
+            return OwnerRecord.claim(secrets.token_hex(3), kind, netns_path, firewall)
+        except ConflictError:
+            continue
+    raise ExhaustedError("cnm: no free host token after 8 draws (run cnm.gc() to collect dead hosts' records)")
 
 
 def _new_id() -> str:
@@ -236,9 +249,9 @@ class Host(_InNamespace):
 
     def __init__(self, *, firewall: str = "nftables") -> None:
         factory = _firewall_factory(firewall)
-        namespace, token = Namespace.current(), secrets.token_hex(3)
-        # Recorded before anything is made, removed after everything went (see cnm.owner).
-        record = OwnerRecord.claim(token, "machine", namespace.path, firewall)
+        namespace = Namespace.current()
+        record = _claim_token("machine", namespace.path, firewall)
+        token = record.token
         with transaction() as undo:
             undo.books.push(f"host {namespace.name!r}: owner record", record.remove)
             self._setup(namespace, None, factory, token, undo)
@@ -281,11 +294,10 @@ class Host(_InNamespace):
         The host has ``address`` 198.18.0.2/24 on its ``eth0``, the outside has
         ``outside_address`` 198.18.0.1 and is the host's default gateway.
         """
-        token = secrets.token_hex(3)
         label = check_name("host", name) if name is not None else "host"
         factory = _firewall_factory(firewall)
-        # Recorded before anything is made, removed after everything went (see cnm.owner).
-        record = OwnerRecord.claim(token, "isolated", Namespace.current().path, firewall)
+        record = _claim_token("isolated", Namespace.current().path, firewall)
+        token = record.token
         host = cls.__new__(cls)
         try:
             cls._build_isolated(host, token, name, label, factory, record)

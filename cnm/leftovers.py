@@ -49,7 +49,7 @@ import attrs
 from .errors import ALREADY_GONE, TeardownError
 from .firewall import firewall_backend
 from .kernel import LinkInfo, Rtnl
-from .netns import MOUNT_DIRS, NETNS_DIR, MountDir, Namespace
+from .netns import MOUNT_DIRS, NETNS_DIR, MountDir, Namespace, worker_free
 from .owner import OwnerRecord, record_path, token_of
 
 __all__ = ["CollectedHost", "GCReport", "gc", "remove_leftovers", "watch"]
@@ -236,7 +236,10 @@ def remove_leftovers(record: OwnerRecord) -> tuple[list[str], list[str], list[Ex
                 if sweep is not None:
                     removed.extend(sweep(namespace, token))
 
-            attempt(sweep_firewall)
+            # The firewall's loopback and direct-access guards go only once
+            # every bridge they protect is gone (the record stays for a retry).
+            if not failures:
+                attempt(sweep_firewall)
             notes.append("ip_forward there is left as it is (the host may have turned it on)")
     finally:
         for rtnl in links:
@@ -331,13 +334,18 @@ def watch(host: object, record: OwnerRecord, what: str) -> None:
 def _abandoned(record: OwnerRecord, what: str) -> None:
     if os.getpid() != record.pid:
         return  # a forked child's copy of the host: its owner is the parent
-    if not os.path.exists(record.path):
+    try:
+        with open(record.path, "rb") as f:
+            if OwnerRecord.parse(record.token, f.read()) != record:
+                return  # closed, and the token since claimed by another host
+    except FileNotFoundError:
         return  # closed
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or not worker_free():
         # Collected in whatever thread the garbage collector ran in: maybe
-        # cnm's namespace worker (which the removal needs) or a thread left
-        # inside another namespace. The removal waits for the interpreter's
-        # exit, which runs in the main thread.
+        # cnm's namespace worker (which the removal needs), a thread left
+        # inside another namespace, or one in the middle of handing a call to
+        # the worker. The removal waits for the interpreter's exit, which
+        # runs in the main thread.
         atexit.register(_abandoned, record, what)
         return
     warnings.warn(

@@ -51,7 +51,7 @@ from typing import TypeVar
 
 from .errors import ALREADY_GONE, KernelError, kernel_error
 
-__all__ = ["MOUNT_DIRS", "NETNS_DIR", "MountDir", "Namespace"]
+__all__ = ["MOUNT_DIRS", "NETNS_DIR", "MountDir", "Namespace", "worker_free"]
 
 T = TypeVar("T")
 
@@ -165,6 +165,18 @@ class _Worker:
                     except BaseException as exc:
                         box.append((False, exc))
                     done.set()
+
+
+def worker_free() -> bool:
+    """False while some thread is handing a call to the namespace worker.
+
+    The hand-over lock is not reentrant: a finalizer that the garbage
+    collector runs in the thread holding it must not make namespace calls.
+    """
+    if _Worker._lock.acquire(blocking=False):
+        _Worker._lock.release()
+        return True
+    return False
 
 
 def _forget_worker_after_fork() -> None:

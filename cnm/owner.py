@@ -17,6 +17,13 @@ A process is named by three things, because each alone can lie:
   on every machine, so a record can outlive a reboot, and after one the pid
   and start time of an unrelated process may match by chance.
 
+Pids and start times mean something only to a process that sees the same
+pid namespace (and time namespace, which shifts start times) as the
+owner did: a process in a container sharing ``/run`` would see no such pid
+and take a live owner for dead. So the record also names those two
+namespaces, and a process that sees others cannot judge the record and
+takes its owner for alive.
+
 The record is created whole or not at all: written into an unnamed file
 (``O_TMPFILE``) and then given its name with ``linkat``, so a reader never
 sees a half-written record, a process killed while writing leaves nothing,
@@ -50,6 +57,21 @@ _libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_c
 def _boot_id() -> str:
     with open("/proc/sys/kernel/random/boot_id") as f:
         return f.read().strip()
+
+
+def _namespace_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _judging_namespaces() -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """This process's pid and time namespaces: what its pids and start times mean."""
+    pidns = _namespace_id("/proc/self/ns/pid")
+    assert pidns is not None  # every Linux with network namespaces has it
+    return pidns, _namespace_id("/proc/self/ns/time")
 
 
 def process_start(pid: int) -> int | None:
@@ -86,6 +108,10 @@ class OwnerRecord:
     kind: str
     netns: tuple[int, int]
     firewall: str
+    #: the pid and time namespaces the pid and start time belong to, as
+    #: (st_dev, st_ino) of their files; the time one is None on a kernel without
+    pidns: tuple[int, int]
+    timens: tuple[int, int] | None
 
     @property
     def path(self) -> str:
@@ -98,7 +124,8 @@ class OwnerRecord:
         start = process_start(pid)
         assert start is not None  # this process is running
         st = os.stat(netns_path)
-        record = cls(token, pid, start, _boot_id(), kind, (st.st_dev, st.st_ino), firewall)
+        pidns, timens = _judging_namespaces()
+        record = cls(token, pid, start, _boot_id(), kind, (st.st_dev, st.st_ino), firewall, pidns, timens)
         data = json.dumps(attrs.asdict(record)).encode()
         for attempt in range(5):
             try:
@@ -127,6 +154,8 @@ class OwnerRecord:
                 kind=str(raw["kind"]),
                 netns=(int(raw["netns"][0]), int(raw["netns"][1])),
                 firewall=str(raw["firewall"]),
+                pidns=(int(raw["pidns"][0]), int(raw["pidns"][1])),
+                timens=None if raw["timens"] is None else (int(raw["timens"][0]), int(raw["timens"][1])),
             )
         except (ValueError, KeyError, TypeError, IndexError):
             return None
@@ -135,7 +164,10 @@ class OwnerRecord:
         return record
 
     def alive(self) -> bool:
-        """True while the process that wrote this record is running."""
+        """True while the process that wrote this record is running, and when
+        this process cannot tell (it sees other pids or clocks than the owner)."""
+        if (self.pidns, self.timens) != _judging_namespaces():
+            return True
         return self.boot == _boot_id() and process_start(self.pid) == self.start
 
     def remove(self) -> None:

@@ -25,11 +25,13 @@ OPT_MTU = "com.docker.network.driver.mtu"
 OPT_MULTICAST_SNOOPING = "cnm.bridge.multicast_snooping"
 _KNOWN = {OPT_NAME, OPT_MTU, OPT_MULTICAST_SNOOPING}
 _BOOLEANS = {"true": True, "false": False}
-# An interface name: 1-15 printable ASCII characters but '/' and ':'. The
-# kernel counts bytes (15 and a NUL), refuses '/', ':' and whitespace, and
-# takes byte 0xa0 for whitespace, so a non-ASCII name may be refused even
-# when short enough; ASCII keeps characters and bytes the same.
-_IFNAME = re.compile(r"[!-.0-9;-~]{1,15}")
+# An interface name: 1-15 printable ASCII characters but '/', ':' and '%'.
+# The kernel counts bytes (15 and a NUL), refuses '/', ':' and whitespace,
+# and takes byte 0xa0 for whitespace, so a non-ASCII name may be refused
+# even when short enough; ASCII keeps characters and bytes the same. A '%'
+# makes the name a pattern ("br%d" becomes "br0"), so the link cnm made
+# would not have the name it asked for.
+_IFNAME = re.compile(r"[!-$&-.0-9;-~]{1,15}")
 
 
 def host_end_name(endpoint_id: str) -> str:
@@ -63,7 +65,7 @@ class BridgeDriver:
         if not _IFNAME.fullmatch(name) or name in (".", ".."):
             raise InvalidArgumentError(
                 f"network {spec.name!r}: bridge name {name!r} is not a valid interface name "
-                "(1-15 printable ASCII characters, no '/', ':' or space)"
+                "(1-15 printable ASCII characters, no '/', ':', '%' or space)"
             )
         if spec.options.get(OPT_MULTICAST_SNOOPING, "false") not in _BOOLEANS:
             raise InvalidArgumentError(

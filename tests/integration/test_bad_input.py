@@ -163,6 +163,7 @@ row("bridge name 15 non-ASCII characters", lambda w: net(w, options={BRIDGE: "é
 row("bridge name 16 bytes in 8 characters", lambda w: net(w, options={BRIDGE: "é" * 8}), cnm.InvalidArgumentError, "is not a valid interface name")
 row("bridge name with a tab", lambda w: net(w, options={BRIDGE: "br\t0"}), cnm.InvalidArgumentError, "bridge name 'br\\t0'")
 row("bridge name with a newline", lambda w: net(w, options={BRIDGE: "br0\n"}), cnm.InvalidArgumentError, "bridge name 'br0\\n'")
+row("bridge name a pattern", lambda w: net(w, options={BRIDGE: "br%d"}), cnm.InvalidArgumentError, "bridge name 'br%d'")
 row("bridge name 'lo'", lambda w: net(w, options={BRIDGE: "lo"}), cnm.InterfaceExistsError, "network 'x': bridge name 'lo' is already taken")
 row("bridge name 'eth0'", lambda w: net(w, options={BRIDGE: "eth0"}), cnm.InterfaceExistsError, "network 'x': bridge name 'eth0' is already taken")
 row("bridge name of another network", lambda w: net(w, options={BRIDGE: w.base.interface}), cnm.InterfaceExistsError, "is already taken")

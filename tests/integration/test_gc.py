@@ -353,6 +353,14 @@ def test_two_gc_runs_at_once_remove_each_dead_host_once():
             _remove_by_token(token)
 
 
+def _namespace_id(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
 def _write_record(token: str, **fields: object) -> None:
     record = {
         "token": token,
@@ -362,6 +370,8 @@ def _write_record(token: str, **fields: object) -> None:
         "kind": "isolated",
         "netns": [0, 0],
         "firewall": "nftables",
+        "pidns": _namespace_id("/proc/self/ns/pid"),
+        "timens": _namespace_id("/proc/self/ns/time"),
     }
     record.update(fields)
     os.makedirs(MOUNT_DIRS, exist_ok=True)
@@ -375,8 +385,11 @@ def _write_record(token: str, **fields: object) -> None:
         ({}, True),  # this very process
         ({"start": -1}, False),  # its pid, reused: another start time
         ({"boot": "00000000-0000-0000-0000-000000000000"}, False),  # a record from an earlier boot
+        # Written in another pid namespace (a container sharing /run): its pid
+        # means nothing here, so gc cannot tell and must keep it.
+        ({"pidns": [0, 1], "pid": 2**22 + 1, "start": -1}, True),
     ],
-    ids=["alive", "reused-pid", "earlier-boot"],
+    ids=["alive", "reused-pid", "earlier-boot", "other-pid-namespace"],
 )
 def test_liveness_is_pid_start_time_and_boot(host, fields, owner_alive):
     token = _new_token()
