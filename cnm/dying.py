@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from .errors import ConflictError, ExhaustedError
-from .kernel import Rtnl
+from .kernel import LINKS_STALL, Rtnl
 from .undo import raise_collected
 
 __all__ = ["DyingLinks"]
@@ -41,10 +41,12 @@ T = TypeVar("T")
 class DyingLinks:
     """Groups of link indexes, each with the releases to run once all of them are gone."""
 
-    def __init__(self, rtnl: Rtnl, timeout: float, what: str) -> None:
+    def __init__(self, rtnl: Rtnl, timeout: float, what: str, stall: float = LINKS_STALL) -> None:
         self._rtnl = rtnl
         #: how long :meth:`wait` gives the kernel before deleting links one by one
         self.timeout = timeout
+        #: ... giving up earlier once none went for this long
+        self.stall = stall
         #: who holds them, for messages ("host 'web'")
         self.what = what
         self._groups: list[tuple[frozenset[int], list[Callable[[], object]]]] = []
@@ -99,15 +101,16 @@ class DyingLinks:
     def wait(self) -> list[Exception]:
         """Wait until the kernel has removed every pending link, then run every release.
 
-        A link still there after :attr:`timeout` (something else keeps its
-        namespace alive, a process entered from outside, say) is deleted
-        by itself; one that cannot be stays pending, its failure returned.
+        A link still there after :attr:`timeout`, or once none went for
+        :attr:`stall` (something else keeps its namespace alive, a process
+        entered from outside, say), is deleted by itself; one that cannot be
+        stays pending, its failure returned.
         """
         if not self._groups:
             return []
         failures: list[Exception] = []
         present: set[int] = set()
-        for index in self._rtnl.wait_gone(self.indexes, self.timeout):
+        for index in self._rtnl.wait_gone(self.indexes, self.timeout, stall=self.stall):
             try:
                 self._rtnl.delete_link(index, f"{self.what}: veth index {index} (its namespace outlived the wait)")
             except OSError as exc:

@@ -51,7 +51,7 @@ from .errors import (
 from .firewall import FirewallBackend, FirewallFactory, NetworkRules, PortForward, firewall_backend
 from .ipam import AddressPool, ipam_driver, parse_address, parse_subnet
 from .interrupts import deferred_interrupts, uninterruptible
-from .kernel import Rtnl, mac_for, random_mac
+from .kernel import LINKS_GONE_TIMEOUT, Rtnl, mac_for, random_mac
 from .leftovers import watch
 from .netns import MOUNT_DIRS, MountDir, Namespace
 from .owner import OwnerRecord
@@ -69,11 +69,6 @@ T = TypeVar("T")
 UPLINK_SUBNET = IPv4Network("198.18.0.0/24")
 OUTSIDE_ADDRESS = IPv4Interface("198.18.0.1/24")
 HOST_ADDRESS = IPv4Interface("198.18.0.2/24")
-
-#: How long cnm waits for the kernel to dismantle a deleted sandbox's
-#: namespace (and with it the host ends of its veths) before deleting them
-#: one by one (see cnm.dying).
-NAMESPACE_GONE_TIMEOUT = 5.0
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -280,7 +275,7 @@ class Host(_InNamespace):
         self._rtnl = Rtnl(namespace)
         undo.books.push(f"host {self.name!r}: rtnetlink socket", self._rtnl.close)
         #: deleted sandboxes' veths the kernel has yet to remove, and the addresses and ports they hold
-        self._dying = DyingLinks(self._rtnl, NAMESPACE_GONE_TIMEOUT, f"host {self.name!r}")
+        self._dying = DyingLinks(self._rtnl, LINKS_GONE_TIMEOUT, f"host {self.name!r}")
         # Where this host's sandboxes are mounted (see cnm.netns for why not /run/netns).
         self._mounts = MountDir.create(token)
         undo.kernel.push(f"host {self.name!r}: sandbox namespace directory", lambda: self._mounts.delete())

@@ -39,7 +39,6 @@ import atexit
 import fcntl
 import os
 import threading
-import time
 import warnings
 import weakref
 from collections.abc import Callable
@@ -48,17 +47,11 @@ import attrs
 
 from .errors import ALREADY_GONE, TeardownError
 from .firewall import firewall_backend
-from .kernel import LinkInfo, Rtnl
+from .kernel import LINKS_GONE_TIMEOUT, LINKS_STALL, LinkInfo, Rtnl
 from .netns import MOUNT_DIRS, NETNS_DIR, MountDir, Namespace, worker_free
 from .owner import OwnerRecord, record_path, token_of
 
 __all__ = ["CollectedHost", "GCReport", "gc", "remove_leftovers", "watch"]
-
-#: How long gc waits for the host ends of a dead host's veths to vanish with
-#: their sandbox namespaces before deleting the rest one by one.
-VETH_GONE_TIMEOUT = 5.0
-#: ... giving up early once none went for this long
-VETH_ROUND = 0.25
 
 
 @attrs.frozen
@@ -259,14 +252,7 @@ def _remove_links(
     still = {link.index for link in marked if link.kind == "veth"}
 
     def wait() -> None:
-        # In rounds, for as long as some go: a veth whose sandbox namespace is
-        # held by something else (a process, a socket) would not go at all.
-        deadline = time.monotonic() + VETH_GONE_TIMEOUT
-        while still and time.monotonic() < deadline:
-            left = set(rtnl.wait_gone(still, VETH_ROUND))
-            if left == still:
-                return
-            still.intersection_update(left)
+        still.intersection_update(rtnl.wait_gone(still, LINKS_GONE_TIMEOUT, stall=LINKS_STALL))
 
     if still:
         attempt(wait)

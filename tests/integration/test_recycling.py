@@ -178,7 +178,7 @@ def test_an_endpoint_deleted_after_its_sandbox_keeps_its_address_until_the_veth_
     veth = host._rtnl.link_index(host_end_name(endpoint.id))
     real_wait_gone = Rtnl.wait_gone
     # As far as cnm can see, the kernel has not removed the veth yet.
-    monkeypatch.setattr(Rtnl, "wait_gone", lambda self, indexes, timeout: [*real_wait_gone(self, indexes, 0), veth])
+    monkeypatch.setattr(Rtnl, "wait_gone", lambda self, indexes, timeout, stall=None: [*real_wait_gone(self, indexes, 0), veth])
     sandbox.delete()
     endpoint.delete()
     assert net.create_endpoint("next").ip != endpoint.ip

@@ -196,7 +196,7 @@ def test_a_deleted_sandboxs_address_and_port_stay_taken_until_its_veth_is_gone(h
     veth = _veth_index(host, first)
     real_wait_gone = Rtnl.wait_gone
 
-    def slow_kernel(self, indexes, timeout):
+    def slow_kernel(self, indexes, timeout, stall=None):
         """The veth outlives every check; a wait for it is cut short by Ctrl-C."""
         if timeout:
             raise KeyboardInterrupt
