@@ -99,6 +99,16 @@ def _remove_by_token(token: str) -> None:
         pass
 
 
+def _reap(children, tokens) -> None:
+    """Kill the children still running, then remove whatever their tokens left."""
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    for token in tokens:
+        _remove_by_token(token)
+
+
 def _new_token() -> str:
     while True:
         token = secrets.token_hex(3)
@@ -185,10 +195,7 @@ def test_gc_removes_everything_of_an_isolated_host_killed_mid_build(decoys, host
             assert left == []  # nothing is made before the record
         _check_decoys_untouched(decoys, host)
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        _remove_by_token(token)
+        _reap([child], [token])
 
 
 @pytest.mark.parametrize(("line", "delay"), [("started", 0.003), ("network", 0.0), ("sandbox 19", 0.02), ("built", 0.0)])
@@ -220,10 +227,7 @@ def test_gc_removes_links_and_table_of_a_machine_host_killed_mid_build(decoys, h
         assert f"table ip cnm-{decoy}" in _ip("nft", "list", "tables", netns=where)
         _check_decoys_untouched(decoys, host)
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        _remove_by_token(token)
+        _reap([child], [token])
 
 
 # The same kind of build, smaller, killed right after its k-th kernel change
@@ -306,12 +310,7 @@ def test_gc_after_a_kill_at_every_kernel_change_of_a_build(decoys, host, where):
                 # The first change is the record: every kill point leaves one, and gc collected it.
                 assert token in removed_by_token, (kill_at, report)
         finally:
-            for child in children.values():
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
-            for token in batch.values():
-                _remove_by_token(token)
+            _reap(children.values(), batch.values())
     print(f"{where}: killed after each of {steps} kernel changes; gc removed {sorted(removed_by_token.values())} things")
     _check_decoys_untouched(decoys, host)
 
@@ -345,12 +344,7 @@ def test_two_gc_runs_at_once_remove_each_dead_host_once():
         for token in tokens:
             assert _leftovers(token) == []
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-        for token in tokens:
-            _remove_by_token(token)
+        _reap(children, tokens)
 
 
 def _namespace_id(path: str) -> list[int] | None:
@@ -539,9 +533,7 @@ def test_ctrl_c_twice_during_close_waits_for_it():
         assert child.returncode == 0, err
         assert out.strip().splitlines() == ["left []"], (out, err)
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        _reap([child], [])
 
 
 def test_deferred_interrupts_deliver_the_signal_once_after_the_block():
