@@ -87,7 +87,8 @@ def check_mac(where: str, mac: object) -> str | None:
     """A unicast MAC address, lower-cased, or None (cnm chooses one)."""
     if mac is None:
         return None
-    if not isinstance(mac, str) or not _MAC.fullmatch(mac.lower()) or int(mac[:2], 16) & 1:
+    # The all-zero address is no one's (the kernel refuses it with EADDRNOTAVAIL).
+    if not isinstance(mac, str) or not _MAC.fullmatch(mac.lower()) or int(mac[:2], 16) & 1 or not int(mac.replace(":", ""), 16):
         raise InvalidArgumentError(f"{where}: {mac!r} is not a unicast MAC address like 02:42:ac:11:00:02")
     return mac.lower()
 

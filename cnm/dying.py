@@ -33,7 +33,6 @@ from typing import TypeVar
 
 from .errors import ConflictError, ExhaustedError
 from .kernel import LINKS_STALL, Rtnl
-from .undo import raise_collected
 
 __all__ = ["DyingLinks"]
 
@@ -58,6 +57,8 @@ class DyingLinks:
         #: who holds them, for messages ("host 'web'")
         self.what = what
         self._groups: list[tuple[frozenset[int], list[Callable[[], object]]]] = []
+        #: every index of every group, kept up to date (read on every delete)
+        self._pending: set[int] = set()
         self._checked = 0.0  # when settle() last asked the kernel (time.monotonic)
         #: the open holding() block: its indexes and the releases made in it
         self._holding: tuple[set[int], list[Callable[[], object]]] | None = None
@@ -66,9 +67,9 @@ class DyingLinks:
         """How many groups still wait for the kernel."""
         return len(self._groups)
 
-    @property
-    def indexes(self) -> set[int]:
-        return {index for group, _ in self._groups for index in group}
+    def pending(self, indexes: Iterable[int]) -> set[int]:
+        """Those of *indexes* that are still held."""
+        return self._pending.intersection(indexes)
 
     @contextlib.contextmanager
     def holding(self, indexes: Iterable[int]) -> Iterator[None]:
@@ -92,6 +93,7 @@ class DyingLinks:
             self._holding = None
             if steps:
                 self._groups.append((frozenset(wanted), steps))
+                self._pending.update(wanted)
 
     def release(self, step: Callable[[], object]) -> None:
         """Run *step* now, or, inside :meth:`holding`, once that block's links are gone."""
@@ -110,11 +112,12 @@ class DyingLinks:
         if not self._groups or now - self._checked < SETTLE_INTERVAL:
             return []
         self._checked = now
-        present = set(self._rtnl.wait_gone(self.indexes, 0))
+        present = set(self._rtnl.wait_gone(self._pending, 0))
         return self._run(present)
 
-    def wait(self) -> list[Exception]:
-        """Wait until the kernel has removed every pending link, then run every release.
+    def wait(self, only: Iterable[int] | None = None) -> list[Exception]:
+        """Wait until the kernel has removed every pending link (or those of
+        them in *only*), then run the releases that no longer wait for anything.
 
         A link still there after :attr:`timeout`, or once none went for
         :attr:`stall` (something else keeps its namespace alive, a process
@@ -123,9 +126,10 @@ class DyingLinks:
         """
         if not self._groups:
             return []
+        waited = self._pending if only is None else self.pending(only)
         failures: list[Exception] = []
-        present: set[int] = set()
-        for index in self._rtnl.wait_gone(self.indexes, self.timeout, stall=self.stall):
+        present = self._pending - waited  # not looked at: taken as still there
+        for index in self._rtnl.wait_gone(waited, self.timeout, stall=self.stall):
             try:
                 self._rtnl.delete_link(index, f"{self.what}: veth index {index} (its namespace outlived the wait)")
             except OSError as exc:
@@ -135,28 +139,32 @@ class DyingLinks:
         return failures + self._run(present)
 
     def retrying(self, allocate: Callable[[], T]) -> T:
-        """``allocate()``, settled first; if nothing was free, wait for the dying links and try again."""
-        raise_collected(f"{self.what}: releasing what deleted sandboxes held", self.settle())
+        """``allocate()``, settled first; if nothing was free, wait for the dying links and try again.
+
+        A release that fails here is not this allocation's business: it stays
+        queued, and the next :meth:`wait` (``close()``, ``settle()``,
+        ``delete_sandboxes``) retries and reports it.
+        """
+        self.settle()
         try:
             return allocate()
-        except (ConflictError, ExhaustedError):
+        except (ConflictError, ExhaustedError) as exc:
             if not self._groups:
                 raise
-        raise_collected(f"{self.what}: releasing what deleted sandboxes held", self.wait())
+            for failure in self.wait():
+                exc.add_note(f"{self.what}: a release failed while waiting: {failure!r}")
         return allocate()
 
-    def outlive(self, indexes: frozenset[int]) -> list[Exception]:
-        """Return once none of *indexes* is pending (settling, then waiting if need be)."""
-        if not indexes & self.indexes:
+    def outlive(self, indexes: Iterable[int]) -> list[Exception]:
+        """Return once none of *indexes* is pending (waiting for just those)."""
+        if not self.pending(indexes):
             return []
-        failures = self.settle()
-        if indexes & self.indexes:
-            failures += self.wait()
-        return failures
+        return self.wait(only=indexes)
 
     def abandon(self) -> None:
         """Forget every group: their links went with a namespace that is gone."""
         self._groups.clear()
+        self._pending.clear()
 
     def _run(self, present: set[int]) -> list[Exception]:
         """Run the releases of every group with no index in *present*.
@@ -175,4 +183,5 @@ class DyingLinks:
                     failures.append(exc)
                     self._groups.append((frozenset(), [step]))
             self._groups.remove((group, steps))
+        self._pending = {index for group, _ in self._groups for index in group}
         return failures

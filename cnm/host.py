@@ -1184,7 +1184,7 @@ class Endpoint:
             return failures  # the address stays reserved while its interface may be there
         # Its last interface may have gone with a namespace the kernel is still dismantling.
         dying = self.network.host._dying
-        with dying.holding(self._old_links & dying.indexes):
+        with dying.holding(dying.pending(self._old_links)):
             return self._undo.unwind()
 
     def _disconnect(self) -> list[Exception]:
@@ -1392,12 +1392,13 @@ class Sandbox(_InNamespace):
                 for index in sandbox._went_with_namespace[known:]:
                     sandbox._undo.kernel.push(f"sandbox {sandbox.name!r}: veth {index}", _link_remover(host._rtnl, index))
                 continue
+            for endpoint in sandbox._endpoints:  # if it joins again, or is deleted by itself
+                endpoint._old_links = frozenset(sandbox._went_with_namespace)
             if any(len(e._join.kernel) for e in sandbox._endpoints):
                 continue  # a port forward is still there: everything stays held until it goes
             # Names are given back now; addresses and host ports once the veths are gone.
             with host._dying.holding(sandbox._went_with_namespace):
                 for endpoint in reversed(sandbox._endpoints[:]):
-                    endpoint._old_links = frozenset(sandbox._went_with_namespace)  # if it joins again
                     failures += endpoint._join.books.unwind()
                     if endpoint._owned_by_connection:
                         failures += endpoint._teardown()

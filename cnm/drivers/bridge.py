@@ -32,6 +32,10 @@ _BOOLEANS = {"true": True, "false": False}
 # makes the name a pattern ("br%d" becomes "br0"), so the link cnm made
 # would not have the name it asked for.
 _IFNAME = re.compile(r"[!-$&-.0-9;-~]{1,15}")
+# Names the kernel refuses (EINVAL): "." and ".." would be directories of
+# their own in sysfs; "all" and "default" are the sysctl directories
+# net/ipv4/conf/all and .../default.
+_RESERVED_NAMES = (".", "..", "all", "default")
 
 
 def host_end_name(endpoint_id: str) -> str:
@@ -62,7 +66,7 @@ class BridgeDriver:
                 f"network {spec.name!r}: unknown bridge option(s) {', '.join(unknown)} (known: {', '.join(sorted(_KNOWN))})"
             )
         name = _bridge_name(spec)
-        if not _IFNAME.fullmatch(name) or name in (".", ".."):
+        if not _IFNAME.fullmatch(name) or name in _RESERVED_NAMES:
             raise InvalidArgumentError(
                 f"network {spec.name!r}: bridge name {name!r} is not a valid interface name "
                 "(1-15 printable ASCII characters, no '/', ':', '%' or space)"

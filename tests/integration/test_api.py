@@ -326,3 +326,20 @@ def test_interfaces_get_no_ipv6_addresses_and_one_queue_each_way(host):
     # IPv4 is unaffected: the sandboxes reach each other.
     with Server(b, 7000):
         assert tcp_hello(a, b.address(net).ip, 7000) == b"hello"
+
+
+def test_a_taken_host_token_is_drawn_again(monkeypatch):
+    from cnm.owner import OwnerRecord
+
+    real_claim = OwnerRecord.claim.__func__
+    refused = []
+
+    def taken_once(cls, token, *args):
+        if not refused:
+            refused.append(token)
+            raise cnm.ConflictError(f"host token {token!r} is already owned")
+        return real_claim(cls, token, *args)
+
+    monkeypatch.setattr(OwnerRecord, "claim", classmethod(taken_once))
+    with cnm.Host.isolated() as made:
+        assert refused and made.token != refused[0]

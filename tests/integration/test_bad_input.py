@@ -163,6 +163,8 @@ row("bridge name 15 non-ASCII characters", lambda w: net(w, options={BRIDGE: "é
 row("bridge name 16 bytes in 8 characters", lambda w: net(w, options={BRIDGE: "é" * 8}), cnm.InvalidArgumentError, "is not a valid interface name")
 row("bridge name with a tab", lambda w: net(w, options={BRIDGE: "br\t0"}), cnm.InvalidArgumentError, "bridge name 'br\\t0'")
 row("bridge name with a newline", lambda w: net(w, options={BRIDGE: "br0\n"}), cnm.InvalidArgumentError, "bridge name 'br0\\n'")
+row("bridge name 'all'", lambda w: net(w, options={BRIDGE: "all"}), cnm.InvalidArgumentError, "bridge name 'all'")
+row("bridge name 'default'", lambda w: net(w, options={BRIDGE: "default"}), cnm.InvalidArgumentError, "bridge name 'default'")
 row("bridge name a pattern", lambda w: net(w, options={BRIDGE: "br%d"}), cnm.InvalidArgumentError, "bridge name 'br%d'")
 row("bridge name 'lo'", lambda w: net(w, options={BRIDGE: "lo"}), cnm.InterfaceExistsError, "network 'x': bridge name 'lo' is already taken")
 row("bridge name 'eth0'", lambda w: net(w, options={BRIDGE: "eth0"}), cnm.InterfaceExistsError, "network 'x': bridge name 'eth0' is already taken")
@@ -194,6 +196,7 @@ row("ip in use", lambda w: w.base.connect(w.s0, ip=w.s1.address(w.base).ip), cnm
 row("ip the gateway", lambda w: w.base.connect(w.s0, ip="10.77.0.1"), cnm.ConflictError, "already in use as the gateway")
 row("mac ends in a newline", lambda w: w.base.connect(w.s0, mac="02:42:ac:11:00:02\n"), cnm.InvalidArgumentError, "endpoint 's0': '02:42:ac:11:00:02\\n' is not a unicast MAC")
 row("mac multicast", lambda w: w.base.connect(w.s0, mac="03:00:00:00:00:01"), cnm.InvalidArgumentError, "is not a unicast MAC")
+row("mac all zeros", lambda w: w.base.connect(w.s0, mac="00:00:00:00:00:00"), cnm.InvalidArgumentError, "is not a unicast MAC")
 row("mac bytes", lambda w: w.base.connect(w.s0, mac=b"02:42:ac:11:00:02"), cnm.InvalidArgumentError, "is not a unicast MAC")
 
 # ---- ports --------------------------------------------------------------------------------

@@ -272,6 +272,20 @@ def test_a_network_allowing_direct_access_stays_out_of_the_guard(fw):
 
 
 @needs_kernel
+def test_route_localnet_is_on_only_while_the_guard_is_there(fw):
+    """The backend turns the bridge's route_localnet on with its rules and off
+    before they go: a bridge that outlives them does not route loopback."""
+    subprocess.run(["ip", "netns", "exec", fw.namespace.name, "ip", "link", "add", "br-web", "type", "bridge"], check=True)
+    key = "net/ipv4/conf/br-web/route_localnet"
+    assert fw.namespace.read_sysctl(key) == "0"
+    undo = UndoLog()
+    fw.add_network(WEB, undo)
+    assert fw.namespace.read_sysctl(key) == "1"
+    assert undo.unwind() == []
+    assert fw.namespace.read_sysctl(key) == "0"  # the bridge is still there, with it off
+
+
+@needs_kernel
 def test_undoing_forwards_removes_exactly_their_elements(fw):
     fw.add_network(WEB, UndoLog())
     first, second = UndoLog(), UndoLog()

@@ -185,3 +185,30 @@ def test_an_endpoint_deleted_after_its_sandbox_keeps_its_address_until_the_veth_
     monkeypatch.undo()
     host.settle()
     assert net.create_endpoint("after").ip == endpoint.ip
+
+
+def test_a_failing_release_is_retried_and_blocks_nothing_else(host, monkeypatch):
+    """A release that fails (a third-party IPAM, say) stays queued and is
+    reported by the next wait, not by unrelated allocations."""
+    import cnm
+
+    web, other = host.create_network("web"), host.create_network("other")
+    a = host.create_sandbox("a")
+    held = web.connect(a).ip
+    pool_type, pool = type(web._pool), web._pool
+    real_release = pool_type.release
+
+    def refuse(self, ip):
+        if self is pool:
+            raise RuntimeError("injected: release refused")
+        return real_release(self, ip)
+
+    monkeypatch.setattr(pool_type, "release", refuse)
+    a.delete()
+    with pytest.raises(cnm.TeardownError, match="settle"):
+        host.settle()  # the kernel is done; the release is not
+    other.connect(host.create_sandbox("b"))  # another network's allocation goes ahead
+    monkeypatch.undo()
+    host.settle()  # retried, and it goes through now
+    assert len(host._dying) == 0
+    assert web.create_endpoint("again").ip == held
