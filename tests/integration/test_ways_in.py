@@ -154,7 +154,8 @@ def test_without_cnm_firewall_rules_the_bridge_does_not_route_loopback():
         assert listening.peers == []
 
 
-def test_the_bridge_routes_loopback_only_while_the_guard_is_there(host):
+def test_a_bridge_under_the_loopback_guard_routes_loopback(host):
+    """(That it goes off before the guard does: test_firewall_nftables.)"""
     net = host.create_network("web")
     key = f"net/ipv4/conf/{net.interface}/route_localnet"
     assert host.namespace.read_sysctl(key) == "1"  # what the host's own 127.0.0.1 ports need
