@@ -212,14 +212,9 @@ def remove_leftovers(record: OwnerRecord) -> tuple[list[str], list[str], list[Ex
             count = _count_sandboxes(directory)
             if attempt(MountDir(directory).delete):
                 removed.append(f"sandbox directory {directory}/ ({count} sandbox namespace(s))")
-        try:
-            names = sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(f"cnm-{token}-"))
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            path = os.path.join(NETNS_DIR, name)
-            if attempt(Namespace(name, path).delete):
-                removed.append(f"namespace {path}")
+        for named in Namespace.named(f"cnm-{token}-"):
+            if attempt(named.delete):
+                removed.append(f"namespace {named.path}")
         if namespace is not None:
             if links:
                 _remove_links(links[0], marked, removed, attempt)

@@ -288,16 +288,21 @@ class Namespace:
         behind carries the host's owner mark in its name. Returns the failures.
         """
         failures: list[Exception] = []
-        try:
-            names = [n for n in os.listdir(NETNS_DIR) if n.startswith(prefix)]
-        except FileNotFoundError:
-            return []
-        for name in names:
+        for namespace in Namespace.named(prefix):
             try:
-                Namespace(name, os.path.join(NETNS_DIR, name)).delete()
+                namespace.delete()
             except Exception as exc:  # noqa: BLE001 - collected
                 failures.append(exc)
         return failures
+
+    @staticmethod
+    def named(prefix: str) -> list[Namespace]:
+        """The namespaces in /run/netns whose name starts with *prefix*, sorted by name."""
+        try:
+            names = sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+        except FileNotFoundError:
+            return []
+        return [Namespace(name, os.path.join(NETNS_DIR, name)) for name in names]
 
     def run(self, fn: Callable[[], T]) -> T:
         """Run *fn* in a fresh thread that has entered this namespace; return its result.
