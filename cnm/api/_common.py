@@ -9,7 +9,6 @@ import subprocess
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..kernel import Rtnl
 from ..netns import Namespace
 from ._services import serialized
 
@@ -17,7 +16,7 @@ if TYPE_CHECKING:
     from ._records import Processes
     from ._services import Services
 
-__all__ = ["InNamespace", "collect", "new_id", "now", "open_new_namespace"]
+__all__ = ["InNamespace", "collect", "new_id", "now"]
 
 T = TypeVar("T")
 
@@ -37,18 +36,6 @@ def collect(step: Callable[[], object]) -> list[Exception]:
     except Exception as exc:  # noqa: BLE001 - collected and reported together
         return [exc]
     return []
-
-
-def open_new_namespace() -> Rtnl:
-    """Loopback up in the namespace of the calling thread (new, and made by
-    cnm); returns the rtnetlink socket that did it, still open."""
-    rtnl = Rtnl(Namespace("new", "/proc/thread-self/ns/net"), here=True)
-    try:
-        rtnl.loopback_up()
-    except BaseException:
-        rtnl.close()
-        raise
-    return rtnl
 
 
 class InNamespace:

@@ -28,6 +28,7 @@ from ..undo import Undo, UndoLog
 from ._records import EndpointRecord, NetworkRecord, SandboxRecord
 
 if TYPE_CHECKING:
+    from ..facade import Kernel
     from .endpoint import Endpoint
     from .host import Host
     from .network import Network
@@ -56,7 +57,9 @@ def serialized(method: F) -> F:
 class Services:
     """The shared state of one host; see the module documentation."""
 
-    def __init__(self, host: Host, name: str, namespace: Namespace, token: str) -> None:
+    def __init__(self, host: Host, kernel: Kernel, name: str, namespace: Namespace, token: str) -> None:
+        #: the kernel facade (cnm.facade): everything below talks to the kernel through it
+        self.kernel = kernel
         self.name = name
         self.namespace = namespace
         self.token = token

@@ -105,7 +105,7 @@ def create_sandboxes(
 
         def make_namespace(i: int) -> None:
             """Runs in a namespace thread: sandbox *i*'s namespace, lo up, a socket in it."""
-            sandboxes_.make_namespace(made[i], made[i].undo.kernel, here=True)
+            sandboxes_.make_namespace(services, made[i], made[i].undo.kernel, here=True)
 
         def plumb(i: int) -> None:
             """Runs in this thread, as namespaces become ready: sandbox *i*'s interface."""

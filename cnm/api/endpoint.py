@@ -81,7 +81,7 @@ class Endpoint:
         """
         if self._record.sandbox is None and not len(self._record.join):
             raise StateError(f"endpoint {self.name!r} is not joined to a sandbox")
-        raise_collected(f"endpoint {self.name!r}: leave", leave(self._record))
+        raise_collected(f"endpoint {self.name!r}: leave", leave(self._services, self._record))
 
     @serialized
     def delete(self) -> None:
@@ -183,11 +183,11 @@ def join(services: Services, endpoint: EndpointRecord, sandbox: SandboxRecord) -
     endpoint.join = undo
 
 
-def leave(endpoint: EndpointRecord) -> list[Exception]:
+def leave(services: Services, endpoint: EndpointRecord) -> list[Exception]:
     sandbox, gave = endpoint.sandbox, set(endpoint.routes_given)
     failures = endpoint.join.unwind()
     if not failures and gave and sandbox is not None and sandbox.dying_links is None:
-        failures += routing.reelect(sandbox, gave)
+        failures += routing.reelect(services.kernel, sandbox, gave)
     return failures
 
 
@@ -200,7 +200,7 @@ def abandon(endpoint: EndpointRecord) -> None:
 
 def teardown(services: Services, endpoint: EndpointRecord) -> list[Exception]:
     endpoint.deleted = True
-    failures = leave(endpoint)
+    failures = leave(services, endpoint)
     if failures:
         return failures  # the address stays reserved while its interface may be there
     # Its last interface may have gone with a namespace the kernel is still dismantling.
@@ -211,7 +211,7 @@ def teardown(services: Services, endpoint: EndpointRecord) -> list[Exception]:
 
 def disconnect(services: Services, endpoint: EndpointRecord) -> list[Exception]:
     """Leave (and, for an endpoint made by connect, delete); return the failures."""
-    return teardown(services, endpoint) if endpoint.owned_by_connection else leave(endpoint)
+    return teardown(services, endpoint) if endpoint.owned_by_connection else leave(services, endpoint)
 
 
 def check_host_addresses(services: Services, endpoint: EndpointRecord) -> None:

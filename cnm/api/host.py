@@ -16,7 +16,6 @@ order, collects every failure, and raises them together as one
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Network
@@ -26,9 +25,8 @@ from .._checks import check_collection, check_name, check_text
 from ..errors import ConflictError, ExhaustedError, NotFoundError
 from ..firewall import FirewallFactory, firewall_backend
 from ..interrupts import deferred_interrupts, uninterruptible
-from ..kernel import Rtnl
-from ..leftovers import watch
-from ..netns import MOUNT_DIRS, MountDir, Namespace
+from ..facade import Kernel
+from ..netns import Namespace
 from ..owner import OwnerRecord
 from ..undo import Undo, raise_collected, transaction
 from . import bulk, isolated, teardown
@@ -59,16 +57,21 @@ class Host(InNamespace):
 
     outside: Outside | None
 
-    def __init__(self, *, firewall: str = "nftables") -> None:
+    def __init__(self, *, firewall: str = "nftables", kernel: Kernel | None = None) -> None:
+        """The machine's own namespace. *kernel* replaces the real kernel
+        (:class:`cnm.facade.Kernel`), for tests of the orchestration."""
         factory = firewall_factory(firewall)
-        namespace = Namespace.current()
-        record = claim_token("machine", namespace.path, firewall)
+        kernel = check_kernel(kernel)
+        namespace = kernel.current_namespace()
+        record = claim_token(kernel, "machine", namespace.path, firewall)
         with transaction() as undo:
             undo.books.push(f"host {namespace.name!r}: owner record", record.remove)
-            self._setup(namespace, namespace.name, factory, record.token, undo)
-        watch(self, record, f"host {self.name!r}")
+            self._setup(kernel, namespace, namespace.name, factory, record.token, undo)
+        kernel.watch(self, record, f"host {self.name!r}")
 
-    def _setup(self, namespace: Namespace, name: str, firewall: FirewallFactory, token: str, undo: Undo) -> None:
+    def _setup(
+        self, kernel: Kernel, namespace: Namespace, name: str, firewall: FirewallFactory, token: str, undo: Undo
+    ) -> None:
         self.namespace = namespace
         self.outside = None
         self.name = name
@@ -76,43 +79,45 @@ class Host(InNamespace):
         self._processes = Processes()
         self._outside_processes: Processes | None = None
         self._undo = undo
-        services = self._services = Services(self, name, namespace, token)
-        rtnl = Rtnl(namespace)
+        services = self._services = Services(self, kernel, name, namespace, token)
+        rtnl = kernel.rtnl(namespace)
         undo.books.push(f"host {name!r}: rtnetlink socket", rtnl.close)
         # Where this host's sandboxes are mounted (see cnm.netns for why not /run/netns).
-        mounts = MountDir.create(token)
+        mounts = kernel.mount_dir(token)
         undo.kernel.push(f"host {name!r}: sandbox namespace directory", lambda: mounts.delete())
         backend = firewall(namespace, token)
         undo.books.push(f"host {name!r}: firewall", backend.close)
         services.attach(rtnl, mounts, backend)
 
     @classmethod
-    def isolated(cls, name: str | None = None, *, firewall: str = "nftables") -> Host:
+    def isolated(cls, name: str | None = None, *, firewall: str = "nftables", kernel: Kernel | None = None) -> Host:
         """A fresh host namespace, with ``host.outside`` linked to it by a veth.
 
         The host has ``address`` 198.18.0.2/24 on its ``eth0``, the outside has
         ``outside_address`` 198.18.0.1 and is the host's default gateway.
+        *kernel* replaces the real kernel, as for ``Host()``.
         """
         label = check_name("host", name) if name is not None else "host"
         factory = firewall_factory(firewall)
-        record = claim_token("isolated", Namespace.current().path, firewall)
+        kernel = check_kernel(kernel)
+        record = claim_token(kernel, "isolated", kernel.current_namespace().path, firewall)
         token = record.token
         host = cls.__new__(cls)
         try:
             with transaction() as undo:
                 undo.books.push(f"host {label!r}: owner record", record.remove)
-                host_ns, outside_ns = isolated.make_namespaces(token, name, label, undo.kernel)
-                host._setup(host_ns, label, factory, token, undo)
+                host_ns, outside_ns = isolated.make_namespaces(kernel, token, name, label, undo.kernel)
+                host._setup(kernel, host_ns, label, factory, token, undo)
                 host._outside_processes = Processes()
                 host.outside = isolated.Outside(outside_ns, host._outside_processes, host._services)
                 isolated.wire_uplink(host._services, host.outside)
         except BaseException:
             with deferred_interrupts():
                 # Whatever the rollback could not remove carries the token: sweep it.
-                if not Namespace.sweep(f"cnm-{token}-") + collect(MountDir(os.path.join(MOUNT_DIRS, token)).delete):
+                if not kernel.sweep(f"cnm-{token}-") + collect(lambda: kernel.remove_mount_dir(token)):
                     collect(record.remove)
             raise
-        watch(host, record, f"host {label!r}")
+        kernel.watch(host, record, f"host {label!r}")
         return host
 
     # ---- properties ------------------------------------------------------------
@@ -267,7 +272,7 @@ class Host(InNamespace):
                 sandbox.cool()  # an open socket would keep its namespace alive
             gone = self._undo.kernel.unwind()
             if not gone:  # (a failed step stays in the log and is retried by the next close)
-                gone = Namespace.sweep(f"cnm-{self.token}-")
+                gone = services.kernel.sweep(f"cnm-{self.token}-")
             failures += gone
             if not gone:
                 services.dying.abandon()
@@ -304,16 +309,21 @@ class Host(InNamespace):
         self._services.check_open()
 
 
-def claim_token(kind: str, netns_path: str, firewall: str) -> OwnerRecord:
+def claim_token(kernel: Kernel, kind: str, netns_path: str, firewall: str) -> OwnerRecord:
     """A fresh host token, recorded as this process's before anything is made
     (the record goes after everything went; see cnm.owner). A token that is
     taken (by a live host, or a dead one gc has not collected) is drawn again."""
     for _ in range(8):
         try:
-            return OwnerRecord.claim(secrets.token_hex(3), kind, netns_path, firewall)
+            return kernel.claim_owner(secrets.token_hex(3), kind, netns_path, firewall)
         except ConflictError:
             continue
     raise ExhaustedError("cnm: no free host token after 8 draws (run cnm.gc() to collect dead hosts' records)")
+
+
+def check_kernel(kernel: Kernel | None) -> Kernel:
+    """The kernel facade a host talks to: the real one unless another is given."""
+    return Kernel() if kernel is None else kernel
 
 
 def firewall_factory(name: str) -> FirewallFactory:

@@ -8,15 +8,20 @@ can be swept), and the uplink between them.
 from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import TYPE_CHECKING
 
-from ..kernel import Rtnl, random_mac
+from ..kernel import random_mac
 from ..netns import Namespace
 from ..undo import UndoLog
-from ._common import InNamespace, open_new_namespace
+from ._common import InNamespace
 from ._records import Processes
 from ._services import Services
 
+if TYPE_CHECKING:
+    from ..facade import Kernel
+
 __all__ = ["HOST_ADDRESS", "OUTSIDE_ADDRESS", "UPLINK_SUBNET", "Outside", "make_namespaces", "wire_uplink"]
+
 
 #: The link between an isolated host and its "outside": a /24 from the range
 #: reserved for benchmarking network devices (RFC 2544), so it never collides
@@ -44,12 +49,28 @@ class Outside(InNamespace):
         return f"<Outside {self.namespace.name} {self.address}>"
 
 
-def make_namespaces(token: str, name: str | None, label: str, kernel: UndoLog) -> tuple[Namespace, Namespace]:
-    """The host's namespace and the outside's, each with its undo step on *kernel*."""
-    host_ns = Namespace.create(f"cnm-{token}-host" + (f"-{name}" if name else ""), setup=prepare_namespace)
-    kernel.push(f"host {label!r}: namespace", lambda: host_ns.delete())
-    outside_ns = Namespace.create(f"cnm-{token}-outside", setup=prepare_namespace)
-    kernel.push(f"host {label!r}: outside namespace", lambda: outside_ns.delete())
+def make_namespaces(
+    kernel: Kernel, token: str, name: str | None, label: str, undo: UndoLog
+) -> tuple[Namespace, Namespace]:
+    """The host's namespace and the outside's, each with its undo step on *undo*.
+
+    Both start with IPv6 off for the interfaces to come. Every interface cnm
+    configures without an IPv6 address is told to make none (see
+    :meth:`cnm.kernel.Rtnl.configure_interface`), but IPv6 would still give
+    each host end of a veth a multicast route: the host's IPv6 routing table
+    would grow with the number of sandboxes, and the kernel walks all of it
+    on every link change (O(N^2) for N sandboxes, measured; see the docs'
+    explanation page). A bridge of a network with IPv6 turns it on for
+    itself. Sandboxes don't get this: a path under /proc/sys/net costs a
+    look-up that grows with the number of namespaces on the machine, and a
+    sandbox has one interface per network.
+    """
+    host_ns, socket = kernel.create_namespace(f"cnm-{token}-host" + (f"-{name}" if name else ""), ipv6_off=True)
+    socket.close()
+    undo.push(f"host {label!r}: namespace", lambda: host_ns.delete())
+    outside_ns, socket = kernel.create_namespace(f"cnm-{token}-outside", ipv6_off=True)
+    socket.close()
+    undo.push(f"host {label!r}: outside namespace", lambda: outside_ns.delete())
     return host_ns, outside_ns
 
 
@@ -71,29 +92,12 @@ def wire_uplink(services: Services, outside: Outside) -> None:
     rtnl.add_address(uplink, HOST_ADDRESS, f"host {label!r}: uplink")
     rtnl.add_route(IPv4Network("0.0.0.0/0"), OUTSIDE_ADDRESS.ip, f"host {label!r}: default route")
 
-    def inside() -> None:
-        with Rtnl(outside.namespace, here=True) as outside_rtnl:
-            outside_rtnl.configure_interface("eth0", OUTSIDE_ADDRESS, None, "outside: uplink", index=outside_end)
-
-    outside.namespace.quick(inside)
+    services.kernel.inside(
+        outside.namespace,
+        lambda outside_rtnl: outside_rtnl.configure_interface(
+            "eth0", OUTSIDE_ADDRESS, None, "outside: uplink", index=outside_end
+        ),
+    )
     services.namespace.write_sysctl("net/ipv4/ip_forward", "1")
     services.forwarding_always_on()
 
-
-def prepare_namespace() -> None:
-    """Runs inside an isolated host's namespace and its outside's, as they are
-    made: loopback up, and IPv6 off for the interfaces to come.
-
-    Every interface cnm configures without an IPv6 address is told to make
-    none (see :meth:`cnm.kernel.Rtnl.configure_interface`), but IPv6 would
-    still give each host end of a veth a multicast route: the host's IPv6
-    routing table would grow with the number of sandboxes, and the kernel
-    walks all of it on every link change (O(N^2) for N sandboxes, measured;
-    see the docs' explanation page). A bridge of a network with IPv6 turns
-    it on for itself. Sandboxes don't get this sysctl: a path under
-    /proc/sys/net costs a look-up that grows with the number of namespaces on
-    the machine, and a sandbox has one interface per network.
-    """
-    with open_new_namespace():
-        with open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as f:
-            f.write("1")

@@ -61,12 +61,7 @@ class SandboxEnd:
                 dying.append(index)
             return
         if inside:
-
-            def delete() -> None:
-                with Rtnl(self._sandbox.namespace, here=True) as rtnl:
-                    rtnl.delete_link(index, what)
-
-            self._sandbox.namespace.quick(delete)
+            self._services.kernel.inside(self._sandbox.namespace, lambda rtnl: rtnl.delete_link(index, what))
         else:
             self._services.rtnl.delete_link(index, what)
 
@@ -124,12 +119,7 @@ def plumb(services: Services, rtnl: Rtnl, join: Join) -> None:
     if socket is not None:
         routing.apply(socket, link, routes, what)
     else:
-
-        def inside() -> None:
-            with Rtnl(join.sandbox.namespace, here=True) as sandbox_rtnl:
-                routing.apply(sandbox_rtnl, link, routes, what)
-
-        join.sandbox.namespace.quick(inside)
+        services.kernel.inside(join.sandbox.namespace, lambda sandbox_rtnl: routing.apply(sandbox_rtnl, link, routes, what))
     join.link, join.routes = link, routes
 
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from ipaddress import ip_network
+from typing import TYPE_CHECKING
 
 from .._ip import IPAddress
 from ..drivers import SandboxLink
 from ..kernel import Rtnl
 from ._records import EndpointRecord, SandboxRecord
+
+if TYPE_CHECKING:
+    from ..facade import Kernel
 
 __all__ = ["apply", "claim", "reelect"]
 
@@ -41,7 +45,7 @@ def apply(rtnl: Rtnl, link: SandboxLink, gateways: dict[int, IPAddress], what: s
         rtnl.add_route(route.destination, route.via, f"{what}: route to {route.destination}", oif=index)  # type: ignore[arg-type]
 
 
-def reelect(sandbox: SandboxRecord, gone: set[int]) -> list[Exception]:
+def reelect(kernel: Kernel, sandbox: SandboxRecord, gone: set[int]) -> list[Exception]:
     """After an endpoint that gave the default routes of the families *gone* left:
     give each of them to the first endpoint that offers a gateway of that family."""
     for family in sorted(gone):
@@ -52,7 +56,7 @@ def reelect(sandbox: SandboxRecord, gone: set[int]) -> list[Exception]:
             if gateway is None or endpoint.interface is None:
                 continue
             try:
-                _add_default(sandbox, endpoint, gateway)
+                _add_default(kernel, sandbox, endpoint, gateway)
             except Exception as exc:  # noqa: BLE001 - reported with the leave
                 return [exc]
             endpoint.routes_given.add(family)  # the route goes with its interface; leave resets the set
@@ -60,14 +64,13 @@ def reelect(sandbox: SandboxRecord, gone: set[int]) -> list[Exception]:
     return []
 
 
-def _add_default(sandbox: SandboxRecord, endpoint: EndpointRecord, gateway: IPAddress) -> None:
+def _add_default(kernel: Kernel, sandbox: SandboxRecord, endpoint: EndpointRecord, gateway: IPAddress) -> None:
     interface = endpoint.interface
     assert interface is not None
     what = f"sandbox {sandbox.name!r}: default route"
     default = ip_network("0.0.0.0/0" if gateway.version == 4 else "::/0")
 
-    def inside() -> None:
-        with Rtnl(sandbox.namespace, here=True) as rtnl:
-            rtnl.add_route(default, gateway, what, oif=rtnl.link_index(interface))  # type: ignore[arg-type]
+    def add(rtnl: Rtnl) -> None:
+        rtnl.add_route(default, gateway, what, oif=rtnl.link_index(interface))  # type: ignore[arg-type]
 
-    sandbox.namespace.quick(inside)
+    kernel.inside(sandbox.namespace, add)

@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from .._checks import check_name
 from ..errors import ClosedError, ConflictError, NotFoundError
-from ..kernel import Rtnl
 from ..netns import Namespace
 from ..undo import UndoLog, raise_collected, transaction
 from . import teardown, views
-from ._common import InNamespace, new_id, open_new_namespace
+from ._common import InNamespace, new_id
 from ._records import Processes, SandboxRecord
 from ._services import Services, serialized
 
@@ -101,19 +100,17 @@ def new_record(services: Services, host: Host, name: str) -> SandboxRecord:
     return record
 
 
-def make_namespace(record: SandboxRecord, kernel: UndoLog, *, here: bool) -> None:
+def make_namespace(services: Services, record: SandboxRecord, kernel: UndoLog, *, here: bool) -> None:
     """The sandbox's namespace, loopback up, and a socket in it kept open
     (the first join uses it, saving a trip into the namespace).
 
     With *here*, in the calling thread (a thread of the bulk path's own,
     left inside the namespace), else on the namespace worker.
     """
-    sockets: list[Rtnl] = []
-    record.namespace = Namespace.create(
-        record.namespace.name, setup=lambda: sockets.append(open_new_namespace()), here=here, path=record.namespace.path
+    record.namespace, record.socket = services.kernel.create_namespace(
+        record.namespace.name, path=record.namespace.path, here=here
     )
     kernel.push(f"sandbox {record.name!r}: namespace", record.namespace.delete)
-    record.socket = sockets[0]
     # The socket must be closed before the namespace can go, hence after it on the log.
     kernel.push(f"sandbox {record.name!r}: socket", record.cool)
 
@@ -125,7 +122,7 @@ def create(services: Services, host: Host, name: str) -> SandboxRecord:
         raise ConflictError(f"sandbox {name!r}: a sandbox with that name already exists")
     record = new_record(services, host, name)
     with transaction(keep=services.keep) as undo:
-        make_namespace(record, undo.kernel, here=False)
+        make_namespace(services, record, undo.kernel, here=False)
         services.adopt(services.sandboxes, record, undo.books)
     record.undo = undo
     services.keep_warm(record)
