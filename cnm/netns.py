@@ -49,7 +49,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import ALREADY_GONE, KernelError, kernel_error
+from .errors import ALREADY_GONE, kernel_error
 
 __all__ = ["MOUNT_DIRS", "NETNS_DIR", "MountDir", "Namespace", "worker_free"]
 
@@ -241,7 +241,7 @@ class Namespace:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0)
         except FileExistsError as exc:
-            raise KernelError(errno.EEXIST, f"namespace {name!r}: {path} already exists") from exc
+            raise kernel_error(exc, f"namespace {name!r}", reason=f"{path} already exists") from exc
         os.close(fd)
         ns = cls(name, path)
 
@@ -269,7 +269,7 @@ class Namespace:
         end of each veth with it) once nothing else holds it, asynchronously.
         """
         if not self.owned:
-            raise KernelError(errno.EPERM, f"namespace {self.name!r} is not owned by cnm and is never deleted")
+            raise kernel_error(errno.EPERM, f"namespace {self.name!r}", reason="not owned by cnm, so never deleted")
         rc = _libc.umount2(self.path.encode(), _MNT_DETACH)
         if rc != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
             code = ctypes.get_errno()
