@@ -135,6 +135,20 @@ class _Worker:
         done.wait()
         return _unbox(box[0])
 
+    @classmethod
+    def free(cls) -> bool:
+        """See :func:`worker_free`."""
+        if cls._lock.acquire(blocking=False):
+            cls._lock.release()
+            return True
+        return False
+
+    @classmethod
+    def forget_after_fork(cls) -> None:
+        # A forked child has no copy of the worker thread: let it start its own.
+        cls._lock = threading.Lock()
+        cls._current = None
+
     def _loop(self) -> None:
         home = os.open(f"/proc/{os.getpid()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -173,19 +187,10 @@ def worker_free() -> bool:
     The hand-over lock is not reentrant: a finalizer that the garbage
     collector runs in the thread holding it must not make namespace calls.
     """
-    if _Worker._lock.acquire(blocking=False):
-        _Worker._lock.release()
-        return True
-    return False
+    return _Worker.free()
 
 
-def _forget_worker_after_fork() -> None:
-    # A forked child has no copy of the worker thread: let it start its own.
-    _Worker._lock = threading.Lock()
-    _Worker._current = None
-
-
-os.register_at_fork(after_in_child=_forget_worker_after_fork)
+os.register_at_fork(after_in_child=_Worker.forget_after_fork)
 
 
 def _enter(path: str, what: str) -> None:
