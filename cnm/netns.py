@@ -5,14 +5,14 @@ Everything here runs in this process. Python 3.11 has no ``os.setns`` or
 ``unshare(CLONE_NEWNET)`` only move the *calling thread*, so namespace work
 happens in another thread and the caller's thread never moves. (pyroute2's
 own ``netns=`` support forks a helper process per call instead: 5-8 ms each,
-see FACTS.md.)
+see :ref:`fact-pyroute2-netns` in the docs' explanation page.)
 
 Two kinds of thread do it:
 
 * cnm's own short kernel calls (create a namespace, open a socket in it,
   write a sysctl) go to one long-lived worker thread, which enters the
   namespace, does the call and goes back home. Handing a call over costs
-  about a fifth of starting a thread on the machines we measured.
+  about a fifth of starting a thread (:ref:`fact-worker-handover`).
 * user code (:meth:`Namespace.run`: ``sandbox.run``, ``call``, ``popen``) gets
   a fresh thread each time, because it may block for as long as it likes.
 
@@ -29,9 +29,9 @@ Why a directory of cnm's own, on a tmpfs cnm mounts: making the mount-point
 file is part of every namespace's cost, and on a machine whose ``/run`` is
 not a tmpfs (``/run/netns`` on ext4 here) creating a file where many were
 recently deleted costs ~1.3 ms, more than the namespace itself (ext4's inode
-allocator skips recently freed inodes one by one). On a tmpfs it costs
-microseconds, and unmounting the tmpfs takes every sandbox mount in it along
-in one call.
+allocator skips recently freed inodes one by one; :ref:`fact-netns-file`).
+On a tmpfs it costs microseconds, and unmounting the tmpfs takes every
+sandbox mount in it along in one call.
 
 A socket created inside a namespace stays bound to it for its whole life,
 whichever thread later uses it; that is how netlink sockets for a namespace
