@@ -84,7 +84,9 @@ class Registry(Generic[T]):
                 raise NotFoundError(f"{self.kind} {name!r} not found (known: {known})")
             if len(points) > 1:
                 where = " and ".join(repr(p.value) for p in points)
-                raise ConflictError(f"{self.kind} {name!r}: {len(points)} entry points of {self.group!r} have this name ({where})")
+                raise ConflictError(
+                    f"{self.kind} {name!r}: {len(points)} entry points of {self.group!r} have this name ({where})"
+                )
             point = points[0]
             try:
                 factory: T = point.load()
