@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import cnm
-import cnm.host as host_module
+import cnm.api.bulk as host_module
 from cnm.firewall.nftables import NftablesFirewall
 from cnm.kernel import Rtnl
 from cnm.netns import Namespace
@@ -84,13 +84,13 @@ def main() -> None:
     timed(Rtnl, "add_veth", "calling thread: veth pair on the bridge")
     timed(Rtnl, "configure_interface", "calling thread: sandbox end (no IPv6, up, address, route)")
     timed(NftablesFirewall, "add_port_forwards_many", "calling thread: published ports (one transaction)")
-    original_pipeline = host_module._pipeline
+    original_pipeline = host_module.pipeline
 
-    def pipeline(count: int, make: Callable[[int], None], plumb: Callable[[int], None]) -> None:
+    def pipeline(count: int, first: Callable[[int], None], second: Callable[[int], None]) -> None:
         spent["calling thread: bookkeeping before the kernel work"] += time.perf_counter() - started
-        note_cpu("calling thread", original_pipeline)(count, note_cpu("namespace thread", make), plumb)
+        note_cpu("calling thread", original_pipeline)(count, note_cpu("namespace thread", first), second)
 
-    host_module._pipeline = pipeline  # type: ignore[assignment]
+    host_module.pipeline = pipeline
 
     host = cnm.Host.isolated("stages")
     try:

@@ -25,7 +25,7 @@ from .errors import (
     StateError,
     TeardownError,
 )
-from .host import Endpoint, Host, Network, Outside, Sandbox, SandboxRequest
+from .api import Endpoint, Host, Network, Outside, Sandbox, SandboxRequest
 from .leftovers import CollectedHost, GCReport, gc
 from .ports import PortMapping, PublishedPort
 

@@ -1,7 +1,7 @@
-"""Network drivers: the contract, the value types they receive, and the registry.
+"""Network drivers: the contract, the value types they receive and return, and the registry.
 
 A driver turns a network description into kernel objects in the host
-namespace, and attaches endpoints of that network to sandboxes. It has three
+namespace, and gives sandboxes an interface on that network. It has three
 methods and no delete: every change a driver makes registers its own inverse
 on the :class:`~cnm.undo.UndoLog` it is given, and cnm deletes a network or
 makes an endpoint leave by unwinding that log. A driver therefore never writes
@@ -9,6 +9,11 @@ its cleanup twice, and a failure halfway through ``create_network`` or
 ``join`` is rolled back by the same steps that a later delete would run.
 
 Contract:
+
+``capabilities``
+    A :class:`Capabilities`: the address families the driver carries and
+    whether the host routes for its networks (then the firewall applies:
+    outbound NAT, isolation, published ports).
 
 ``validate(spec)``
     Check ``spec.options`` (and anything else driver-specific) and raise
@@ -20,13 +25,19 @@ Contract:
     :class:`~cnm.kernel.Rtnl`), push one undo step per change, and return the
     :class:`NetworkPlumbing` that later ``join`` calls and the firewall need.
 
-``join(host, network, endpoint, sandbox, undo)``
-    Give ``sandbox`` an interface named ``endpoint.interface`` on this network
-    with ``endpoint.address``, ``endpoint.mac`` and, when ``endpoint.gateway``
-    is set, a default route through it. A link with one end inside the sandbox
-    must be undone with ``sandbox.release_link(host, index, what)``: the
-    sandbox knows whether its namespace is about to disappear (taking the link
-    with it, which is ~50x cheaper than deleting the link) or not.
+``join(host, network, endpoint, sandbox, undo) -> SandboxLink``
+    Make the link that puts ``sandbox`` on this network, its end inside the
+    sandbox named ``endpoint.interface`` (with ``endpoint.mac``), and
+    **return** what that end needs as a :class:`SandboxLink`: its addresses
+    (normally ``endpoint.addresses``), extra routes, and the default-route
+    candidates (gateways, at most one per family). cnm brings the interface
+    up, addresses it, adds the routes, and elects which of a sandbox's
+    endpoints gives the default route of each family. Any kind of link is made
+    with the public verb :meth:`cnm.kernel.Rtnl.add_link` (the veth has a fast
+    path of its own, :meth:`~cnm.kernel.Rtnl.add_veth`). A link with an end in
+    the sandbox is undone with ``sandbox.release_link(index, what, inside=...)``:
+    the sandbox knows whether its namespace is about to disappear (taking the
+    link with it, which is ~50x cheaper than deleting the link) or not.
 
 Third-party drivers register under the entry-point group ``cnm.drivers`` (the
 entry point names a zero-argument factory); they subclass nothing.
@@ -35,11 +46,11 @@ entry point names a zero-argument factory); they subclass nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Protocol
 
 import attrs
 
+from .._ip import IPAddress, IPInterface, IPNetwork
 from .._plugins import Registry
 from ..kernel import Rtnl
 from ..netns import Namespace
@@ -47,13 +58,28 @@ from ..undo import UndoLog
 
 __all__ = [
     "DRIVERS",
+    "Capabilities",
     "EndpointSpec",
     "NetworkDriver",
     "NetworkPlumbing",
     "NetworkSpec",
+    "Route",
+    "SandboxLink",
     "SandboxPort",
     "network_driver",
 ]
+
+
+@attrs.frozen
+class Capabilities:
+    """What a driver can do, declared by the driver."""
+
+    #: the address families its networks can carry (4, 6)
+    families: frozenset[int] = frozenset({4})
+    #: the host routes (and NATs) for its networks, so the firewall applies
+    #: and ports can be published; False for drivers whose sandboxes sit on
+    #: another network directly (macvlan, ipvlan)
+    routed: bool = True
 
 
 @attrs.frozen
@@ -62,13 +88,21 @@ class NetworkSpec:
 
     name: str
     id: str
-    subnet: IPv4Network
-    gateway: IPv4Address
+    #: one subnet per family of the network (IPv4 first)
+    subnets: tuple[IPNetwork, ...]
+    #: the gateway of each subnet, in the same order
+    gateways: tuple[IPAddress, ...]
     internal: bool
     options: Mapping[str, str]
     #: the owning host's token; drivers mark what they create with it so a
     #: later process can find what a crashed one left (interface alias).
     owner: str
+
+    def interfaces(self) -> tuple[IPInterface, ...]:
+        """Each gateway with its subnet's prefix length (what a bridge carries)."""
+        from ipaddress import ip_interface
+
+        return tuple(ip_interface(f"{g}/{s.prefixlen}") for s, g in zip(self.subnets, self.gateways))
 
 
 @attrs.frozen
@@ -77,12 +111,36 @@ class EndpointSpec:
 
     name: str
     id: str
-    address: IPv4Interface
+    #: one address per family of the network
+    addresses: tuple[IPInterface, ...]
     mac: str
     #: interface name inside the sandbox (eth0, eth1, ...)
     interface: str
-    #: the default route's next hop, or None when another network gives the route
-    gateway: IPv4Address | None
+
+
+@attrs.frozen
+class Route:
+    """A route inside a sandbox: to *destination*, via *via* (None: on the link)."""
+
+    destination: IPNetwork
+    via: IPAddress | None = None
+
+
+@attrs.frozen
+class SandboxLink:
+    """What a join gives the sandbox end; cnm applies it (see the contract)."""
+
+    #: the interface's name inside the sandbox
+    interface: str
+    #: its index inside the sandbox, when the driver knows it (saves a look-up)
+    index: int | None
+    addresses: tuple[IPInterface, ...]
+    #: routes besides the default routes
+    routes: tuple[Route, ...] = ()
+    #: next hops for the default route, at most one per family; empty for an
+    #: internal network. A via of None is a default route on the link itself
+    #: (ipvlan l3): give it as ``Route`` in *routes* instead.
+    gateways: tuple[IPAddress, ...] = ()
 
 
 @attrs.frozen
@@ -92,32 +150,31 @@ class NetworkPlumbing:
     #: the host-side interface the subnet lives on (the bridge)
     interface: str
     index: int
-    #: True when the host routes (and NATs) for this network, so the firewall applies
-    routed: bool
     #: the owning host's token (see NetworkSpec.owner), for marking endpoints' links
     owner: str
     mtu: int | None = None
+    #: what the driver's joins offer as default-route next hops (one per family)
+    gateways: tuple[IPAddress, ...] = ()
 
 
 class SandboxPort(Protocol):
     """The part of a sandbox a driver may use."""
 
-    namespace: Namespace
+    @property
+    def namespace(self) -> Namespace:
+        """The sandbox's namespace: a link's end is put there."""
 
-    def configure(
-        self, interface: str, address: IPv4Interface, gateway: IPv4Address | None, what: str, *, index: int | None = None
-    ) -> None:
-        """Bring *interface* up inside the sandbox, address it and route through
-        *gateway*. *index*, when the driver knows it, saves a look-up."""
-
-    def release_link(self, host: Rtnl, index: int, what: str) -> None:
-        """Undo step for a link (host-side *index*) with one end in the sandbox."""
+    def release_link(self, index: int, what: str, *, inside: bool = False) -> None:
+        """Undo step for a link with one end in the sandbox: *index* is the
+        host-side end's (a veth), or with *inside* the link's own index in the
+        sandbox (a macvlan made there)."""
 
 
 class NetworkDriver(Protocol):
     """A network driver; see the module documentation for the contract."""
 
     name: str
+    capabilities: Capabilities
 
     def validate(self, spec: NetworkSpec) -> None: ...
 
@@ -125,7 +182,7 @@ class NetworkDriver(Protocol):
 
     def join(
         self, host: Rtnl, network: NetworkPlumbing, endpoint: EndpointSpec, sandbox: SandboxPort, undo: UndoLog
-    ) -> None: ...
+    ) -> SandboxLink: ...
 
 
 def _builtin() -> dict[str, Callable[[], NetworkDriver]]:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import errno
 import re
-from ipaddress import IPv4Interface
-
 from ..errors import InterfaceExistsError, InvalidArgumentError, KernelError
 from ..kernel import Rtnl
 from ..undo import UndoLog
-from . import EndpointSpec, NetworkPlumbing, NetworkSpec, SandboxPort
+from . import Capabilities, EndpointSpec, NetworkPlumbing, NetworkSpec, SandboxLink, SandboxPort
 
 __all__ = ["BridgeDriver", "host_end_name"]
 
@@ -58,6 +56,7 @@ def _name_taken(spec: NetworkSpec, name: str) -> InterfaceExistsError:
 
 class BridgeDriver:
     name = "bridge"
+    capabilities = Capabilities(families=frozenset({4, 6}), routed=True)
 
     def validate(self, spec: NetworkSpec) -> None:
         unknown = sorted(set(spec.options) - _KNOWN)
@@ -105,16 +104,22 @@ class BridgeDriver:
                 raise _name_taken(spec, name) from exc
             raise
         undo.push(what, lambda: host.delete_link(index, what))
-        # The address and the sysctl belong to the bridge and go with it.
-        host.add_address(index, IPv4Interface(f"{spec.gateway}/{spec.subnet.prefixlen}"), what)
-        # IPv4 only for now: no IPv6 link-local address or route appears on the
-        # bridge when its first port comes up (as Docker does without --ipv6).
-        host.namespace.write_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1")
-        return NetworkPlumbing(interface=name, index=index, routed=True, owner=spec.owner, mtu=mtu)
+        # The sysctl and the addresses belong to the bridge and go with it.
+        # Without IPv6, no IPv6 link-local address or route appears on the
+        # bridge when its first port comes up (as Docker does without --ipv6);
+        # with it, the bridge needs IPv6 on (an isolated host turns it off by
+        # default, see cnm.api.isolated) before it can carry an IPv6 gateway.
+        ipv6 = any(subnet.version == 6 for subnet in spec.subnets)
+        host.namespace.write_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0" if ipv6 else "1")
+        for address in spec.interfaces():
+            host.add_address(index, address, what)  # type: ignore[arg-type]  # until Rtnl takes both families
+        # Sandboxes of an internal network get no default route (as in Docker).
+        gateways = () if spec.internal else spec.gateways
+        return NetworkPlumbing(interface=name, index=index, owner=spec.owner, mtu=mtu, gateways=gateways)
 
     def join(
         self, host: Rtnl, network: NetworkPlumbing, endpoint: EndpointSpec, sandbox: SandboxPort, undo: UndoLog
-    ) -> None:
+    ) -> SandboxLink:
         host_end = host_end_name(endpoint.id)
         what = f"endpoint {endpoint.name!r}: veth {host_end!r}"
         index, peer_index = host.add_veth(
@@ -127,7 +132,5 @@ class BridgeDriver:
             peer_mac=endpoint.mac,
             mtu=network.mtu,
         )
-        undo.push(what, lambda: sandbox.release_link(host, index, what))
-        sandbox.configure(
-            endpoint.interface, endpoint.address, endpoint.gateway, f"endpoint {endpoint.name!r}", index=peer_index
-        )
+        undo.push(what, lambda: sandbox.release_link(index, what))
+        return SandboxLink(endpoint.interface, peer_index, endpoint.addresses, gateways=network.gateways)

@@ -232,8 +232,8 @@ def test_the_machines_own_host_opens_and_closes_without_changing_anything():
         assert machine.networks == [] and machine.sandboxes == []
         assert machine.address is None and machine.outside is None
         assert machine.namespace.owned is False
-        assert os.path.ismount(machine._mounts.path)
-    assert not os.path.exists(machine._mounts.path)
+        assert os.path.ismount(machine._services.mounts.path)
+    assert not os.path.exists(machine._services.mounts.path)
 
 
 def test_the_default_route_moves_to_a_remaining_network(host):
@@ -276,22 +276,22 @@ def test_names_that_look_like_cnms_own_do_not_collide():
 
 def test_a_bridge_name_in_use_fails_without_touching_the_other_link(host):
     first = host.create_network("first")
-    before = {link.name: link.alias for link in host._rtnl.links()}
+    before = {link.name: link.alias for link in host._services.rtnl.links()}
     for taken in ("eth0", first.interface):
         with pytest.raises(cnm.ConflictError, match=f"network 'second': bridge name '{taken}' is already taken") as info:
             host.create_network("second", options={"com.docker.network.bridge.name": taken})
         assert isinstance(info.value, cnm.KernelError) and info.value.errno == errno.EEXIST
-    assert {link.name: link.alias for link in host._rtnl.links()} == before
+    assert {link.name: link.alias for link in host._services.rtnl.links()} == before
 
 
 def test_a_bridge_name_taken_after_the_look_up_is_still_a_conflict(host, monkeypatch):
     # As if another process made the link between cnm's look-up and its creation.
-    monkeypatch.setattr(host._rtnl, "link_index", lambda name: None)
-    before = {link.name: link.alias for link in host._rtnl.links()}
+    monkeypatch.setattr(host._services.rtnl, "link_index", lambda name: None)
+    before = {link.name: link.alias for link in host._services.rtnl.links()}
     with pytest.raises(cnm.InterfaceExistsError, match="network 'second': bridge name 'eth0'") as info:
         host.create_network("second", options={"com.docker.network.bridge.name": "eth0"})
     assert isinstance(info.value.__cause__, cnm.KernelError) and info.value.__cause__.errno == errno.EEXIST
-    assert {link.name: link.alias for link in host._rtnl.links()} == before and host.networks == []
+    assert {link.name: link.alias for link in host._services.rtnl.links()} == before and host.networks == []
 
 
 @pytest.mark.parametrize("bad", ["br:0", "br 0", "..", "x" * 16, "é" * 8, "br\t0", "br\x00"])

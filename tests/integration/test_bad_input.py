@@ -77,8 +77,8 @@ class World:
                 ]
                 for n in host.networks
             },
-            "addresses": {n.name: sorted(map(str, n._pool.allocated())) for n in host.networks},
-            "host ports": repr(host._ports),
+            "addresses": {n.name: sorted(map(str, host._services.networks[n.name].pools[4].allocated())) for n in host.networks},
+            "host ports": repr(host._services.ports),
             "stranger": ([n.name for n in self.stranger.networks], [s.name for s in self.stranger.sandboxes]),
         }
 

@@ -30,10 +30,10 @@ from cnm.owner import process_start, record_path
 # network, 20 sandboxes one by one and 100 in bulk, saying how far it got.
 CHILD = r"""
 import secrets, sys
-import cnm, cnm.host
+import cnm, cnm.api.host
 token, where = sys.argv[1], sys.argv[2]
 real = secrets.token_hex
-cnm.host.secrets = type("S", (), {"token_hex": staticmethod(lambda n: token if n == 3 else real(n))})
+cnm.api.host.secrets = type("S", (), {"token_hex": staticmethod(lambda n: token if n == 3 else real(n))})
 print("started", flush=True)
 host = cnm.Host.isolated() if where == "isolated" else cnm.Host()
 print("host", flush=True)
@@ -235,13 +235,13 @@ def test_gc_removes_links_and_table_of_a_machine_host_killed_mid_build(decoys, h
 # leave). With k = 0 it runs through and says how many changes it made.
 STEPPED = r"""
 import os, secrets, signal, sys, threading
-import cnm, cnm.host
+import cnm, cnm.api.host
 from cnm.netlink import Netlink
 from cnm.netns import MountDir, Namespace
 from cnm.owner import OwnerRecord
 token, where, kill_at, subnet = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 real = secrets.token_hex
-cnm.host.secrets = type("S", (), {"token_hex": staticmethod(lambda n: token if n == 3 else real(n))})
+cnm.api.host.secrets = type("S", (), {"token_hex": staticmethod(lambda n: token if n == 3 else real(n))})
 count, lock = [0], threading.Lock()
 def counted(original):
     def step(*args, **kwargs):

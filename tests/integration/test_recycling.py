@@ -126,14 +126,14 @@ def test_deleted_sandboxes_release_what_they_held_once_the_kernel_is_done(host):
     taken = [s.address(net).ip for s in sandboxes]
     for s in sandboxes:
         s.delete()
-    assert len(host._dying) > 0  # held: the kernel has not confirmed yet
+    assert len(host._services.dying) > 0  # held: the kernel has not confirmed yet
     deadline = time.monotonic() + 10
-    while [l for l in host._rtnl.links() if l.kind == "veth" and l.master]:  # wait for the kernel, not for cnm
+    while [l for l in host._services.rtnl.links() if l.kind == "veth" and l.master]:  # wait for the kernel, not for cnm
         assert time.monotonic() < deadline
         time.sleep(0.01)
     fresh = host.create_sandbox("fresh")
     assert net.connect(fresh).ip == taken[0]  # the lowest address is free again
-    assert len(host._dying) == 0
+    assert len(host._services.dying) == 0
 
 
 CHILD = """
@@ -145,7 +145,7 @@ with cnm.Host() as machine:  # this process's namespace: the isolated host's, he
         net.connect(s, ports=["80"])
     for s in sandboxes:
         s.delete()  # returns before the kernel is done
-    dying = len(machine._dying)
+    dying = len(machine._services.dying)
 links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
 tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
 print(json.dumps({"dying": dying, "links": [l.split(": ")[1].split("@")[0] for l in links.splitlines()], "tables": tables}))
@@ -158,7 +158,7 @@ def test_a_host_closed_right_after_a_delete_loop_waits_and_leaves_nothing(host):
     import json
     import sys
 
-    before = {l.name for l in host._rtnl.links()}
+    before = {l.name for l in host._services.rtnl.links()}
     done = host.run([sys.executable, "-c", CHILD], capture_output=True, text=True, check=True)
     report = json.loads(done.stdout)
     assert report["dying"] > 0  # the close really had dying veths to wait for
@@ -175,7 +175,7 @@ def test_an_endpoint_deleted_after_its_sandbox_keeps_its_address_until_the_veth_
     endpoint = net.create_endpoint("e")
     sandbox = host.create_sandbox("a")
     endpoint.join(sandbox)
-    veth = host._rtnl.link_index(host_end_name(endpoint.id))
+    veth = host._services.rtnl.link_index(host_end_name(endpoint.id))
     real_wait_gone = Rtnl.wait_gone
     # As far as cnm can see, the kernel has not removed the veth yet.
     monkeypatch.setattr(Rtnl, "wait_gone", lambda self, indexes, timeout, stall=None: [*real_wait_gone(self, indexes, 0), veth])
@@ -195,7 +195,8 @@ def test_a_failing_release_is_retried_and_blocks_nothing_else(host, monkeypatch)
     web, other = host.create_network("web"), host.create_network("other")
     a = host.create_sandbox("a")
     held = web.connect(a).ip
-    pool_type, pool = type(web._pool), web._pool
+    pool = host._services.networks["web"].pools[4]
+    pool_type = type(pool)
     real_release = pool_type.release
 
     def refuse(self, ip):
@@ -210,5 +211,5 @@ def test_a_failing_release_is_retried_and_blocks_nothing_else(host, monkeypatch)
     other.connect(host.create_sandbox("b"))  # another network's allocation goes ahead
     monkeypatch.undo()
     host.settle()  # retried, and it goes through now
-    assert len(host._dying) == 0
+    assert len(host._services.dying) == 0
     assert web.create_endpoint("again").ip == held

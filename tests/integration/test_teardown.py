@@ -35,7 +35,7 @@ def test_deleting_everything_returns_the_host_namespace_to_its_first_state(host)
     net.delete()
     internal.delete()
     assert not diff(before, snapshot(host.namespace.name))
-    assert os.listdir(host._mounts.path) == []  # no sandbox namespace is mounted any more
+    assert os.listdir(host._services.mounts.path) == []  # no sandbox namespace is mounted any more
 
 
 def test_close_removes_every_namespace_and_is_idempotent(host):
@@ -115,13 +115,13 @@ def test_sandbox_delete_is_idempotent_and_cheap_path_leaves_no_veth(host):
     net = host.create_network("web")
     sandbox = host.create_sandbox("a")
     endpoint = net.connect(sandbox)
-    host_links_before = {l.name for l in host._rtnl.links()}
+    host_links_before = {l.name for l in host._services.rtnl.links()}
     assert host_end_name(endpoint.id) in host_links_before
     sandbox.delete()
     sandbox.delete()
     assert net.endpoints == []
     host.settle()  # the kernel removes the veth with the namespace, a little later
-    assert host_end_name(endpoint.id) not in {l.name for l in host._rtnl.links()}
+    assert host_end_name(endpoint.id) not in {l.name for l in host._services.rtnl.links()}
 
 
 def test_a_failed_firewall_step_is_retried_and_keeps_the_host_port_reserved(host, monkeypatch):
@@ -186,7 +186,7 @@ def test_deleting_a_sandbox_takes_the_cheap_path(host, monkeypatch):
     assert net.endpoints == []
     host.settle()
     assert deleted == []
-    assert not [l for l in host._rtnl.links() if l.kind == "veth" and l.master]
+    assert not [l for l in host._services.rtnl.links() if l.kind == "veth" and l.master]
 
 
 def test_a_deleted_sandboxs_address_and_port_stay_taken_until_its_veth_is_gone(host, monkeypatch):
@@ -219,7 +219,7 @@ def test_a_deleted_sandboxs_address_and_port_stay_taken_until_its_veth_is_gone(h
 
 
 def _veth_index(host, endpoint):
-    return host._rtnl.link_index(host_end_name(endpoint.id))
+    return host._services.rtnl.link_index(host_end_name(endpoint.id))
 
 
 def _join_whose_ports_will_be_refused(host, monkeypatch):

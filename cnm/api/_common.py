@@ -1,0 +1,87 @@
+"""Small helpers the api modules share: ids, timestamps, collecting failures,
+and running code inside a namespace (``run`` / ``popen`` / ``call``)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import secrets
+import subprocess
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..kernel import Rtnl
+from ..netns import Namespace
+from ._services import serialized
+
+if TYPE_CHECKING:
+    from ._records import Processes
+    from ._services import Services
+
+__all__ = ["InNamespace", "collect", "new_id", "now", "open_new_namespace"]
+
+T = TypeVar("T")
+
+
+def new_id() -> str:
+    return secrets.token_hex(32)
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def collect(step: Callable[[], object]) -> list[Exception]:
+    """Run *step*; return its failure as a list (teardown goes on past it)."""
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 - collected and reported together
+        return [exc]
+    return []
+
+
+def open_new_namespace() -> Rtnl:
+    """Loopback up in the namespace of the calling thread (new, and made by
+    cnm); returns the rtnetlink socket that did it, still open."""
+    rtnl = Rtnl(Namespace("new", "/proc/thread-self/ns/net"), here=True)
+    try:
+        rtnl.loopback_up()
+    except BaseException:
+        rtnl.close()
+        raise
+    return rtnl
+
+
+class InNamespace:
+    """run / popen / call inside a namespace (Host, Outside and Sandbox have them)."""
+
+    namespace: Namespace
+    _services: Services
+    _processes: Processes
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """``subprocess.run(argv, **kwargs)`` inside this namespace."""
+        self._check_open()
+        return self.namespace.run(lambda: subprocess.run(argv, **kwargs))
+
+    @serialized
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """``subprocess.Popen(argv, **kwargs)`` inside this namespace.
+
+        The process is killed (and reaped) when the owner is deleted. Under
+        the host's lock, so a deletion cannot miss a process being started.
+        """
+        self._check_open()
+        proc = self.namespace.run(lambda: subprocess.Popen(argv, **kwargs))
+        self._processes.add(proc)
+        return proc
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` in a thread inside this namespace; return its result.
+
+        Sockets created by *fn* belong to this namespace.
+        """
+        self._check_open()
+        return self.namespace.run(lambda: fn(*args, **kwargs))

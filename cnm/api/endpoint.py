@@ -1,0 +1,224 @@
+"""Endpoints: an address (and published ports) on a network, joined to at most one sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv4Interface
+from typing import TYPE_CHECKING, Any
+
+from .._checks import check_mac, check_name
+from ..errors import ClosedError, ConflictError, InvalidArgumentError, StateError
+from ..ipam import parse_address
+from ..kernel import mac_for
+from ..ports import PortMapping, PublishedPort, normalize_ports
+from ..undo import Undo, raise_collected, transaction
+from . import join as joining
+from . import routing, views
+from ._common import new_id
+from ._records import EndpointRecord, NetworkRecord, SandboxRecord
+from ._services import Services, serialized
+
+if TYPE_CHECKING:
+    from .network import Network
+    from .sandbox import Sandbox
+
+__all__ = ["Endpoint", "create", "disconnect", "join", "teardown"]
+
+
+class Endpoint:
+    """An address (and published ports) on a network, joined to at most one sandbox."""
+
+    def __init__(self, services: Services, network: Network, record: EndpointRecord) -> None:
+        self._services = services
+        self._record = record
+        self.network = network
+        self.name = record.name
+        self.id = record.id
+        self.mac = record.mac
+        self.ports = record.ports
+
+    def __repr__(self) -> str:
+        sandbox = self._record.sandbox
+        where = f" in {sandbox.name!r}" if sandbox is not None and self._record.joined else ""
+        return f"<Endpoint {self.name!r} {self.address} on {self.network.name!r}{where}>"
+
+    @property
+    def address(self) -> IPv4Interface:
+        address = self._record.address(4)
+        assert isinstance(address, IPv4Interface)
+        return address
+
+    @property
+    def ip(self) -> IPv4Address:
+        return self.address.ip
+
+    @property
+    def published(self) -> list[PublishedPort]:
+        return list(self._record.published)
+
+    @property
+    def sandbox(self) -> Sandbox | None:
+        record = self._record
+        return record.sandbox.handle if record.sandbox is not None and record.joined else None
+
+    @property
+    def interface(self) -> str | None:
+        return self._record.interface if self._record.joined else None
+
+    @serialized
+    def join(self, sandbox: Sandbox) -> None:
+        """Attach this endpoint to *sandbox*: interface, addresses, routes, published ports."""
+        self._check_open()
+        target = self._services.live_sandbox(f"endpoint {self.name!r}: join", sandbox)
+        join(self._services, self._record, target)
+
+    @serialized
+    def leave(self) -> None:
+        """Detach from the sandbox: the interface and published ports go; the address stays.
+
+        If this endpoint gave the sandbox its default route, the next network
+        that can (not internal) gives it instead, as in Docker.
+        """
+        if self._record.sandbox is None and not len(self._record.join):
+            raise StateError(f"endpoint {self.name!r} is not joined to a sandbox")
+        raise_collected(f"endpoint {self.name!r}: leave", leave(self._record))
+
+    @serialized
+    def delete(self) -> None:
+        """Leave (if joined) and release the address; idempotent.
+
+        After a failed step, calling it again retries what is left; the
+        address stays reserved until the interface is really gone.
+        """
+        raise_collected(f"endpoint {self.name!r}", teardown(self._services, self._record))
+
+    @serialized
+    def settings(self) -> dict[str, Any]:
+        """This endpoint in the shape of Docker's EndpointSettings."""
+        return views.endpoint_settings(self._record)
+
+    def _check_open(self) -> None:
+        if self._record.deleted:
+            raise ClosedError(f"endpoint {self.name!r} was deleted")
+        if self._record.network.deleted:
+            raise ClosedError(f"network {self.network.name!r} was deleted")
+        self._services.check_open()
+
+    def __enter__(self) -> Endpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.delete()
+
+
+def create(
+    services: Services,
+    network: NetworkRecord,
+    name: str,
+    *,
+    ip: str | IPv4Address | None = None,
+    mac: str | None = None,
+    ports: Iterable[str | PortMapping] = (),
+) -> EndpointRecord:
+    """An endpoint with an address from the network's pool, not yet joined."""
+    check_name("endpoint", name)
+    if name in network.endpoints:
+        raise ConflictError(f"network {network.name!r}: an endpoint named {name!r} already exists")
+    mappings = normalize_ports(ports, owner=f"endpoint {name!r}")
+    if mappings and network.rules is None:
+        raise InvalidArgumentError(
+            f"endpoint {name!r}: network {network.name!r} ({network.driver.name}) cannot publish ports"
+        )
+    if mappings and network.spec.internal:
+        raise InvalidArgumentError(f"endpoint {name!r}: network {network.name!r} is internal; ports cannot be published")
+    address = parse_address(network.name, "ip", ip)
+    mac = check_mac(f"endpoint {name!r}", mac)
+    dying = services.dying
+    pool = network.pools[4]
+    with transaction() as undo:
+        allocated = dying.retrying(lambda: pool.allocate(address))
+        undo.books.push(f"endpoint {name!r}: address {allocated}", lambda: dying.release(lambda: pool.release(allocated)))
+        interface = IPv4Interface(f"{allocated}/{pool.subnet.prefixlen}")
+        record = EndpointRecord(
+            handle=None,  # type: ignore[arg-type]  # set just below: the handle needs its record
+            network=network,
+            name=name,
+            id=new_id(),
+            addresses=(interface,),
+            mac=mac or mac_for(allocated),
+            ports=mappings,
+            static=frozenset({4}) if address is not None else frozenset(),
+        )
+        record.handle = Endpoint(services, network.handle, record)
+        network.endpoints[name] = record
+        undo.books.push(f"forget endpoint {name!r}", lambda: network.endpoints.pop(name, None))
+    record.undo = undo
+    return record
+
+
+def join(services: Services, endpoint: EndpointRecord, sandbox: SandboxRecord) -> None:
+    """The single path of the join protocol (:mod:`cnm.api.join`)."""
+    network = endpoint.network
+    if endpoint.sandbox is not None and endpoint.joined:
+        raise StateError(f"endpoint {endpoint.name!r} is already joined to sandbox {endpoint.sandbox.name!r}")
+    # What an earlier failed join could not roll back is cleaned up first.
+    raise_collected(f"endpoint {endpoint.name!r}: cleaning up an earlier join", endpoint.join.unwind())
+    for other in sandbox.endpoints:
+        if other.network is network:
+            raise ConflictError(
+                f"endpoint {endpoint.name!r}: sandbox {sandbox.name!r} is already connected to network {network.name!r}"
+            )
+    check_host_addresses(services, endpoint)
+    # Its address must not meet its old interface on the bridge.
+    raise_collected(f"endpoint {endpoint.name!r}: waiting for its old interface", services.dying.outlive(endpoint.old_links))
+
+    def keep(leftover: Undo) -> None:
+        endpoint.join = leftover
+
+    with transaction(keep=keep) as undo:
+        step = joining.prepare(services, endpoint, sandbox, undo)
+        joining.plumb(services, services.rtnl, step)
+        joining.publish(services, [step])
+        joining.commit(step)
+    endpoint.join = undo
+
+
+def leave(endpoint: EndpointRecord) -> list[Exception]:
+    sandbox, gave = endpoint.sandbox, set(endpoint.routes_given)
+    failures = endpoint.join.unwind()
+    if not failures and gave and sandbox is not None and sandbox.dying_links is None:
+        failures += routing.reelect(sandbox, gave)
+    return failures
+
+
+def abandon(endpoint: EndpointRecord) -> None:
+    """Forget the undo steps: everything they would undo is gone with its namespaces."""
+    endpoint.undo, endpoint.join, endpoint.deleted = Undo(), Undo(), True
+    endpoint.sandbox, endpoint.interface, endpoint.published, endpoint.joined = None, None, [], False
+    endpoint.routes_given.clear()
+
+
+def teardown(services: Services, endpoint: EndpointRecord) -> list[Exception]:
+    endpoint.deleted = True
+    failures = leave(endpoint)
+    if failures:
+        return failures  # the address stays reserved while its interface may be there
+    # Its last interface may have gone with a namespace the kernel is still dismantling.
+    dying = services.dying
+    with dying.holding(dying.pending(endpoint.old_links)):
+        return endpoint.undo.unwind()
+
+
+def disconnect(services: Services, endpoint: EndpointRecord) -> list[Exception]:
+    """Leave (and, for an endpoint made by connect, delete); return the failures."""
+    return teardown(services, endpoint) if endpoint.owned_by_connection else leave(endpoint)
+
+
+def check_host_addresses(services: Services, endpoint: EndpointRecord) -> None:
+    """A port published on one host address needs that address on the host (Docker fails at bind)."""
+    wanted = {m.host_ip for m in endpoint.ports if m.host_ip is not None}
+    if not wanted:
+        return
+    local = {iface.ip for _, iface in services.rtnl.addresses()}
+    for ip in sorted(wanted - local):
+        raise InvalidArgumentError(f"endpoint {endpoint.name!r}: cannot publish on {ip}: no such address on the host")

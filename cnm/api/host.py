@@ -1,0 +1,322 @@
+"""The host: a network namespace in which cnm builds networks, with sandboxes beside it.
+
+Every public operation follows one pattern: validate everything that can be
+validated without the kernel (raising a typed error before any change), then
+make the changes inside :func:`cnm.undo.transaction`, where each change
+registers its inverse as it succeeds. On failure the transaction unwinds and
+the kernel is as it was; on success the undo log is handed to the record of
+the object just made, and deleting that object replays it.
+
+Ownership: a host owns its networks and sandboxes; a network owns its
+endpoints; an endpoint joined to a sandbox holds a second log (the join) that
+``leave()`` unwinds. Closing a host deletes its children in reverse creation
+order, collects every failure, and raises them together as one
+:class:`~cnm.errors.TeardownError`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING
+
+from .._checks import check_collection, check_name, check_text
+from ..errors import ConflictError, ExhaustedError, NotFoundError
+from ..firewall import FirewallFactory, firewall_backend
+from ..interrupts import deferred_interrupts, uninterruptible
+from ..kernel import Rtnl
+from ..leftovers import watch
+from ..netns import MOUNT_DIRS, MountDir, Namespace
+from ..owner import OwnerRecord
+from ..undo import Undo, raise_collected, transaction
+from . import bulk, isolated, teardown
+from . import network as networks
+from . import sandbox as sandboxes_
+from ._common import InNamespace, collect
+from ._records import NetworkRecord, Processes, SandboxRecord
+from ._services import Services, serialized
+from .network import Network
+from .sandbox import Sandbox
+
+if TYPE_CHECKING:
+    from .bulk import SandboxRequest
+    from .isolated import Outside
+
+__all__ = ["Host"]
+
+
+class Host(InNamespace):
+    """A network namespace in which cnm builds networks, with sandboxes beside it.
+
+    ``Host()`` is the machine's own namespace, for container runtimes.
+    ``Host.isolated()`` makes a fresh one (plus an "outside" namespace playing
+    the internet), for tests, demos and experiments; closing it removes all.
+    What a host's process could not remove because it died, :func:`cnm.gc`
+    removes (see :mod:`cnm.leftovers`).
+    """
+
+    outside: Outside | None
+
+    def __init__(self, *, firewall: str = "nftables") -> None:
+        factory = firewall_factory(firewall)
+        namespace = Namespace.current()
+        record = claim_token("machine", namespace.path, firewall)
+        with transaction() as undo:
+            undo.books.push(f"host {namespace.name!r}: owner record", record.remove)
+            self._setup(namespace, namespace.name, factory, record.token, undo)
+        watch(self, record, f"host {self.name!r}")
+
+    def _setup(self, namespace: Namespace, name: str, firewall: FirewallFactory, token: str, undo: Undo) -> None:
+        self.namespace = namespace
+        self.outside = None
+        self.name = name
+        self.token = token
+        self._processes = Processes()
+        self._outside_processes: Processes | None = None
+        self._undo = undo
+        services = self._services = Services(self, name, namespace, token)
+        rtnl = Rtnl(namespace)
+        undo.books.push(f"host {name!r}: rtnetlink socket", rtnl.close)
+        # Where this host's sandboxes are mounted (see cnm.netns for why not /run/netns).
+        mounts = MountDir.create(token)
+        undo.kernel.push(f"host {name!r}: sandbox namespace directory", lambda: mounts.delete())
+        backend = firewall(namespace, token)
+        undo.books.push(f"host {name!r}: firewall", backend.close)
+        services.attach(rtnl, mounts, backend)
+
+    @classmethod
+    def isolated(cls, name: str | None = None, *, firewall: str = "nftables") -> Host:
+        """A fresh host namespace, with ``host.outside`` linked to it by a veth.
+
+        The host has ``address`` 198.18.0.2/24 on its ``eth0``, the outside has
+        ``outside_address`` 198.18.0.1 and is the host's default gateway.
+        """
+        label = check_name("host", name) if name is not None else "host"
+        factory = firewall_factory(firewall)
+        record = claim_token("isolated", Namespace.current().path, firewall)
+        token = record.token
+        host = cls.__new__(cls)
+        try:
+            with transaction() as undo:
+                undo.books.push(f"host {label!r}: owner record", record.remove)
+                host_ns, outside_ns = isolated.make_namespaces(token, name, label, undo.kernel)
+                host._setup(host_ns, label, factory, token, undo)
+                host._outside_processes = Processes()
+                host.outside = isolated.Outside(outside_ns, host._outside_processes, host._services)
+                isolated.wire_uplink(host._services, host.outside)
+        except BaseException:
+            with deferred_interrupts():
+                # Whatever the rollback could not remove carries the token: sweep it.
+                if not Namespace.sweep(f"cnm-{token}-") + collect(MountDir(os.path.join(MOUNT_DIRS, token)).delete):
+                    collect(record.remove)
+            raise
+        watch(host, record, f"host {label!r}")
+        return host
+
+    # ---- properties ------------------------------------------------------------
+
+    @property
+    def address(self) -> IPv4Address | None:
+        """The host's address on its uplink (isolated hosts only)."""
+        return isolated.HOST_ADDRESS.ip if self.outside is not None else None
+
+    @property
+    def outside_address(self) -> IPv4Address | None:
+        return self.outside.address if self.outside is not None else None
+
+    @property
+    @serialized
+    def networks(self) -> list[Network]:
+        return [r.handle for r in self._services.networks.values()]
+
+    @property
+    @serialized
+    def sandboxes(self) -> list[Sandbox]:
+        return [r.handle for r in self._services.sandboxes.values()]
+
+    def network(self, name: str) -> Network:
+        check_text(f"host {self.name!r}", "network name", name)
+        try:
+            return self._services.networks[name].handle
+        except KeyError:
+            raise NotFoundError(f"host {self.name!r}: no network named {name!r}") from None
+
+    def sandbox(self, name: str) -> Sandbox:
+        check_text(f"host {self.name!r}", "sandbox name", name)
+        try:
+            return self._services.sandboxes[name].handle
+        except KeyError:
+            raise NotFoundError(f"host {self.name!r}: no sandbox named {name!r}") from None
+
+    @property
+    def closed(self) -> bool:
+        return self._services.closed
+
+    def __repr__(self) -> str:
+        return f"<Host {self.name!r} {self.namespace.name}{' closed' if self._services.closed else ''}>"
+
+    # ---- networks and sandboxes ------------------------------------------------------
+
+    @serialized
+    def create_network(
+        self,
+        name: str,
+        driver: str = "bridge",
+        *,
+        subnet: str | IPv4Network | None = None,
+        gateway: str | IPv4Address | None = None,
+        ip_range: str | IPv4Network | None = None,
+        internal: bool = False,
+        options: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        ipam: str = "default",
+    ) -> Network:
+        """Create a network (like ``docker network create``).
+
+        With no *subnet* the next free pool of Docker's default list that
+        overlaps no network or route of this host is used.
+        """
+        self._check_open()
+        record = networks.create(
+            self._services, self, name, driver, subnet=subnet, gateway=gateway, ip_range=ip_range,
+            internal=internal, options=options, labels=labels, ipam=ipam,
+        )  # fmt: skip
+        return record.handle
+
+    @serialized
+    def create_sandbox(self, name: str) -> Sandbox:
+        """A sandbox: its own network namespace with loopback up."""
+        self._check_open()
+        return sandboxes_.create(self._services, self, name).handle
+
+    @serialized
+    def create_sandboxes(
+        self, requests: Iterable[str | SandboxRequest], *, network: Network | None = None
+    ) -> list[Sandbox]:
+        """Create many sandboxes in one call, each connected to *network* if given.
+
+        For harnesses that need hundreds of sandboxes: the kernel work is
+        batched and spread over threads, much faster than a loop of
+        ``create_sandbox`` and ``connect``. All or nothing: if one sandbox
+        cannot be made, none is left. A request is a name or a
+        :class:`SandboxRequest` (with the address, MAC and ports of its
+        connection to *network*).
+        """
+        self._check_open()
+        where = f"host {self.name!r}: create_sandboxes"
+        target = self._services.network(where, network) if network is not None else None
+        return [r.handle for r in bulk.create_sandboxes(self._services, self, requests, target)]
+
+    @serialized
+    def delete_sandboxes(self, sandboxes: Iterable[Sandbox]) -> None:
+        """Delete many sandboxes at once (batched: one wait for the kernel for all).
+
+        Like :meth:`Sandbox.delete` for each; failures are collected and
+        raised together, and calling it again retries what is left.
+        """
+        services = self._services
+        where = f"host {self.name!r}: delete_sandboxes"
+        doomed = [services.sandbox(where, s, gone=True) for s in check_collection(where, "sandboxes", sandboxes, "Sandbox objects")]
+        records = [r for r in doomed if r is not None]
+        raise_collected(f"host {self.name!r}: delete sandboxes", teardown.delete_sandboxes(services, records, wait=True))
+
+    @serialized
+    def settle(self) -> None:
+        """Wait until the kernel has removed the interfaces of every deleted
+        sandbox, and give their addresses and host ports back.
+
+        ``sandbox.delete()`` returns as soon as the kernel has been told;
+        cnm settles by itself whenever it allocates. Call this to know that
+        nothing of the deleted sandboxes is left in the kernel.
+        """
+        self._check_open()
+        raise_collected(f"host {self.name!r}: settle", self._services.dying.wait())
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    @uninterruptible
+    @serialized
+    def close(self) -> None:
+        """Delete everything this host made.
+
+        Goes on past failures and raises them together as one TeardownError;
+        calling it again retries whatever is left (and does nothing once all
+        is gone). A Ctrl-C while it runs waits until it is done (see
+        :mod:`cnm.interrupts`); the owner record goes last (see :mod:`cnm.owner`).
+
+        An isolated host owns every namespace that holds what it made (its
+        own, the outside's, its sandboxes'), all carrying its owner mark:
+        closing it deletes those namespaces, which takes every link, address,
+        route and nftables rule in them along, instead of undoing object by
+        object. The machine's own host deletes its sandboxes (namespaces
+        first, with one wait for their veths) and then its networks, in
+        reverse order.
+        """
+        services = self._services
+        if services.closed and not len(self._undo) and not services.children and not services.leftovers and not len(services.dying):
+            return
+        services.closed = True
+        failures: list[Exception] = []
+        outside = [self._outside_processes] if self._outside_processes is not None else []
+        for processes in [self._processes, *outside, *(s.processes for s in services.sandboxes.values())]:
+            failures += collect(processes.stop)
+        if self.namespace.owned:
+            for sandbox in services.sandboxes.values():
+                sandbox.cool()  # an open socket would keep its namespace alive
+            gone = self._undo.kernel.unwind()
+            if not gone:  # (a failed step stays in the log and is retried by the next close)
+                gone = Namespace.sweep(f"cnm-{self.token}-")
+            failures += gone
+            if not gone:
+                services.dying.abandon()
+                services.leftovers.clear()
+                for child in services.children:
+                    if isinstance(child, NetworkRecord):
+                        networks.abandon(child)
+                    else:
+                        teardown.abandon(child)
+                services.children.clear()
+                services.networks.clear()
+                services.sandboxes.clear()
+        else:
+            for leftover in services.leftovers:
+                failures += leftover.unwind()
+            services.leftovers[:] = [u for u in services.leftovers if len(u)]
+            doomed = [c for c in reversed(services.children) if isinstance(c, SandboxRecord)]
+            failures += teardown.delete_sandboxes(services, doomed, wait=True)
+            for child in reversed(services.children[:]):
+                if isinstance(child, NetworkRecord):
+                    failures += networks.teardown(services, child)
+            failures += services.dying.wait()  # sandboxes deleted earlier may still hold their veths
+        if not services.children and not services.leftovers and not len(services.dying):
+            failures += self._undo.unwind()  # the host's sockets (a retry needs them while anything is left)
+        raise_collected(f"host {self.name!r}", failures)
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        self._services.check_open()
+
+
+def claim_token(kind: str, netns_path: str, firewall: str) -> OwnerRecord:
+    """A fresh host token, recorded as this process's before anything is made
+    (the record goes after everything went; see cnm.owner). A token that is
+    taken (by a live host, or a dead one gc has not collected) is drawn again."""
+    for _ in range(8):
+        try:
+            return OwnerRecord.claim(secrets.token_hex(3), kind, netns_path, firewall)
+        except ConflictError:
+            continue
+    raise ExhaustedError("cnm: no free host token after 8 draws (run cnm.gc() to collect dead hosts' records)")
+
+
+def firewall_factory(name: str) -> FirewallFactory:
+    """The firewall backend called *name*, found before a host makes anything."""
+    return firewall_backend(check_text("host", "firewall", name))
+

@@ -1,0 +1,99 @@
+"""Isolated hosts: a fresh host namespace and an "outside" playing the internet.
+
+:meth:`cnm.Host.isolated` builds them with the helpers here: both
+namespaces (named with the host's token, so that whatever a failure leaves
+can be swept), and the uplink between them.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+from ..kernel import Rtnl, random_mac
+from ..netns import Namespace
+from ..undo import UndoLog
+from ._common import InNamespace, open_new_namespace
+from ._records import Processes
+from ._services import Services
+
+__all__ = ["HOST_ADDRESS", "OUTSIDE_ADDRESS", "UPLINK_SUBNET", "Outside", "make_namespaces", "wire_uplink"]
+
+#: The link between an isolated host and its "outside": a /24 from the range
+#: reserved for benchmarking network devices (RFC 2544), so it never collides
+#: with Docker's default pools or with real networks.
+UPLINK_SUBNET = IPv4Network("198.18.0.0/24")
+OUTSIDE_ADDRESS = IPv4Interface("198.18.0.1/24")
+HOST_ADDRESS = IPv4Interface("198.18.0.2/24")
+
+
+class Outside(InNamespace):
+    """The "internet" of an isolated host: a namespace linked to the host's uplink."""
+
+    name = "outside"
+
+    def __init__(self, namespace: Namespace, processes: Processes, services: Services) -> None:
+        self.namespace = namespace
+        self.address: IPv4Address = OUTSIDE_ADDRESS.ip
+        self._processes = processes
+        self._services = services
+
+    def _check_open(self) -> None:
+        self._services.check_open()
+
+    def __repr__(self) -> str:
+        return f"<Outside {self.namespace.name} {self.address}>"
+
+
+def make_namespaces(token: str, name: str | None, label: str, kernel: UndoLog) -> tuple[Namespace, Namespace]:
+    """The host's namespace and the outside's, each with its undo step on *kernel*."""
+    host_ns = Namespace.create(f"cnm-{token}-host" + (f"-{name}" if name else ""), setup=prepare_namespace)
+    kernel.push(f"host {label!r}: namespace", lambda: host_ns.delete())
+    outside_ns = Namespace.create(f"cnm-{token}-outside", setup=prepare_namespace)
+    kernel.push(f"host {label!r}: outside namespace", lambda: outside_ns.delete())
+    return host_ns, outside_ns
+
+
+def wire_uplink(services: Services, outside: Outside) -> None:
+    """The veth between the host and its outside, addressed, with the host's default route.
+
+    Both ends live in namespaces the host deletes: no undo step of their own.
+    """
+    label = services.name
+    rtnl = services.rtnl
+    uplink, outside_end = rtnl.add_veth(
+        "eth0",
+        mac=random_mac(),
+        alias=f"cnm:{services.token}:uplink",
+        master=None,
+        peer_name="eth0",
+        peer_namespace=outside.namespace,
+    )
+    rtnl.add_address(uplink, HOST_ADDRESS, f"host {label!r}: uplink")
+    rtnl.add_route(IPv4Network("0.0.0.0/0"), OUTSIDE_ADDRESS.ip, f"host {label!r}: default route")
+
+    def inside() -> None:
+        with Rtnl(outside.namespace, here=True) as outside_rtnl:
+            outside_rtnl.configure_interface("eth0", OUTSIDE_ADDRESS, None, "outside: uplink", index=outside_end)
+
+    outside.namespace.quick(inside)
+    services.namespace.write_sysctl("net/ipv4/ip_forward", "1")
+    services.forwarding_always_on()
+
+
+def prepare_namespace() -> None:
+    """Runs inside an isolated host's namespace and its outside's, as they are
+    made: loopback up, and IPv6 off for the interfaces to come.
+
+    Every interface cnm configures without an IPv6 address is told to make
+    none (see :meth:`cnm.kernel.Rtnl.configure_interface`), but IPv6 would
+    still give each host end of a veth a multicast route: the host's IPv6
+    routing table would grow with the number of sandboxes, and the kernel
+    walks all of it on every link change (O(N^2) for N sandboxes, measured;
+    see the docs' explanation page). A bridge of a network with IPv6 turns
+    it on for itself. Sandboxes don't get this sysctl: a path under
+    /proc/sys/net costs a look-up that grows with the number of namespaces on
+    the machine, and a sandbox has one interface per network.
+    """
+    with open_new_namespace():
+        with open("/proc/sys/net/ipv6/conf/default/disable_ipv6", "w") as f:
+            f.write("1")
