@@ -338,7 +338,7 @@ class Rtnl:
         if index is None:
             index = self.link_index(name)
         if index is None:
-            raise KernelError(errno.ENODEV, f"{what}: interface {name!r} not found")
+            raise kernel_error(errno.ENODEV, what, reason=f"interface {name!r} not found")
         requests = [
             # Before "up": IPv6 would otherwise give the link a link-local
             # address, with duplicate-address detection and multicast reports

@@ -3,7 +3,8 @@
 pyroute2 supplies the message classes (encoding and decoding); this module
 supplies the socket handling, because pyroute2 0.9's socket objects are
 thread-bound and open lazily, which can silently put a socket meant for one
-namespace into another (FACTS.md). Here the caller hands in a raw socket that
+namespace into another (:ref:`fact-pyroute2-sockets`, in the docs'
+explanation page). Here the caller hands in a raw socket that
 was created inside the right namespace, and every request goes through it.
 
 Requests are *pipelined*: :meth:`Netlink.transact` writes many messages in one
@@ -86,7 +87,7 @@ def _receive(sock: socket.socket) -> bytes:
     ``sock.recv(1 MiB)`` would allocate a fresh megabyte per call and shrink
     it afterwards; the kernel's unmapping of the rest costs a TLB flush on
     every core each time, which measured as several percent of building a
-    sandbox.
+    sandbox (:ref:`fact-recv-buffer` in the docs' explanation page).
     """
     buffer: bytearray | None = getattr(_buffers, "buffer", None)
     if buffer is None:
@@ -204,7 +205,8 @@ class Netlink:
         the *fence* (a request that always gets exactly one answer, such as
         ``NFT_MSG_GETGEN``) is answered, every reply to *requests* is already
         queued ahead of it. The fence must be a separate write: nfnetlink
-        ignores whatever follows ``BATCH_END`` in the same write (measured).
+        ignores whatever follows ``BATCH_END`` in the same write (see
+        :ref:`fact-batch-end` in the docs' explanation page).
 
         Returns every message (raw bytes, one netlink message each) whose
         sequence number is one of *requests*', in arrival order. Raises

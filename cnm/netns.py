@@ -5,14 +5,14 @@ Everything here runs in this process. Python 3.11 has no ``os.setns`` or
 ``unshare(CLONE_NEWNET)`` only move the *calling thread*, so namespace work
 happens in another thread and the caller's thread never moves. (pyroute2's
 own ``netns=`` support forks a helper process per call instead: 5-8 ms each,
-see FACTS.md.)
+see :ref:`fact-pyroute2-netns` in the docs' explanation page.)
 
 Two kinds of thread do it:
 
 * cnm's own short kernel calls (create a namespace, open a socket in it,
   write a sysctl) go to one long-lived worker thread, which enters the
   namespace, does the call and goes back home. Handing a call over costs
-  about a fifth of starting a thread on the machines we measured.
+  about a fifth of starting a thread (:ref:`fact-worker-handover`).
 * user code (:meth:`Namespace.run`: ``sandbox.run``, ``call``, ``popen``) gets
   a fresh thread each time, because it may block for as long as it likes.
 
@@ -29,9 +29,9 @@ Why a directory of cnm's own, on a tmpfs cnm mounts: making the mount-point
 file is part of every namespace's cost, and on a machine whose ``/run`` is
 not a tmpfs (``/run/netns`` on ext4 here) creating a file where many were
 recently deleted costs ~1.3 ms, more than the namespace itself (ext4's inode
-allocator skips recently freed inodes one by one). On a tmpfs it costs
-microseconds, and unmounting the tmpfs takes every sandbox mount in it along
-in one call.
+allocator skips recently freed inodes one by one; :ref:`fact-netns-file`).
+On a tmpfs it costs microseconds, and unmounting the tmpfs takes every
+sandbox mount in it along in one call.
 
 A socket created inside a namespace stays bound to it for its whole life,
 whichever thread later uses it; that is how netlink sockets for a namespace
@@ -49,7 +49,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import ALREADY_GONE, KernelError, kernel_error
+from .errors import ALREADY_GONE, kernel_error
 
 __all__ = ["MOUNT_DIRS", "NETNS_DIR", "MountDir", "Namespace", "worker_free"]
 
@@ -135,6 +135,20 @@ class _Worker:
         done.wait()
         return _unbox(box[0])
 
+    @classmethod
+    def free(cls) -> bool:
+        """See :func:`worker_free`."""
+        if cls._lock.acquire(blocking=False):
+            cls._lock.release()
+            return True
+        return False
+
+    @classmethod
+    def forget_after_fork(cls) -> None:
+        # A forked child has no copy of the worker thread: let it start its own.
+        cls._lock = threading.Lock()
+        cls._current = None
+
     def _loop(self) -> None:
         home = os.open(f"/proc/{os.getpid()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -173,19 +187,10 @@ def worker_free() -> bool:
     The hand-over lock is not reentrant: a finalizer that the garbage
     collector runs in the thread holding it must not make namespace calls.
     """
-    if _Worker._lock.acquire(blocking=False):
-        _Worker._lock.release()
-        return True
-    return False
+    return _Worker.free()
 
 
-def _forget_worker_after_fork() -> None:
-    # A forked child has no copy of the worker thread: let it start its own.
-    _Worker._lock = threading.Lock()
-    _Worker._current = None
-
-
-os.register_at_fork(after_in_child=_forget_worker_after_fork)
+os.register_at_fork(after_in_child=_Worker.forget_after_fork)
 
 
 def _enter(path: str, what: str) -> None:
@@ -241,7 +246,7 @@ class Namespace:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0)
         except FileExistsError as exc:
-            raise KernelError(errno.EEXIST, f"namespace {name!r}: {path} already exists") from exc
+            raise kernel_error(exc, f"namespace {name!r}", reason=f"{path} already exists") from exc
         os.close(fd)
         ns = cls(name, path)
 
@@ -269,7 +274,7 @@ class Namespace:
         end of each veth with it) once nothing else holds it, asynchronously.
         """
         if not self.owned:
-            raise KernelError(errno.EPERM, f"namespace {self.name!r} is not owned by cnm and is never deleted")
+            raise kernel_error(errno.EPERM, f"namespace {self.name!r}", reason="not owned by cnm, so never deleted")
         rc = _libc.umount2(self.path.encode(), _MNT_DETACH)
         if rc != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
             code = ctypes.get_errno()

@@ -46,13 +46,12 @@ entry point names a zero-argument factory); they subclass nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from importlib.metadata import entry_points
 from typing import Protocol
 
 import attrs
 
 from .._ip import IPAddress, IPInterface, IPNetwork
-from ..errors import NotFoundError
+from .._plugins import Registry
 from ..kernel import Rtnl
 from ..netns import Namespace
 from ..undo import UndoLog
@@ -192,20 +191,14 @@ def _builtin() -> dict[str, Callable[[], NetworkDriver]]:
     return {"bridge": BridgeDriver}
 
 
-#: name -> factory of the drivers known so far (built-ins, then entry points)
-DRIVERS: dict[str, Callable[[], NetworkDriver]] = {}
+#: The network drivers by name (zero-argument factories): the built-ins, then
+#: the ``cnm.drivers`` entry points (see :class:`cnm._plugins.Registry`).
+DRIVERS: Registry[Callable[[], NetworkDriver]] = Registry("network driver", "cnm.drivers", _builtin)
 
 
 def network_driver(name: str) -> NetworkDriver:
-    """A driver instance by name; NotFoundError names the known drivers."""
-    if not DRIVERS:
-        DRIVERS.update(_builtin())
-    if name not in DRIVERS:
-        for ep in entry_points(group="cnm.drivers"):
-            if ep.name == name:
-                DRIVERS[name] = ep.load()
-                break
-        else:
-            known = ", ".join(sorted(DRIVERS))
-            raise NotFoundError(f"network driver {name!r} is not known (known: {known})")
-    return DRIVERS[name]()
+    """A new instance of the driver called *name* (see :data:`DRIVERS`).
+
+    Raises :class:`~cnm.errors.NotFoundError` naming the known drivers.
+    """
+    return DRIVERS.lookup(name)()

@@ -55,13 +55,13 @@ may refuse them again (nftables does, with ``EEXIST``) but need not.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from importlib.metadata import entry_points
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 
-from ..errors import InvalidArgumentError, NotFoundError
+from .._plugins import Registry
+from ..errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from ..netns import Namespace
@@ -256,30 +256,23 @@ FirewallFactory = Callable[["Namespace", str], FirewallBackend]
 
 
 def firewall_backend(name: str) -> FirewallFactory:
-    """The factory of the backend called *name*.
+    """The factory of the backend called *name* (see :data:`FIREWALL_BACKENDS`).
 
-    Built-ins (:data:`FIREWALL_BACKENDS`) come first; then the entry points
-    of the group ``cnm.firewall``. Raises :class:`~cnm.errors.NotFoundError`
-    for an unknown name.
+    Raises :class:`~cnm.errors.NotFoundError` naming the known backends.
     """
-    try:
-        return FIREWALL_BACKENDS[name]
-    except KeyError:
-        pass
-    for point in entry_points(group="cnm.firewall"):
-        if point.name == name:
-            factory: FirewallFactory = point.load()
-            return factory
-    known = sorted(set(FIREWALL_BACKENDS) | {p.name for p in entry_points(group="cnm.firewall")})
-    raise NotFoundError(f"firewall backend {name!r}: no such backend (known: {', '.join(known)})")
+    return FIREWALL_BACKENDS.lookup(name)
+
+
+def _builtin() -> dict[str, FirewallFactory]:
+    return {"nftables": NftablesFirewall, "none": NoFirewall}
+
+
+#: The firewall backends by name (factories, see :data:`FirewallFactory`):
+#: the built-ins, then the ``cnm.firewall`` entry points (see
+#: :class:`cnm._plugins.Registry`).
+FIREWALL_BACKENDS: Registry[FirewallFactory] = Registry("firewall backend", "cnm.firewall", _builtin)
 
 
 # The backends import the types above, so they come last.
 from .nftables import NftablesFirewall  # noqa: E402
 from .none import NoFirewall  # noqa: E402
-
-#: The built-in backends by name.
-FIREWALL_BACKENDS: dict[str, FirewallFactory] = {
-    "nftables": NftablesFirewall,
-    "none": NoFirewall,
-}

@@ -73,13 +73,13 @@ and :func:`parse_address`, so drivers never parse text.
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Protocol, runtime_checkable
 
 from .._checks import describe
-from ..errors import InvalidArgumentError, NotFoundError
+from .._plugins import Registry
+from ..errors import InvalidArgumentError
 from .default import DefaultIPAM
 
 __all__ = [
@@ -212,44 +212,19 @@ class IPAMDriver(Protocol):
         ...
 
 
-#: Registered IPAM drivers: name -> zero-argument factory. Built-ins are here
-#: from the start; third-party drivers from the ``cnm.ipam`` entry-point group
-#: are added the first time :func:`ipam_driver` is asked for them. Tests and
-#: applications may also add factories here directly.
-IPAM_DRIVERS: dict[str, Callable[[], IPAMDriver]] = {"default": DefaultIPAM}
-
-_ENTRY_POINT_GROUP = "cnm.ipam"
+#: The IPAM drivers by name (zero-argument factories): the built-ins, then the
+#: ``cnm.ipam`` entry points, loaded the first time their name is asked for
+#: (see :class:`cnm._plugins.Registry`). Applications and tests may
+#: :meth:`~cnm._plugins.Registry.register` their own.
+IPAM_DRIVERS: Registry[Callable[[], IPAMDriver]] = Registry("IPAM driver", "cnm.ipam", lambda: {"default": DefaultIPAM})
 
 
 def ipam_driver(name: str) -> IPAMDriver:
-    """Return a new instance of the IPAM driver registered as *name*.
+    """A new instance of the IPAM driver called *name* (see :data:`IPAM_DRIVERS`).
 
-    Looks in :data:`IPAM_DRIVERS` first, then in the ``cnm.ipam`` entry
-    points of the installed distributions. Entry points are only scanned for
-    names that are not already known, so importing cnm never imports a
-    plugin that is not used. Raises :class:`~cnm.errors.NotFoundError` if no
-    driver has that name.
+    Raises :class:`~cnm.errors.NotFoundError` naming the known drivers.
     """
-    factory = IPAM_DRIVERS.get(name)
-    if factory is None:
-        factory = _load_entry_point(name)
-        IPAM_DRIVERS[name] = factory
-    return factory()
-
-
-def _load_entry_point(name: str) -> Callable[[], IPAMDriver]:
-    for entry_point in importlib.metadata.entry_points(group=_ENTRY_POINT_GROUP):
-        if entry_point.name == name:
-            try:
-                factory: Callable[[], IPAMDriver] = entry_point.load()
-            except Exception as exc:
-                # The plugin's own import error is the useful one; the note
-                # says which entry point pulled it in.
-                exc.add_note(f"while loading IPAM driver {name!r} from entry point {entry_point.value!r}")
-                raise
-            return factory
-    known = ", ".join(sorted(IPAM_DRIVERS))
-    raise NotFoundError(f"IPAM driver {name!r} not found (known drivers: {known})")
+    return IPAM_DRIVERS.lookup(name)()
 
 
 #: Address blocks no network may use, with what they are for (RFC 6890).

@@ -165,7 +165,7 @@ def ifname(name: str) -> bytes:
 
 
 def test_registry_names_the_builtins():
-    assert FIREWALL_BACKENDS == {"nftables": NftablesFirewall, "none": NoFirewall}
+    assert {"nftables", "none"} <= set(FIREWALL_BACKENDS.names())
     assert firewall_backend("nftables") is NftablesFirewall
     assert firewall_backend("none") is NoFirewall
 

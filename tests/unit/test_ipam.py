@@ -546,7 +546,7 @@ def test_unknown_driver_is_not_found(monkeypatch):
 
 
 def test_third_party_driver_is_loaded_lazily_from_entry_points(monkeypatch):
-    monkeypatch.setattr(cnm.ipam, "IPAM_DRIVERS", dict(cnm.ipam.IPAM_DRIVERS))
+    monkeypatch.setattr(cnm.ipam.IPAM_DRIVERS, "_loaded", {})  # forget the fake afterwards
     groups_asked: list[str] = []
     entry_point = importlib.metadata.EntryPoint(name="fake", value=f"{__name__}:FakeIPAM", group="cnm.ipam")
 
