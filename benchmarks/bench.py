@@ -1,7 +1,7 @@
 """Time cnm building and tearing down N sandboxes, each with one published port,
 side by side with peer tools run on the same scenario in the same run.
 
-The scenario of ../shared/bench-peers: one host namespace with a bridge
+The scenario of the peer scripts ($CNM_BENCH_PEERS): one host namespace with a bridge
 network; N sandboxes, each connected with an address, lo up, a default route
 and one published TCP port (masquerade on). cnm runs inside a
 ``cnm.Host.isolated()`` that this script creates and removes; each peer script
@@ -24,8 +24,8 @@ the conditions (date, kernel, CPUs, command line); ``--plot`` then runs
 ``docs/_static``).
 
 Tools: ``cnm`` (always; the bulk API ``Host.create_sandboxes``), ``cnm-loop``
-(``create_sandbox`` + ``connect`` per sandbox) and the peers (scripts in
-../shared/bench-peers, or $CNM_BENCH_PEERS): ``ipbatch`` (``ip -batch`` plus
+(``create_sandbox`` + ``connect`` per sandbox) and the peers (scripts in the
+directory $CNM_BENCH_PEERS names, by default ``bench-peers`` of the checkout's sibling ``shared``): ``ipbatch`` (``ip -batch`` plus
 one ``nft -f``: the best a shell can do), ``cni`` (CNI bridge + host-local +
 portmap; needs the containernetworking-plugins package), ``ipcli`` (one
 ``ip``/``nft`` command per step), ``pyroute2`` (a naive pyroute2 script),
