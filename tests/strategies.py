@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from hypothesis import assume
 from hypothesis import strategies as st
@@ -14,6 +14,7 @@ __all__ = [
     "hands_out_something",
     "host_ips",
     "ip_ranges",
+    "ipv6_host_addresses",
     "ipv4_subnets",
     "pool_requests",
     "port_mappings",
@@ -81,8 +82,22 @@ def hands_out_something(subnet: IPv4Network, ip_range: IPv4Network | None, gatew
     return any(address not in never for address in ip_range or subnet)  # stops within 4 addresses
 
 
-#: A host address for a port mapping: None (every address) or a specific one.
-host_ips = st.none() | st.integers(min_value=1, max_value=2**32 - 1).map(IPv4Address)
+#: A specific IPv6 host address a port may be published on: not ::1 (refused,
+#: see cnm.ports) and not IPv4-mapped (refused: IPv4 arrives as IPv4).
+ipv6_host_addresses = (
+    st.integers(min_value=0, max_value=2**128 - 1)
+    .map(IPv6Address)
+    .filter(lambda a: a != IPv6Address("::1") and a.ipv4_mapped is None)
+)
+
+#: A host address for a port mapping: None (every address), a specific IPv4
+#: one, the IPv6 wildcard or a specific IPv6 one.
+host_ips = (
+    st.none()
+    | st.integers(min_value=1, max_value=2**32 - 1).map(IPv4Address)
+    | st.just(IPv6Address("::"))
+    | ipv6_host_addresses
+)
 
 port_mappings = st.builds(
     PortMapping,
@@ -119,11 +134,15 @@ def port_specs(draw: st.DrawFn) -> tuple[str, list[PortMapping]]:
     host_text, host_first = "", None
     if with_host_port:
         host_text, host_first, _ = draw(_port_range(length=count))
-    host_ip = draw(st.none() | st.integers(min_value=0, max_value=2**32 - 1).map(IPv4Address))
+    host_ip = draw(st.none() | st.integers(min_value=0, max_value=2**32 - 1).map(IPv4Address) | ipv6_host_addresses)
     protocol = draw(st.none() | protocols)
     protocol_text = "" if protocol is None else "/" + draw(st.sampled_from([protocol, protocol.upper()]))
 
-    if host_ip is not None:
+    if isinstance(host_ip, IPv6Address):
+        # Any spelling of the address, not only the compressed one str() gives.
+        address = draw(st.sampled_from([str(host_ip), host_ip.exploded, host_ip.exploded.upper()]))
+        spec = f"[{address}]:{host_text}:{container_text}"
+    elif host_ip is not None:
         spec = f"{host_ip}:{host_text}:{container_text}"
     elif with_host_port:
         spec = f"{host_text}:{container_text}"
@@ -150,7 +169,16 @@ def bad_port_specs(draw: st.DrawFn) -> tuple[str, str]:
     good_port = draw(port_numbers)
     kind = draw(
         st.sampled_from(
-            ["port_out_of_range", "protocol", "unequal_ranges", "reversed_range", "ipv6", "bad_ip", "not_a_number"]
+            [
+                "port_out_of_range",
+                "protocol",
+                "unequal_ranges",
+                "reversed_range",
+                "ipv6_unbracketed",
+                "ipv6_loopback",
+                "bad_ip",
+                "not_a_number",
+            ]
         )
     )
     if kind == "port_out_of_range":
@@ -173,9 +201,12 @@ def bad_port_specs(draw: st.DrawFn) -> tuple[str, str]:
         low = draw(st.integers(min_value=1, max_value=65534))
         high = draw(st.integers(min_value=low + 1, max_value=65535))
         return f"{high}-{low}", "ends before it starts"
-    if kind == "ipv6":
-        address = draw(st.sampled_from(["::1", "fe80::1", "2001:db8::5"]))
-        return draw(st.sampled_from([f"[{address}]:80:80", f"{address}:80:80", f"[{address}]::80"])), "IPv6"
+    if kind == "ipv6_unbracketed":
+        address = draw(st.sampled_from(["::", "fe80::1", "2001:db8::5"]))
+        return draw(st.sampled_from([f"{address}:80:80", f"{address}::80"])), "brackets"
+    if kind == "ipv6_loopback":
+        spelling = draw(st.sampled_from(["::1", "0:0:0:0:0:0:0:1", "0000::0001"]))
+        return draw(st.sampled_from([f"[{spelling}]:80:80", f"[{spelling}]::80/udp"])), "loopback"
     if kind == "bad_ip":
         octets = draw(st.lists(st.integers(0, 300), min_size=1, max_size=5).filter(lambda o: len(o) != 4 or max(o) > 255))
         address = ".".join(map(str, octets))
