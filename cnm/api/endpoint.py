@@ -145,7 +145,7 @@ def create(
             name=name,
             id=new_id(),
             addresses=(interface,),
-            mac=mac or mac_for(allocated),
+            mac=mac or mac_for(allocated),  # type: ignore[arg-type]  # the IPv4 pool's address
             ports=mappings,
             static=frozenset({4}) if address is not None else frozenset(),
         )

@@ -112,3 +112,19 @@ def test_taking_and_releasing_one_value_forever_does_not_grow():
     finally:
         tracemalloc.stop()
     assert current - baseline < 20_000
+
+
+def test_a_stale_heap_entry_does_not_let_the_cursor_step_back_past_it():
+    """Released, re-taken (its heap entry goes stale), the values above it
+    released (the cursor steps back), then released again: the heap must not
+    end up holding a value at or above the cursor, or a lower free value
+    behind the cursor would be skipped."""
+    book = LowestFree(0, 9)
+    assert [book.take_lowest() for _ in range(5)] == [0, 1, 2, 3, 4]
+    book.release(2)  # on the heap
+    assert book.take(2)  # its entry is stale now
+    book.release(4)
+    book.release(3)  # the cursor is back at 3
+    book.release(2)  # live again on the heap: not a step back
+    book.release(1)
+    assert [book.take_lowest() for _ in range(4)] == [1, 2, 3, 4]
