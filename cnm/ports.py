@@ -5,38 +5,54 @@ host. The request and the result are two value types:
 
 * a :class:`PortMapping` is what the user asks for. Its host port may be left
   out (``None``), meaning "any free one"; its host address may be left out,
-  meaning "every address of the host" (shown as ``0.0.0.0``).
-  :meth:`PortMapping.parse` reads Docker's ``-p`` syntax, and
-  :func:`normalize_ports` accepts a mix of such strings and mappings.
-* a :class:`PublishedPort` is a mapping after publishing: its host port is
-  settled. It is what inspect shows (:func:`docker_ports_view` gives Docker's
-  ``NetworkSettings.Ports`` shape) and what the firewall turns into a DNAT
-  rule.
+  meaning "every address of the host, of every family the endpoint has".
+  :meth:`PortMapping.parse` reads Docker's ``-p`` syntax, IPv6 host
+  addresses in brackets included, and :func:`normalize_ports` accepts a mix
+  of such strings and mappings.
+* a :class:`PublishedPort` is a mapping after publishing, on one address
+  family: its host port is settled. It is what inspect shows
+  (:func:`docker_ports_view` gives Docker's ``NetworkSettings.Ports`` shape)
+  and what the firewall turns into a DNAT rule.
 
 Between the two sits :class:`HostPortAllocator`, the bookkeeping of one host:
-which (protocol, host address, host port) triples are taken, and by which
+which (protocol, family, host address, host port) are taken, and by which
 endpoint. It is pure: it does not bind sockets or touch the firewall. It
 settles ephemeral ports and refuses clashes *before* any kernel change, so
 that a clash is an ordinary :class:`~cnm.errors.ConflictError` instead of a
 half-installed set of rules.
 
-Clash rules (the same as the kernel's for ``bind``): two publications of one
-port and protocol clash if they use the same host address, or if either uses
-every address (``host_ip=None``). TCP, UDP and SCTP ports are separate spaces.
+Host addresses, as in Docker 28:
 
-Only IPv4 host addresses are supported for now.
+* none, or ``0.0.0.0``: every address of every family the endpoint has. On a
+  dual-stack endpoint the mapping is published twice, on IPv4 and on IPv6,
+  with the same host port (inspect shows a ``0.0.0.0`` and a ``::`` entry).
+  ``0.0.0.0`` means both families because it is Docker's default binding
+  address, which a mapping without an address gets.
+* ``[::]``: every IPv6 address, and only IPv6.
+* a specific address: that address only, so only its family.
+* ``[::1]`` is refused: the kernel never lets a packet from ``::1`` leave
+  ``lo`` (IPv6 has no ``route_localnet``), so a DNAT from the host's own
+  ``::1`` to a sandbox cannot work; Docker serves it with its userland proxy,
+  which cnm does not have. ``127.0.0.1`` works.
+
+Clash rules (the same as the kernel's for ``bind``), within one family: two
+publications of one port and protocol clash if they use the same host
+address, or if either uses every address of the family. IPv4 and IPv6 are
+separate spaces, and so are TCP, UDP and SCTP.
 """
 
 from __future__ import annotations
 
-import heapq
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import attrs
 
 from ._checks import describe
+from ._ip import FAMILIES, Family, IPAddress, family_name
+from ._lowest_free import LowestFree
+from ._transport import DEFAULT_EPHEMERAL_PORTS, FIRST_PORT, LAST_PORT, PROTOCOLS, check_port, check_protocol
 from .errors import ConflictError, ExhaustedError, InvalidArgumentError
 
 __all__ = [
@@ -49,55 +65,64 @@ __all__ = [
     "normalize_ports",
 ]
 
-#: The transport protocols a port can be published for.
-PROTOCOLS = ("tcp", "udp", "sctp")
-
-#: Docker's default range for ephemeral host ports, both ends included.
-DEFAULT_EPHEMERAL_PORTS = (49153, 60999)
-
-_WILDCARD = IPv4Address("0.0.0.0")
+_ANY_IPV4 = IPv4Address("0.0.0.0")
+_LOOPBACK_IPV6 = IPv6Address("::1")
 _PORT_TEXT = re.compile(r"[0-9]+")  # not str.isdigit(), which accepts non-ASCII digits
 
 
-def _check_port(what: str, value: object) -> None:
-    # bool is an int subclass; True as a port number is always a mistake.
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
-        raise InvalidArgumentError(f"{what} {value!r} is not a port number (1-65535)")
-
-
 def _validate_port(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    _check_port(attribute.name.replace("_", " "), value)
+    check_port(attribute.name.replace("_", " "), value)
 
 
 def _validate_optional_port(_instance: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
     if value is not None:
-        _check_port(attribute.name.replace("_", " "), value)
+        check_port(attribute.name.replace("_", " "), value)
 
 
 def _validate_protocol(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
-    if value not in PROTOCOLS:
-        raise InvalidArgumentError(f"protocol {value!r} is not one of {', '.join(PROTOCOLS)}")
+    check_protocol("protocol", value)
 
 
-def _to_host_ip(value: str | IPv4Address | IPv6Address | None) -> IPv4Address | None:
-    # The wildcard has one spelling, None, so that equality and the clash
-    # rules never have to treat 0.0.0.0 specially.
+def _check_host_ip(value: object) -> IPAddress | None:
+    """*value* as a host address a port can be published on (wildcards kept)."""
     if value is None:
         return None
-    if isinstance(value, IPv6Address) or (isinstance(value, str) and ":" in value):
-        raise InvalidArgumentError(f"host address {str(value)!r} is IPv6, which is not supported yet")
+    if not isinstance(value, (str, IPv4Address, IPv6Address)):
+        raise InvalidArgumentError(f"host address {value!r} is not an IPv4 or IPv6 address")
+    shown = repr(str(value))  # as given, in messages
+    if "%" in str(value):
+        raise InvalidArgumentError(f"host address {shown} has a zone index, which a published port cannot use")
     if isinstance(value, str):
         try:
-            value = IPv4Address(value)
+            value = ip_address(value)
         except ValueError:
-            raise InvalidArgumentError(f"host address {value!r} is not a valid IPv4 address") from None
-    if not isinstance(value, IPv4Address):
-        raise InvalidArgumentError(f"host address {value!r} is not an IPv4 address")
-    return None if value == _WILDCARD else value
+            family = "IPv6" if ":" in shown else "IPv4"
+            raise InvalidArgumentError(f"host address {shown} is not a valid {family} address") from None
+    if isinstance(value, IPv6Address):
+        if value.ipv4_mapped is not None:
+            # The kernel would never see such a destination: IPv4 traffic
+            # arrives as IPv4.
+            raise InvalidArgumentError(
+                f"host address {shown} is an IPv4-mapped IPv6 address; give it as {value.ipv4_mapped}"
+            )
+        if value == _LOOPBACK_IPV6:
+            raise InvalidArgumentError(
+                f"host address {shown} cannot be published on: the kernel never lets ::1 traffic leave the"
+                " loopback interface, so it cannot be forwarded to a sandbox (publish on 127.0.0.1 or [::])"
+            )
+    return value
 
 
-def _show_ip(ip: IPv4Address | None) -> str:
-    return "0.0.0.0" if ip is None else str(ip)
+def _to_host_ip(value: object) -> IPAddress | None:
+    # "Every address of every family" has one spelling, None, so that
+    # equality and the clash rules never have to treat 0.0.0.0 specially.
+    host_ip = _check_host_ip(value)
+    return None if host_ip == _ANY_IPV4 else host_ip
+
+
+def _bracketed(ip: IPAddress) -> str:
+    """*ip* as it is written before ``:port``: IPv6 in brackets."""
+    return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
 @attrs.frozen
@@ -106,8 +131,11 @@ class PortMapping:
 
     *host_port* ``None`` asks for an ephemeral port, chosen when the mapping
     is published. *host_ip* ``None`` (or ``0.0.0.0``, which is stored as
-    ``None``) publishes on every host address; a string is parsed as an IPv4
-    address. Invalid values raise :class:`~cnm.errors.InvalidArgumentError`.
+    ``None``) publishes on every host address of every family the endpoint
+    has; ``::`` on every IPv6 address; any other address on that address
+    only (see the module documentation, which also says why ``::1`` is
+    refused). A string is parsed as an IPv4 or IPv6 address. Invalid values
+    raise :class:`~cnm.errors.InvalidArgumentError`.
 
     ``str(mapping)`` is the mapping in ``-p`` syntax, which
     :meth:`parse` reads back to the same mapping.
@@ -116,13 +144,13 @@ class PortMapping:
     container_port: int = attrs.field(validator=_validate_port)
     host_port: int | None = attrs.field(default=None, validator=_validate_optional_port)
     protocol: str = attrs.field(default="tcp", validator=_validate_protocol)
-    host_ip: IPv4Address | None = attrs.field(default=None, converter=_to_host_ip)
+    host_ip: IPAddress | None = attrs.field(default=None, converter=_to_host_ip)
 
     def __str__(self) -> str:
         tail = f"{self.container_port}/{self.protocol}"
         host = "" if self.host_port is None else str(self.host_port)
         if self.host_ip is not None:
-            return f"{self.host_ip}:{host}:{tail}"
+            return f"{_bracketed(self.host_ip)}:{host}:{tail}"
         if self.host_port is not None:
             return f"{host}:{tail}"
         return tail
@@ -138,6 +166,8 @@ class PortMapping:
             8080:80                host port 8080 to container port 80
             127.0.0.1:8080:80      the same, on one host address only
             127.0.0.1::80          an ephemeral host port on one host address
+            [2001:db8::1]:8080:80  an IPv6 host address, in brackets
+            [::]:8080:80           every IPv6 host address (and no IPv4 one)
             8080-8081:80-81        8080->80 and 8081->81 (ranges of equal length)
             80-81                  80 and 81, each on an ephemeral host port
 
@@ -163,18 +193,28 @@ class PortMapping:
             raise bad(f"unknown protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
 
         if rest.startswith("["):
-            address = rest[1:].partition("]")[0]
-            raise bad(f"IPv6 host address {address!r} is not supported yet")
-        parts = rest.split(":")
-        if len(parts) > 3:
-            address = ":".join(parts[:-2])
-            try:
-                IPv6Address(address)
-            except ValueError:
-                raise bad("too many ':' (expected [host_ip:][host_port:]container_port)") from None
-            raise bad(f"IPv6 host address {address!r} is not supported yet")
+            ip_text, bracket, after = rest[1:].partition("]")
+            if not bracket:
+                raise bad("no ']' after the IPv6 host address")
+            if not after.startswith(":"):
+                raise bad("expected ':' after the ']' of the host address ([host_ip]:[host_port]:container_port)")
+            parts = after[1:].split(":")
+            if len(parts) != 2:
+                raise bad("expected [host_ip]:[host_port]:container_port")
+            if ip_text and ":" not in ip_text:
+                raise bad(f"{ip_text!r} in brackets is not an IPv6 address (only IPv6 host addresses take brackets)")
+            parts.insert(0, ip_text)
+        else:
+            parts = rest.split(":")
+            if len(parts) > 3:
+                address = ":".join(parts[:-2])
+                try:
+                    IPv6Address(address)
+                except ValueError:
+                    raise bad("too many ':' (expected [host_ip:][host_port:]container_port)") from None
+                raise bad(f"IPv6 host address {address!r} must be written in brackets, like [{address}]:8080:80")
 
-        host_ip: IPv4Address | None = None
+        host_ip: IPAddress | None = None
         if len(parts) == 3:
             ip_text = parts.pop(0)
             if not ip_text:
@@ -213,8 +253,8 @@ def _parse_range(text: str, what: str, bad: Callable[[str], InvalidArgumentError
         if not _PORT_TEXT.fullmatch(part):
             raise bad(f"{what} {text!r} is not a port number or a range like 8000-8010")
         port = int(part)
-        if not 1 <= port <= 65535:
-            raise bad(f"{what} {port} is out of range (1-65535)")
+        if not FIRST_PORT <= port <= LAST_PORT:
+            raise bad(f"{what} {port} is out of range ({FIRST_PORT}-{LAST_PORT})")
         ends.append(port)
     first, last = ends
     if first > last:
@@ -266,26 +306,78 @@ def _normalize_ports(ports: object) -> list[PortMapping]:
     return result
 
 
-@attrs.frozen
-class PublishedPort:
-    """A published mapping: *container_port* is reachable on *host_port*.
 
-    *host_ip* ``None`` means every host address. ``str()`` gives the
-    ``docker ps`` form, e.g. ``0.0.0.0:8080->80/tcp``.
+@attrs.frozen(init=False)
+class PublishedPort:
+    """A published mapping on one address family: *container_port* is reachable on *host_port*.
+
+    *host_ip* ``None`` means every host address of *family* (``0.0.0.0`` or
+    ``::``, which are stored as ``None``); a specific address gives the family
+    itself, and *family* may then be left out. Without either, *family* is 4.
+    ``str()`` gives the ``docker ps`` form, e.g. ``0.0.0.0:8080->80/tcp`` or
+    ``[::]:8080->80/tcp``.
     """
 
     protocol: str = attrs.field(validator=_validate_protocol)
-    host_ip: IPv4Address | None = attrs.field(converter=_to_host_ip)
+    host_ip: IPAddress | None
     host_port: int = attrs.field(validator=_validate_port)
     container_port: int = attrs.field(validator=_validate_port)
+    family: Family
+
+    def __init__(
+        self,
+        protocol: str,
+        host_ip: str | IPAddress | None,
+        host_port: int,
+        container_port: int,
+        family: Family | None = None,
+    ) -> None:
+        ip = _check_host_ip(host_ip)
+        if family is not None and family not in FAMILIES:
+            raise InvalidArgumentError(f"published port: family {family!r} is not 4 or 6")
+        if ip is not None:
+            if family is not None and ip.version != family:
+                raise InvalidArgumentError(
+                    f"published port: host address {ip} is {family_name(ip.version)}, not {family_name(family)}"
+                )
+            family = 4 if ip.version == 4 else 6
+            if ip.is_unspecified:
+                ip = None
+        self.__attrs_init__(protocol, ip, host_port, container_port, 4 if family is None else family)
+
+    @property
+    def shown_ip(self) -> str:
+        """The host address as Docker shows it: ``0.0.0.0`` or ``::`` for every address."""
+        if self.host_ip is not None:
+            return str(self.host_ip)
+        return "0.0.0.0" if self.family == 4 else "::"
 
     def __str__(self) -> str:
-        return f"{_show_ip(self.host_ip)}:{self.host_port}->{self.container_port}/{self.protocol}"
+        return f"{_host(self)}:{self.host_port}->{self.container_port}/{self.protocol}"
 
 
-def _describe(protocol: str, host_ip: IPv4Address | None, port: int) -> str:
-    where = "" if host_ip is None else f"{host_ip}:"
-    return f"{where}{port}/{protocol}"
+def _host(published: PublishedPort) -> str:
+    """The host address as written before ``:port`` (IPv6 in brackets)."""
+    return f"[{published.shown_ip}]" if published.family == 6 else published.shown_ip
+
+
+def _describe(published: PublishedPort) -> str:
+    # An IPv4 wildcard is left out, as messages said before IPv6 came.
+    where = "" if published.host_ip is None and published.family == 4 else f"{_host(published)}:"
+    return f"{where}{published.host_port}/{published.protocol}"
+
+
+def _check_families(owner: str, families: object) -> tuple[Family, ...]:
+    if isinstance(families, (str, bytes, Mapping)) or not isinstance(families, Iterable):
+        raise InvalidArgumentError(f"endpoint {owner!r}: families must be a collection of 4 and/or 6, not {describe(families)}")
+    chosen = list(families)
+    if not chosen or any(isinstance(f, bool) or f not in FAMILIES for f in chosen):
+        raise InvalidArgumentError(f"endpoint {owner!r}: families {chosen!r} must be 4, 6 or both")
+    return tuple(f for f in FAMILIES if f in chosen)
+
+
+# (protocol, host port, family) -> host address (None: every address) -> (publication, owner)
+_Held = dict[tuple[str, int, Family], dict[IPAddress | None, tuple[PublishedPort, str]]]
 
 
 class HostPortAllocator:
@@ -298,34 +390,29 @@ class HostPortAllocator:
     Ephemeral ports are drawn from *ephemeral_ports*, a ``(first, last)``
     pair with both ends included (Docker's 49153-60999 by default), lowest
     free first, so a released port is the next one handed out. A port counts
-    as free for an ephemeral request only if no address holds it for that
-    protocol, so an ephemeral port is never shared between host addresses.
+    as free for an ephemeral request only if no address of either family
+    holds it for that protocol: so an ephemeral port is never shared between
+    host addresses, and one free for a dual-stack mapping is free on both
+    families at once.
 
     Not thread-safe; the host serialises calls.
     """
 
-    __slots__ = ("_cursor", "_first", "_freed", "_held", "_in_heap", "_last")
-
-    # Lowest-free without scanning: per protocol, every port of the
-    # ephemeral range below ``_cursor[protocol]`` has been looked at once and,
-    # if it is free now, sits on the ``_freed`` heap; ports from the cursor up
-    # are free unless a fixed request took them, which the cursor skips. A
-    # heap entry whose port was re-taken by a fixed request stays there and is
-    # skipped when popped.
+    __slots__ = ("_books", "_first", "_held", "_last")
 
     def __init__(self, ephemeral_ports: tuple[int, int] = DEFAULT_EPHEMERAL_PORTS) -> None:
         first, last = ephemeral_ports
-        _check_port("first ephemeral port", first)
-        _check_port("last ephemeral port", last)
+        check_port("first ephemeral port", first)
+        check_port("last ephemeral port", last)
         if first > last:
             raise InvalidArgumentError(f"ephemeral port range {first}-{last} ends before it starts")
         self._first = first
         self._last = last
-        # (protocol, host port) -> host address -> (publication, owner)
-        self._held: dict[tuple[str, int], dict[IPv4Address | None, tuple[PublishedPort, str]]] = {}
-        self._cursor = dict.fromkeys(PROTOCOLS, first)
-        self._freed: dict[str, list[int]] = {protocol: [] for protocol in PROTOCOLS}
-        self._in_heap: dict[str, set[int]] = {protocol: set() for protocol in PROTOCOLS}
+        self._held: _Held = {}
+        # Per protocol, every port held on any address of any family, fixed
+        # ones outside the ephemeral range included (the book records those
+        # without ever handing them out).
+        self._books = {protocol: LowestFree(first, last) for protocol in PROTOCOLS}
 
     def __repr__(self) -> str:
         count = sum(len(holders) for holders in self._held.values())
@@ -336,37 +423,68 @@ class HostPortAllocator:
         """The range ephemeral ports are drawn from, both ends included."""
         return (self._first, self._last)
 
-    def reserve(self, owner: str, mappings: Sequence[PortMapping]) -> list[PublishedPort]:
+    def reserve(
+        self, owner: str, mappings: Sequence[PortMapping], *, families: Iterable[int]
+    ) -> list[PublishedPort]:
         """Publish every one of *mappings* for *owner*, or none of them.
 
-        Returns one :class:`PublishedPort` per mapping, in order. Raises
+        *families* are the address families the endpoint has (``(4,)``,
+        ``(6,)`` or ``(4, 6)``). A mapping without a host address is published
+        on each of them with the same host port; one with a host address only
+        on that address's family, which the endpoint must have
+        (:class:`~cnm.errors.InvalidArgumentError` otherwise).
+
+        Returns the :class:`PublishedPort` objects in the order of
+        *mappings*, a mapping published on both families giving its IPv4
+        publication then its IPv6 one. Raises
         :class:`~cnm.errors.ConflictError` if a fixed host port clashes with
         one already published or with another mapping of the same request,
         and :class:`~cnm.errors.ExhaustedError` if no ephemeral port is left.
         After an error nothing from this call stays reserved.
         """
+        chosen = _check_families(owner, families)
         for mapping in mappings:
             if not isinstance(mapping, PortMapping):
                 raise InvalidArgumentError(f"endpoint {owner!r}: {mapping!r} is not a PortMapping")
+            if mapping.host_ip is not None and mapping.host_ip.version not in chosen:
+                raise InvalidArgumentError(
+                    f"endpoint {owner!r}: port {mapping} is published on {family_name(mapping.host_ip.version)}"
+                    f" host address {mapping.host_ip}, but the endpoint has no {family_name(mapping.host_ip.version)}"
+                    " address"
+                )
         # Fixed ports are taken before ephemeral ones are chosen, so that an
         # ephemeral pick never lands on a port this same request names later.
         order = sorted(range(len(mappings)), key=lambda index: mappings[index].host_port is None)
-        results: dict[int, PublishedPort] = {}
+        results: dict[int, list[PublishedPort]] = {}
+        done: set[PublishedPort] = set()
+        picked: list[tuple[str, int]] = []
         try:
             for index in order:
                 mapping = mappings[index]
+                on = chosen if mapping.host_ip is None else (4 if mapping.host_ip.version == 4 else 6,)
                 if mapping.host_port is None:
                     port = self._pick(owner, mapping.protocol)
+                    picked.append((mapping.protocol, port))
                 else:
                     port = mapping.host_port
-                    self._check_free(owner, mapping.protocol, mapping.host_ip, port, results.values())
-                published = PublishedPort(mapping.protocol, mapping.host_ip, port, mapping.container_port)
-                self._held.setdefault((published.protocol, port), {})[published.host_ip] = (published, owner)
-                results[index] = published
+                publications = [
+                    PublishedPort(mapping.protocol, mapping.host_ip, port, mapping.container_port, family)
+                    for family in on
+                ]
+                for published in publications:
+                    self._check_free(owner, published, done)
+                for published in publications:
+                    self._hold(published, owner)
+                    done.add(published)
+                results[index] = publications
         except BaseException:
-            self.release(results.values())
+            self.release(done)
+            # An ephemeral pick interrupted before it was held is in the book
+            # only; release() finds holders, not picks.
+            for protocol, port in picked:
+                self._forget_if_unheld(protocol, port)
             raise
-        return [results[index] for index in range(len(mappings))]
+        return [published for index in range(len(mappings)) for published in results[index]]
 
     def release(self, published: Iterable[PublishedPort]) -> None:
         """Unpublish each of *published*; ports not published are skipped silently.
@@ -375,8 +493,8 @@ class HostPortAllocator:
         stale :class:`PublishedPort` cannot free a port that has since been
         published again with a different container port.
         """
-        for item in published:
-            key = (item.protocol, item.host_port)
+        for item in list(published):
+            key = (item.protocol, item.host_port, item.family)
             holders = self._held.get(key)
             if holders is None:
                 continue
@@ -384,75 +502,64 @@ class HostPortAllocator:
             if entry is None or entry[0] != item:
                 continue
             del holders[item.host_ip]
-            if holders:
-                continue
-            del self._held[key]
-            # Only a port the cursor has passed needs to go on the heap; the
-            # cursor finds the others itself.
-            heap, in_heap = self._freed[item.protocol], self._in_heap[item.protocol]
-            if self._first <= item.host_port < self._cursor[item.protocol] and item.host_port not in in_heap:
-                heapq.heappush(heap, item.host_port)
-                in_heap.add(item.host_port)
+            if not holders:
+                del self._held[key]
+                self._forget_if_unheld(item.protocol, item.host_port)
 
     def published(self) -> dict[PublishedPort, str]:
         """Every publication in force, mapped to the endpoint that holds it."""
         return {entry[0]: entry[1] for holders in self._held.values() for entry in holders.values()}
 
-    def _check_free(
-        self,
-        owner: str,
-        protocol: str,
-        host_ip: IPv4Address | None,
-        port: int,
-        done: Collection[PublishedPort],
-    ) -> None:
-        holders = self._held.get((protocol, port))
+    def _hold(self, published: PublishedPort, owner: str) -> None:
+        key = (published.protocol, published.host_port, published.family)
+        self._held.setdefault(key, {})[published.host_ip] = (published, owner)
+        self._books[published.protocol].take(published.host_port)
+
+    def _forget_if_unheld(self, protocol: str, port: int) -> None:
+        if all((protocol, port, family) not in self._held for family in FAMILIES):
+            self._books[protocol].release(port)
+
+    def _check_free(self, owner: str, wanted: PublishedPort, done: Collection[PublishedPort]) -> None:
+        holders = self._held.get((wanted.protocol, wanted.host_port, wanted.family))
         if not holders:
             return
-        if host_ip is None:
+        if wanted.host_ip is None:
             existing = next(iter(holders.values()))
-        elif host_ip in holders:
-            existing = holders[host_ip]
+        elif wanted.host_ip in holders:
+            existing = holders[wanted.host_ip]
         elif None in holders:
             existing = holders[None]
         else:
             return
         held, holder = existing
-        wanted = _describe(protocol, host_ip, port)
+        what = _describe(wanted)
         if held in done:
-            raise ConflictError(f"endpoint {owner!r}: host port {wanted} is requested more than once")
-        message = f"endpoint {owner!r}: host port {wanted} is already published by endpoint {holder!r}"
-        if held.host_ip != host_ip:
-            message += f" (on {_show_ip(held.host_ip)})"
+            raise ConflictError(f"endpoint {owner!r}: host port {what} is requested more than once")
+        message = f"endpoint {owner!r}: host port {what} is already published by endpoint {holder!r}"
+        if held.host_ip != wanted.host_ip:
+            message += f" (on {_host(held)})"
         raise ConflictError(message)
 
     def _pick(self, owner: str, protocol: str) -> int:
-        heap, in_heap = self._freed[protocol], self._in_heap[protocol]
-        while heap:
-            port = heapq.heappop(heap)
-            in_heap.discard(port)
-            if (protocol, port) not in self._held:
-                return port
-        while self._cursor[protocol] <= self._last:
-            port = self._cursor[protocol]
-            self._cursor[protocol] += 1
-            if (protocol, port) not in self._held:
-                return port
-        raise ExhaustedError(
-            f"endpoint {owner!r}: no free host port left for {protocol} in {self._first}-{self._last}"
-        )
+        port = self._books[protocol].take_lowest()
+        if port is None:
+            raise ExhaustedError(
+                f"endpoint {owner!r}: no free host port left for {protocol} in {self._first}-{self._last}"
+            )
+        return port
 
 
 def docker_ports_view(published: Iterable[PublishedPort]) -> dict[str, list[dict[str, str]]]:
     """Docker's ``NetworkSettings.Ports`` shape for *published*.
 
     Keys are ``"<container port>/<protocol>"``; each value lists the host
-    bindings of that container port, in the order given::
+    bindings of that container port, in the order given (IPv6 addresses
+    without brackets, as Docker shows them)::
 
-        {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}
+        {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}, {"HostIp": "::", "HostPort": "8080"}]}
     """
     view: dict[str, list[dict[str, str]]] = {}
     for item in published:
-        binding = {"HostIp": _show_ip(item.host_ip), "HostPort": str(item.host_port)}
+        binding = {"HostIp": item.shown_ip, "HostPort": str(item.host_port)}
         view.setdefault(f"{item.container_port}/{item.protocol}", []).append(binding)
     return view

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from hypothesis import assume
 from hypothesis import strategies as st
 
+from cnm._ip import IPAddress, IPNetwork
 from cnm.ports import PROTOCOLS, PortMapping
 
 __all__ = [
+    "SMALL_PREFIXES",
     "bad_port_specs",
     "hands_out_something",
     "host_ips",
     "ip_ranges",
     "ipv4_subnets",
+    "ipv6_host_addresses",
+    "ipv6_subnets",
+    "never_handed_out",
     "pool_requests",
     "port_mappings",
     "port_numbers",
     "port_specs",
     "protocols",
     "subnet_addresses",
+    "subnets",
 ]
 
 port_numbers = st.integers(min_value=1, max_value=65535)
@@ -36,53 +42,106 @@ def ipv4_subnets(min_prefix: int = 8, max_prefix: int = 30) -> st.SearchStrategy
     )
 
 
+def ipv6_subnets(min_prefix: int = 16, max_prefix: int = 126) -> st.SearchStrategy[IPv6Network]:
+    """Any IPv6 subnet with a prefix length in [min_prefix, max_prefix]."""
+    return st.builds(
+        lambda address, prefix: IPv6Network((address, prefix), strict=False),
+        st.integers(min_value=0, max_value=2**128 - 1),
+        st.integers(min_value=min_prefix, max_value=max_prefix),
+    )
+
+
+def subnets(family: int, min_prefix: int, max_prefix: int) -> st.SearchStrategy[IPNetwork]:
+    """Any subnet of *family* with a prefix length in [min_prefix, max_prefix]."""
+    return ipv4_subnets(min_prefix, max_prefix) if family == 4 else ipv6_subnets(min_prefix, max_prefix)
+
+
 @st.composite
-def ip_ranges(draw: st.DrawFn, subnet: IPv4Network) -> IPv4Network:
-    """A block inside *subnet* (possibly all of it, possibly a single /32)."""
-    prefix = draw(st.integers(min_value=subnet.prefixlen, max_value=32))
+def ip_ranges(draw: st.DrawFn, subnet: IPNetwork) -> IPNetwork:
+    """A block inside *subnet* (possibly all of it, possibly a single address)."""
+    bits = subnet.max_prefixlen
+    prefix = draw(st.integers(min_value=subnet.prefixlen, max_value=bits))
     index = draw(st.integers(min_value=0, max_value=2 ** (prefix - subnet.prefixlen) - 1))
-    return IPv4Network((int(subnet.network_address) + index * 2 ** (32 - prefix), prefix))
+    # By the subnet's own class: ip_network() would take a small int for IPv4.
+    return type(subnet)((int(subnet.network_address) + index * 2 ** (bits - prefix), prefix))
 
 
-def subnet_addresses(subnet: IPv4Network) -> st.SearchStrategy[IPv4Address]:
-    """Any address of *subnet*, network and broadcast addresses included."""
-    return st.integers(
-        min_value=int(subnet.network_address), max_value=int(subnet.broadcast_address)
-    ).map(IPv4Address)
+def subnet_addresses(subnet: IPNetwork) -> st.SearchStrategy[IPAddress]:
+    """Any address of *subnet*, its first and last included."""
+    return st.integers(min_value=int(subnet.network_address), max_value=int(subnet.broadcast_address)).map(
+        IPv4Address if subnet.version == 4 else IPv6Address
+    )
+
+
+def never_handed_out(subnet: IPNetwork, gateway: IPAddress | None) -> set[IPAddress]:
+    """The addresses of *subnet* no pool hands out: the network address, the
+    IPv4 broadcast address (IPv6 has none) and the gateway (the first address
+    after the network address unless given)."""
+    never = {subnet.network_address, gateway or subnet.network_address + 1}
+    if subnet.version == 4:
+        never.add(subnet.broadcast_address)
+    return never
+
+
+#: Pool sizes small enough for a model that lists every address: IPv4 /22-/30,
+#: IPv6 /118-/126 (the same numbers of addresses).
+SMALL_PREFIXES = {4: (22, 30), 6: (118, 126)}
 
 
 @st.composite
 def pool_requests(
-    draw: st.DrawFn, min_prefix: int = 22, max_prefix: int = 30
-) -> tuple[IPv4Network, IPv4Network | None, IPv4Address | None]:
+    draw: st.DrawFn, min_prefix: int | None = None, max_prefix: int | None = None, family: int | None = None
+) -> tuple[IPNetwork, IPNetwork | None, IPAddress | None]:
     """A valid (subnet, ip_range, gateway) triple; range and gateway may be None.
 
-    Small subnets by default, so that tests can compare against a model that
-    lists every address. Valid means the range holds an address to hand out:
-    one that is not the subnet's network or broadcast address or the gateway.
+    Of *family* (either, unless told), and small by default, so that tests
+    can compare against a model that lists every address; *min_prefix* and
+    *max_prefix* count from the top of :data:`SMALL_PREFIXES` for IPv6 (an
+    IPv4 24 means an IPv6 120). Valid means the range holds an address to
+    hand out (see :func:`never_handed_out`).
     """
-    subnet = draw(ipv4_subnets(min_prefix, max_prefix))
+    if family is None:
+        family = draw(st.sampled_from([4, 6]))
+    low, high = SMALL_PREFIXES[family]
+    shift = 0 if family == 4 else 96
+    low = low if min_prefix is None else min_prefix + shift
+    high = high if max_prefix is None else max_prefix + shift
+    subnet = draw(subnets(family, low, high))
     ip_range = draw(st.none() | ip_ranges(subnet))
+    last = int(subnet.broadcast_address) - (subnet.version == 4)
     gateway = draw(
         st.none()
-        | st.integers(
-            min_value=int(subnet.network_address) + 1, max_value=int(subnet.broadcast_address) - 1
-        ).map(IPv4Address)
+        | st.integers(min_value=int(subnet.network_address) + 1, max_value=last).map(
+            IPv4Address if family == 4 else IPv6Address
+        )
     )
     assume(hands_out_something(subnet, ip_range, gateway))
     return subnet, ip_range, gateway
 
 
-def hands_out_something(subnet: IPv4Network, ip_range: IPv4Network | None, gateway: IPv4Address | None) -> bool:
-    """Whether the range (or the subnet) has an address that is not the
-    subnet's network or broadcast address or the gateway (the first host
-    address unless given)."""
-    never = {subnet.network_address, subnet.broadcast_address, gateway or subnet.network_address + 1}
+def hands_out_something(subnet: IPNetwork, ip_range: IPNetwork | None, gateway: IPAddress | None) -> bool:
+    """Whether the range (or the subnet) has an address that is not one of
+    :func:`never_handed_out`."""
+    never = never_handed_out(subnet, gateway)
     return any(address not in never for address in ip_range or subnet)  # stops within 4 addresses
 
 
-#: A host address for a port mapping: None (every address) or a specific one.
-host_ips = st.none() | st.integers(min_value=1, max_value=2**32 - 1).map(IPv4Address)
+#: A specific IPv6 host address a port may be published on: not ::1 (refused,
+#: see cnm.ports) and not IPv4-mapped (refused: IPv4 arrives as IPv4).
+ipv6_host_addresses = (
+    st.integers(min_value=0, max_value=2**128 - 1)
+    .map(IPv6Address)
+    .filter(lambda a: a != IPv6Address("::1") and a.ipv4_mapped is None)
+)
+
+#: A host address for a port mapping: None (every address), a specific IPv4
+#: one, the IPv6 wildcard or a specific IPv6 one.
+host_ips = (
+    st.none()
+    | st.integers(min_value=1, max_value=2**32 - 1).map(IPv4Address)
+    | st.just(IPv6Address("::"))
+    | ipv6_host_addresses
+)
 
 port_mappings = st.builds(
     PortMapping,
@@ -119,11 +178,15 @@ def port_specs(draw: st.DrawFn) -> tuple[str, list[PortMapping]]:
     host_text, host_first = "", None
     if with_host_port:
         host_text, host_first, _ = draw(_port_range(length=count))
-    host_ip = draw(st.none() | st.integers(min_value=0, max_value=2**32 - 1).map(IPv4Address))
+    host_ip = draw(st.none() | st.integers(min_value=0, max_value=2**32 - 1).map(IPv4Address) | ipv6_host_addresses)
     protocol = draw(st.none() | protocols)
     protocol_text = "" if protocol is None else "/" + draw(st.sampled_from([protocol, protocol.upper()]))
 
-    if host_ip is not None:
+    if isinstance(host_ip, IPv6Address):
+        # Any spelling of the address, not only the compressed one str() gives.
+        address = draw(st.sampled_from([str(host_ip), host_ip.exploded, host_ip.exploded.upper()]))
+        spec = f"[{address}]:{host_text}:{container_text}"
+    elif host_ip is not None:
         spec = f"{host_ip}:{host_text}:{container_text}"
     elif with_host_port:
         spec = f"{host_text}:{container_text}"
@@ -150,7 +213,16 @@ def bad_port_specs(draw: st.DrawFn) -> tuple[str, str]:
     good_port = draw(port_numbers)
     kind = draw(
         st.sampled_from(
-            ["port_out_of_range", "protocol", "unequal_ranges", "reversed_range", "ipv6", "bad_ip", "not_a_number"]
+            [
+                "port_out_of_range",
+                "protocol",
+                "unequal_ranges",
+                "reversed_range",
+                "ipv6_unbracketed",
+                "ipv6_loopback",
+                "bad_ip",
+                "not_a_number",
+            ]
         )
     )
     if kind == "port_out_of_range":
@@ -173,9 +245,12 @@ def bad_port_specs(draw: st.DrawFn) -> tuple[str, str]:
         low = draw(st.integers(min_value=1, max_value=65534))
         high = draw(st.integers(min_value=low + 1, max_value=65535))
         return f"{high}-{low}", "ends before it starts"
-    if kind == "ipv6":
-        address = draw(st.sampled_from(["::1", "fe80::1", "2001:db8::5"]))
-        return draw(st.sampled_from([f"[{address}]:80:80", f"{address}:80:80", f"[{address}]::80"])), "IPv6"
+    if kind == "ipv6_unbracketed":
+        address = draw(st.sampled_from(["::", "fe80::1", "2001:db8::5"]))
+        return draw(st.sampled_from([f"{address}:80:80", f"{address}::80"])), "brackets"
+    if kind == "ipv6_loopback":
+        spelling = draw(st.sampled_from(["::1", "0:0:0:0:0:0:0:1", "0000::0001"]))
+        return draw(st.sampled_from([f"[{spelling}]:80:80", f"[{spelling}]::80/udp"])), "loopback"
     if kind == "bad_ip":
         octets = draw(st.lists(st.integers(0, 300), min_size=1, max_size=5).filter(lambda o: len(o) != 4 or max(o) > 255))
         address = ".".join(map(str, octets))

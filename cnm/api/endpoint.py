@@ -145,7 +145,7 @@ def create(
             name=name,
             id=new_id(),
             addresses=(interface,),
-            mac=mac or mac_for(allocated),
+            mac=mac or mac_for(allocated),  # type: ignore[arg-type]  # the IPv4 pool's address
             ports=mappings,
             static=frozenset({4}) if address is not None else frozenset(),
         )
@@ -216,7 +216,9 @@ def disconnect(services: Services, endpoint: EndpointRecord) -> list[Exception]:
 
 def check_host_addresses(services: Services, endpoint: EndpointRecord) -> None:
     """A port published on one host address needs that address on the host (Docker fails at bind)."""
-    wanted = {m.host_ip for m in endpoint.ports if m.host_ip is not None}
+    # IPv4 only, as the address dump is; the port book refuses an IPv6 host
+    # address on an endpoint without IPv6.
+    wanted = {m.host_ip for m in endpoint.ports if m.host_ip is not None and m.host_ip.version == 4}
     if not wanted:
         return
     local = {iface.ip for _, iface in services.rtnl.addresses()}

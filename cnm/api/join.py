@@ -81,7 +81,8 @@ class Join:
 
 def prepare(services: Services, endpoint: EndpointRecord, sandbox: SandboxRecord, undo: Undo) -> Join:
     """The bookkeeping of a join: host ports, interface name, the join recorded as in progress."""
-    published = services.dying.retrying(lambda: services.ports.reserve(endpoint.name, endpoint.ports))
+    families = [a.version for a in endpoint.addresses]
+    published = services.dying.retrying(lambda: services.ports.reserve(endpoint.name, endpoint.ports, families=families))
     endpoint.published = published
 
     def release() -> None:
@@ -127,7 +128,7 @@ def forwards(endpoint: EndpointRecord) -> list[PortForward]:
     """The firewall's view of the endpoint's published ports."""
     address = endpoint.address(4)
     assert address is not None
-    return [PortForward(p.protocol, p.host_ip, p.host_port, address.ip, p.container_port) for p in endpoint.published]  # type: ignore[arg-type]  # until the firewall takes both families
+    return [PortForward(p.protocol, p.host_ip, p.host_port, address.ip, p.container_port) for p in endpoint.published if p.family == 4]  # type: ignore[arg-type]  # until the firewall takes both families
 
 
 def publish(services: Services, joins: Sequence[Join]) -> None:

@@ -195,10 +195,12 @@ def create(
     in_use = [s for n in services.networks.values() for s in n.subnets] + services.rtnl.routes()
     pool = ipam_drv.request_pool(
         network=name,
-        subnet=parse_subnet(name, subnet),
-        ip_range=parse_subnet(name, ip_range, what="ip_range"),
-        gateway=parse_address(name, "gateway", gateway),
-        in_use=in_use,  # type: ignore[arg-type]
+        family=4,
+        subnet=parse_subnet(name, subnet, family=4),
+        ip_range=parse_subnet(name, ip_range, what="ip_range", family=4),
+        gateway=parse_address(name, "gateway", gateway, family=4),
+        in_use=in_use,
+        seed=services.token,
     )
     pools = {4: pool}
     spec = NetworkSpec(
@@ -219,7 +221,7 @@ def create(
             services.use_forwarding(undo.kernel)
         rules = None
         if drv.capabilities.routed:
-            rules = NetworkRules(name=name, bridge=plumbing.interface, subnet=pool.subnet, internal=internal)
+            rules = NetworkRules(name=name, bridge=plumbing.interface, subnet=pool.subnet, internal=internal)  # type: ignore[arg-type]  # until the firewall takes both families
             services.firewall.add_network(rules, undo.kernel)
         record = NetworkRecord(
             handle=None,  # type: ignore[arg-type]  # set just below: the handle needs its record

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import attrs
 
 from .._plugins import Registry
+from .._transport import PROTOCOLS, check_port, check_protocol
 from ..errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -76,9 +77,6 @@ __all__ = [
     "firewall_backend",
 ]
 
-#: The transport protocols a port can be published for.
-PROTOCOLS = ("tcp", "udp", "sctp")
-
 _IFNAMSIZ = 16  # the kernel's limit on interface names, including the NUL
 
 
@@ -88,13 +86,11 @@ def _check_bridge(instance: object, attribute: attrs.Attribute[str], value: str)
 
 
 def _check_protocol(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if value not in PROTOCOLS:
-        raise InvalidArgumentError(f"port forward: protocol {value!r} is not one of {', '.join(PROTOCOLS)}")
+    check_protocol("port forward: protocol", value)
 
 
 def _check_port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise InvalidArgumentError(f"port forward: {attribute.name} {value!r} is not a port number (1-65535)")
+    check_port(f"port forward: {attribute.name}", value)
 
 
 @attrs.frozen

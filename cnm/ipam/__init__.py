@@ -4,10 +4,12 @@ An IPAM driver decides *which addresses a network uses*; it never touches the
 kernel. The work is split in two, mirroring the two moments of a network's
 life where addresses matter:
 
-1. **When a network is created**, cnm asks the driver for an address pool with
-   :meth:`IPAMDriver.request_pool`. The driver either validates the subnet the
-   user asked for or picks a free one itself, settles the gateway address, and
-   returns an :class:`AddressPool`. The pool belongs to that network alone.
+1. **When a network is created**, cnm asks the driver for an address pool
+   with :meth:`IPAMDriver.request_pool`, once per address family the network
+   has (a dual-stack network has an IPv4 pool and an IPv6 pool, as in Docker
+   28 and Podman). The driver either validates the subnet the user asked for
+   or picks a free one itself, settles the gateway address, and returns an
+   :class:`AddressPool`. The pool belongs to that network alone.
 
 2. **When an endpoint is created** on the network, cnm asks the network's pool
    for an address with :meth:`AddressPool.allocate`, and gives it back with
@@ -25,11 +27,13 @@ never be leaked by a driver that was not told a network went away.
 The lifecycle, as cnm drives it::
 
     driver = ipam_driver("default")
-    pool = driver.request_pool(network="web", subnet=None, ip_range=None,
-                               gateway=None, in_use=[...])   # create_network
-    ip = pool.allocate()              # create_endpoint (or allocate(static_ip))
-    pool.release(ip)                  # endpoint deleted or rolled back
-    del pool                          # network deleted
+    pool4 = driver.request_pool(network="web", family=4, subnet=None,  # create_network
+                                ip_range=None, gateway=None, in_use=[...], seed=host_id)
+    pool6 = driver.request_pool(network="web", family=6, subnet=None,  # (if dual-stack)
+                                ip_range=None, gateway=None, in_use=[...], seed=host_id)
+    ip = pool4.allocate()             # create_endpoint (or allocate(static_ip))
+    pool4.release(ip)                 # endpoint deleted or rolled back
+    del pool4, pool6                  # network deleted
 
 Writing a driver
 ----------------
@@ -65,19 +69,30 @@ Rules every driver and pool keeps
 * **In memory only.** A pool keeps no files. After a restart, cnm rebuilds a
   pool by requesting it again with the network's subnet and re-allocating
   each endpoint's address with ``allocate(ip)``.
+* **One family per pool.** A pool's subnet, range, gateway and addresses are
+  all IPv4 or all IPv6 (``pool.subnet.version``). A value of the other
+  family is an :class:`~cnm.errors.InvalidArgumentError` where it is an
+  argument to refuse, and "not ours" where it is a question (releasing it
+  does nothing; it is not in use).
 
-Only IPv4 is covered for now. String input from users is turned into
-:mod:`ipaddress` objects before it reaches a driver, by :func:`parse_subnet`
-and :func:`parse_address`, so drivers never parse text.
+IPv4 and IPv6 differ in which addresses are never handed out: IPv4 keeps the
+subnet's network and broadcast addresses; IPv6 has no broadcast address (the
+last address is an ordinary one) and keeps the first, the subnet-router
+anycast address (RFC 4291), which no interface may take as its own.
+
+String input from users is turned into :mod:`ipaddress` objects before it
+reaches a driver, by :func:`parse_subnet` and :func:`parse_address`, so
+drivers never parse text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Protocol, runtime_checkable
 
 from .._checks import describe
+from .._ip import Family, IPAddress, IPNetwork, family_name
 from .._plugins import Registry
 from ..errors import InvalidArgumentError
 from .default import DefaultIPAM
@@ -87,6 +102,7 @@ __all__ = [
     "IPAMDriver",
     "IPAM_DRIVERS",
     "RESERVED_SUBNETS",
+    "RESERVED_SUBNETS_IPV6",
     "ipam_driver",
     "parse_address",
     "parse_subnet",
@@ -102,15 +118,17 @@ class AddressPool(Protocol):
 
     A pool is created by :meth:`IPAMDriver.request_pool` and lives exactly as
     long as its network. Its three attributes never change after creation.
+    Everything a pool holds is of its subnet's family (see the module
+    documentation).
     """
 
     @property
-    def subnet(self) -> IPv4Network:
-        """The network's subnet. Every address the pool hands out lies inside it."""
+    def subnet(self) -> IPNetwork:
+        """The network's subnet of this family. Every address the pool hands out lies inside it."""
         ...
 
     @property
-    def ip_range(self) -> IPv4Network | None:
+    def ip_range(self) -> IPNetwork | None:
         """The part of :attr:`subnet` that automatic allocation draws from.
 
         ``None`` means the whole subnet. A static request may still name an
@@ -121,15 +139,16 @@ class AddressPool(Protocol):
         ...
 
     @property
-    def gateway(self) -> IPv4Address:
+    def gateway(self) -> IPAddress:
         """The address the host side of the network uses.
 
-        It is inside :attr:`subnet`, is neither its network nor its broadcast
-        address, and is never handed out by :meth:`allocate`.
+        It is inside :attr:`subnet`, is not its network address (for IPv6
+        the subnet-router anycast address) nor its IPv4 broadcast address,
+        and is never handed out by :meth:`allocate`.
         """
         ...
 
-    def allocate(self, ip: IPv4Address | None = None) -> IPv4Address:
+    def allocate(self, ip: IPAddress | None = None) -> IPAddress:
         """Hand out an address and return it; it stays in use until released.
 
         With ``ip=None`` the pool chooses: a free address inside
@@ -138,9 +157,10 @@ class AddressPool(Protocol):
         the lowest free one, so released addresses are reused first).
 
         With an ``ip``, exactly that address is handed out, or an error is
-        raised. It must be inside :attr:`subnet` (it may lie outside
-        :attr:`ip_range`) and must not be the subnet's network or broadcast
-        address (:class:`~cnm.errors.InvalidArgumentError`), the gateway or an
+        raised. It must be of the pool's family and inside :attr:`subnet` (it
+        may lie outside :attr:`ip_range`) and must not be the subnet's network
+        address or IPv4 broadcast address
+        (:class:`~cnm.errors.InvalidArgumentError`), the gateway or an
         address already in use (:class:`~cnm.errors.ConflictError`).
 
         Raises :class:`~cnm.errors.ExhaustedError` when ``ip`` is ``None`` and
@@ -148,24 +168,25 @@ class AddressPool(Protocol):
         """
         ...
 
-    def release(self, ip: IPv4Address) -> None:
+    def release(self, ip: IPAddress) -> None:
         """Give *ip* back so that it can be handed out again.
 
         Releasing an address the pool does not hold (never allocated, released
-        already, the gateway, or not in the subnet at all) does nothing and
-        raises nothing.
+        already, the gateway, not in the subnet at all, or of the other
+        family) does nothing and raises nothing.
         """
         ...
 
-    def in_use(self, ip: IPv4Address) -> bool:
+    def in_use(self, ip: IPAddress) -> bool:
         """Whether *ip* cannot be handed out because it is taken.
 
         True for the gateway and for every allocated address; false for
-        anything else, including addresses outside the subnet.
+        anything else, including addresses outside the subnet and addresses
+        of the other family.
         """
         ...
 
-    def allocated(self) -> frozenset[IPv4Address]:
+    def allocated(self) -> frozenset[IPAddress]:
         """Every address handed out and not yet released (not the gateway)."""
         ...
 
@@ -183,27 +204,42 @@ class IPAMDriver(Protocol):
         self,
         *,
         network: str,
-        subnet: IPv4Network | None,
-        ip_range: IPv4Network | None,
-        gateway: IPv4Address | None,
-        in_use: Sequence[IPv4Network],
+        family: Family,
+        subnet: IPNetwork | None,
+        ip_range: IPNetwork | None,
+        gateway: IPAddress | None,
+        in_use: Sequence[IPNetwork],
+        seed: str,
     ) -> AddressPool:
-        """Return a new, empty pool for the network called *network*.
+        """Return a new, empty pool of address *family* for the network called *network*.
 
         *network* is used only to name the network in error messages.
 
-        *subnet* is the subnet the user asked for, or ``None`` to let the
-        driver choose one. Either way the resulting subnet must not overlap
-        any of *in_use*, the subnets already present on the host; an
-        explicit subnet that does raises :class:`~cnm.errors.ConflictError`
-        naming the subnet it overlaps, and a driver with no free subnet left
-        to choose raises :class:`~cnm.errors.ExhaustedError`.
+        *family* is 4 or 6: the pool's subnet, range and gateway are of that
+        family. A dual-stack network asks twice, once per family.
+
+        *subnet* is the subnet the user asked for (of *family*), or ``None``
+        to let the driver choose one. Either way the resulting subnet must
+        not overlap any of *in_use*, the subnets already present on the host
+        (of both families: overlap is checked within a family); an explicit
+        subnet that does raises :class:`~cnm.errors.ConflictError` naming the
+        subnet it overlaps, and a driver with no free subnet left to choose
+        raises :class:`~cnm.errors.ExhaustedError`.
+
+        *seed* is stable text identifying the host (the same after a
+        restart, different on another host). A driver that invents IPv6
+        subnets derives them from it, so that they stay put and differ
+        between hosts: the default driver hands out the lowest free /64 of
+        the unique local /48 ``fdXX:XXXX:XXXX::/48`` whose 40-bit Global ID
+        is a hash of the seed (RFC 4193). For IPv4 it takes Docker's default
+        pools, whatever the seed.
 
         *ip_range* and *gateway* may only be given together with *subnet*,
-        and must lie inside it; the gateway may not be the subnet's network
-        or broadcast address. When *gateway* is ``None`` the driver picks one
-        (the default driver takes the first host address, ``x.y.z.1`` of a
-        ``/24``). Invalid combinations raise
+        and must lie inside it and be of its family; the gateway may not be
+        the subnet's network address or IPv4 broadcast address. When
+        *gateway* is ``None`` the driver picks one (the default driver takes
+        the first address after the network address: ``x.y.z.1`` of a
+        ``/24``, ``prefix::1`` of a ``/64``). Invalid combinations raise
         :class:`~cnm.errors.InvalidArgumentError`.
 
         The driver keeps no record of the pool: requesting the same subnet
@@ -227,7 +263,7 @@ def ipam_driver(name: str) -> IPAMDriver:
     return IPAM_DRIVERS.lookup(name)()
 
 
-#: Address blocks no network may use, with what they are for (RFC 6890).
+#: IPv4 address blocks no network may use, with what they are for (RFC 6890).
 #: The kernel accepts them on a bridge, but they are not unicast subnets:
 #: 0.0.0.0/8 and 127.0.0.0/8 mean "this host" to the kernel and to every
 #: program, 224.0.0.0/4 holds group addresses, and 240.0.0.0/4 is reserved
@@ -242,75 +278,145 @@ RESERVED_SUBNETS: tuple[tuple[IPv4Network, str], ...] = (
     (IPv4Network("240.0.0.0/4"), "future use and the limited broadcast address"),
 )
 
+#: IPv6 address blocks no network may use, with what they are for (RFC 4291,
+#: RFC 6890). ``::/128`` is "no address" and ``::1/128`` this host, as their
+#: IPv4 counterparts are. ``::ffff:0:0/96`` holds IPv4 addresses written as
+#: IPv6 (a socket sees IPv4 traffic as such), never addresses of an IPv6
+#: interface. ``ff00::/8`` holds group addresses. Link-local ``fe80::/10`` is
+#: refused, unlike IPv4's 169.254.0.0/16: every interface already has its own
+#: ``fe80::/64`` address and route, and the kernel never forwards a packet
+#: with a link-local source, so neither outbound NAT nor published ports
+#: could work for a network there.
+RESERVED_SUBNETS_IPV6: tuple[tuple[IPv6Network, str], ...] = (
+    (IPv6Network("::/128"), "the unspecified address"),
+    (IPv6Network("::1/128"), "loopback"),
+    (IPv6Network("::ffff:0:0/96"), "IPv4-mapped addresses"),
+    (IPv6Network("fe80::/10"), "link-local addresses, which the kernel does not forward"),
+    (IPv6Network("ff00::/8"), "multicast"),
+)
 
-def _ipv4_text(where: str, value: object, ipv6_type: type, ipv4_type_name: str) -> str:
-    """The checks :func:`parse_subnet` and :func:`parse_address` share: *value*
-    must be a string and not IPv6; returns it. *where* ("network 'x': what")
-    starts the messages."""
-    if isinstance(value, ipv6_type) or (isinstance(value, str) and ":" in value):
-        raise InvalidArgumentError(f"{where} {str(value)!r} is IPv6, which is not supported yet")
-    if not isinstance(value, str):
-        raise InvalidArgumentError(f"{where} must be a string or an {ipv4_type_name}, not {describe(value)}")
-    return value
+
+def _check_family(where: str, shown: str, version: int, family: Family | IPNetwork | None) -> None:
+    """Refuse a value of *version* when *family* asks for the other family.
+
+    *family* is a family (4 or 6) or a subnet whose family the value must
+    share; *shown* is the value as given, for the message.
+    """
+    if family is None:
+        return
+    if isinstance(family, (IPv4Network, IPv6Network)):
+        if version != family.version:
+            raise InvalidArgumentError(
+                f"{where} {shown} is {family_name(version)} but subnet {family} is {family_name(family.version)}"
+            )
+    elif version != family:
+        raise InvalidArgumentError(f"{where} {shown} is {family_name(version)}, not {family_name(family)}")
+
+
+def _guess_family(text: str) -> str:
+    """The family text that failed to parse was meant to be, for the message."""
+    return "IPv6" if ":" in text else "IPv4"
 
 
 def parse_subnet(
-    network_name: str, value: str | IPv4Network | None, *, what: str = "subnet"
-) -> IPv4Network | None:
-    """Turn user input into an :class:`~ipaddress.IPv4Network`, or ``None`` for ``None``.
+    network_name: str,
+    value: str | IPNetwork | None,
+    *,
+    what: str = "subnet",
+    family: Family | IPNetwork | None = None,
+) -> IPNetwork | None:
+    """Turn user input into an :class:`~ipaddress.IPv4Network` or
+    :class:`~ipaddress.IPv6Network`, or ``None`` for ``None``.
 
-    *value* must be written in CIDR form (``"10.0.0.0/24"``) with no host bits
-    set. *what* names the argument in messages (``"subnet"``, ``"ip_range"``).
+    *value* must be written in CIDR form (``"10.0.0.0/24"``, ``"fd00::/64"``)
+    with no host bits set. *what* names the argument in messages
+    (``"subnet"``, ``"ip_range"``). *family*, when the caller expects one,
+    is 4 or 6, or a subnet the value must share a family with (an
+    ``ip_range`` with its network's subnet): a value of the other family is
+    refused, e.g. ``network 'web': ip_range 'fd00::/80' is IPv6 but subnet
+    10.0.0.0/24 is IPv4``.
+
     Raises :class:`~cnm.errors.InvalidArgumentError` naming *network_name* and
     the bad value, e.g. ``network 'web': subnet '10.0.0.0/33' is not a valid
-    IPv4 prefix``. A prefix that overlaps one of :data:`RESERVED_SUBNETS` is
-    refused too, whether given as text or as an ``IPv4Network``. Whether the
-    prefix is usable as a subnet (long enough for a gateway) is the driver's
-    decision, not this function's.
+    IPv4 prefix``. A prefix that overlaps one of :data:`RESERVED_SUBNETS` or
+    :data:`RESERVED_SUBNETS_IPV6` is refused too, whether given as text or as
+    a network object. Whether the prefix is usable as a subnet (long enough
+    for a gateway) is the driver's decision, not this function's.
     """
     if value is None:
         return None
     where = f"network {network_name!r}: {what}"
-    net = value if isinstance(value, IPv4Network) else _parse_prefix(where, value)
-    for reserved, purpose in RESERVED_SUBNETS:
+    if isinstance(value, (IPv4Network, IPv6Network)):
+        net: IPNetwork = value
+    elif isinstance(value, str):
+        net = _parse_prefix(where, value)
+    else:
+        raise InvalidArgumentError(f"{where} must be a string, an IPv4Network or an IPv6Network, not {describe(value)}")
+    _check_family(where, repr(str(value)), net.version, family)
+    reserved_blocks: tuple[tuple[IPNetwork, str], ...] = RESERVED_SUBNETS if net.version == 4 else RESERVED_SUBNETS_IPV6
+    for reserved, purpose in reserved_blocks:
         if net.overlaps(reserved):
-            how = "is inside" if net.subnet_of(reserved) else "overlaps"
+            how = "is inside" if net.subnet_of(reserved) else "overlaps"  # type: ignore[arg-type]
             raise InvalidArgumentError(f"{where} {net} {how} {reserved}, which is reserved for {purpose}")
     return net
 
 
-def _parse_prefix(where: str, value: object) -> IPv4Network:
-    value = _ipv4_text(where, value, IPv6Network, "IPv4Network")
+def _parse_prefix(where: str, value: str) -> IPNetwork:
     address, slash, _prefix = value.partition("/")
     if not slash:
         raise InvalidArgumentError(f"{where} {value!r} has no prefix length (write it as {value}/N)")
+    if "%" in value:
+        raise InvalidArgumentError(f"{where} {value!r} has a zone index, which a subnet cannot have")
     try:
-        net = IPv4Network(value, strict=False)
-        first = IPv4Address(address)
+        net = ip_network(value, strict=False)
+        first = ip_address(address)
     except ValueError:
-        raise InvalidArgumentError(f"{where} {value!r} is not a valid IPv4 prefix") from None
+        raise InvalidArgumentError(f"{where} {value!r} is not a valid {_guess_family(value)} prefix") from None
     if first != net.network_address:
         raise InvalidArgumentError(f"{where} {value!r} has host bits set (did you mean {net}?)")
     return net
 
 
 def parse_address(
-    name: str, what: str, value: str | IPv4Address | None, *, kind: str = "network"
-) -> IPv4Address | None:
-    """Turn user input into an :class:`~ipaddress.IPv4Address`, or ``None`` for ``None``.
+    name: str,
+    what: str,
+    value: str | IPAddress | None,
+    *,
+    kind: str = "network",
+    family: Family | IPNetwork | None = None,
+) -> IPAddress | None:
+    """Turn user input into an :class:`~ipaddress.IPv4Address` or
+    :class:`~ipaddress.IPv6Address`, or ``None`` for ``None``.
 
     *what* names the argument in messages (``"gateway"``, ``"address"``).
-    Raises :class:`~cnm.errors.InvalidArgumentError` naming the *kind* of
-    object (a network unless told), its *name* and the bad value, e.g.
-    ``network 'web': gateway '10.0.0.300' is not a valid IPv4 address``.
+    *family*, when the caller expects one, is 4 or 6, or the subnet the
+    address must share a family with, e.g. ``network 'web': gateway
+    'fd00::1' is IPv6 but subnet 10.0.0.0/24 is IPv4``. Raises
+    :class:`~cnm.errors.InvalidArgumentError` naming the *kind* of object (a
+    network unless told), its *name* and the bad value, e.g. ``network
+    'web': gateway '10.0.0.300' is not a valid IPv4 address``. A zone index
+    (``fe80::1%eth0``) is refused: the address of a network is not tied to
+    one interface.
     """
-    if value is None or isinstance(value, IPv4Address):
-        return value
+    if value is None:
+        return None
     where = f"{kind} {name!r}: {what}"
-    value = _ipv4_text(where, value, IPv6Address, "IPv4Address")
-    if "/" in value:
-        raise InvalidArgumentError(f"{where} {value!r} is not a valid IPv4 address (give it without a prefix length)")
-    try:
-        return IPv4Address(value)
-    except ValueError:
-        raise InvalidArgumentError(f"{where} {value!r} is not a valid IPv4 address") from None
+    if isinstance(value, (IPv4Address, IPv6Address)):
+        address: IPAddress = value
+    elif isinstance(value, str):
+        if "/" in value:
+            raise InvalidArgumentError(
+                f"{where} {value!r} is not a valid {_guess_family(value)} address (give it without a prefix length)"
+            )
+        try:
+            address = ip_address(value)
+        except ValueError:
+            raise InvalidArgumentError(f"{where} {value!r} is not a valid {_guess_family(value)} address") from None
+    else:
+        raise InvalidArgumentError(
+            f"{where} must be a string, an IPv4Address or an IPv6Address, not {describe(value)}"
+        )
+    if isinstance(address, IPv6Address) and address.scope_id is not None:
+        raise InvalidArgumentError(f"{where} {str(value)!r} has a zone index, which a network address cannot have")
+    _check_family(where, repr(str(value)), address.version, family)
+    return address

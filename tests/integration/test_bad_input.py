@@ -133,7 +133,7 @@ row("label key an int", lambda w: net(w, labels={1: "a"}), cnm.InvalidArgumentEr
 row("option unknown", lambda w: net(w, options={"com.docker.network.bridge.enable_icc": "true"}), cnm.InvalidArgumentError, "unknown bridge option(s)")
 
 # ---- subnets, gateways, ranges ------------------------------------------------------------
-row("subnet an int", lambda w: net(w, subnet=24), cnm.InvalidArgumentError, "network 'x': subnet must be a string or an IPv4Network, not int 24")
+row("subnet an int", lambda w: net(w, subnet=24), cnm.InvalidArgumentError, "network 'x': subnet must be a string, an IPv4Network or an IPv6Network, not int 24")
 row("subnet prefix /33", lambda w: net(w, subnet="10.0.0.0/33"), cnm.InvalidArgumentError, "network 'x': subnet '10.0.0.0/33' is not a valid IPv4 prefix")
 row("subnet with a newline", lambda w: net(w, subnet="10.0.0.0/24\n"), cnm.InvalidArgumentError, "network 'x': subnet '10.0.0.0/24\\n'")
 row("subnet loopback", lambda w: net(w, subnet="127.0.0.0/8"), cnm.InvalidArgumentError, "network 'x': subnet 127.0.0.0/8 is inside 127.0.0.0/8, which is reserved for loopback")
@@ -146,8 +146,8 @@ row("subnet everything", lambda w: net(w, subnet=IPv4Network("0.0.0.0/0")), cnm.
 row("subnet overlaps a network", lambda w: net(w, subnet="10.77.0.0/16"), cnm.ConflictError, "network 'x': subnet 10.77.0.0/16 overlaps 10.77.0.0/24")
 row("subnet overlaps the uplink", lambda w: net(w, subnet="198.18.0.0/16"), cnm.ConflictError, "198.18.0.0/24")
 row("subnet too small", lambda w: net(w, subnet="10.60.0.0/31"), cnm.InvalidArgumentError, "network 'x': subnet 10.60.0.0/31 is too small")
-row("subnet IPv6", lambda w: net(w, subnet="fd00::/64"), cnm.InvalidArgumentError, "is IPv6, which is not supported yet")
-row("gateway bytes", lambda w: net(w, subnet="10.60.0.0/24", gateway=b"10.60.0.1"), cnm.InvalidArgumentError, "network 'x': gateway must be a string or an IPv4Address, not bytes")
+row("subnet IPv6", lambda w: net(w, subnet="fd00::/64"), cnm.InvalidArgumentError, "subnet 'fd00::/64' is IPv6, not IPv4")
+row("gateway bytes", lambda w: net(w, subnet="10.60.0.0/24", gateway=b"10.60.0.1"), cnm.InvalidArgumentError, "network 'x': gateway must be a string, an IPv4Address or an IPv6Address, not bytes")
 row("gateway outside the subnet", lambda w: net(w, subnet="10.60.0.0/24", gateway="10.61.0.1"), cnm.InvalidArgumentError, "gateway 10.61.0.1 is not inside subnet 10.60.0.0/24")
 row("gateway the broadcast address", lambda w: net(w, subnet="10.60.0.0/24", gateway=IPv4Address("10.60.0.255")), cnm.InvalidArgumentError, "is the broadcast address")
 row("ip_range only the network address", lambda w: net(w, subnet="10.60.0.0/24", ip_range="10.60.0.0/32"), cnm.InvalidArgumentError, "network 'x': ip_range 10.60.0.0/32 leaves no address to hand out")
@@ -189,7 +189,7 @@ row("address of None", lambda w: w.s1.address(None), cnm.InvalidArgumentError, "
 row("address on a network not joined", lambda w: w.s1.address(w.quiet), cnm.NotFoundError, "sandbox 's1' is not connected to network 'quiet'")
 
 # ---- endpoint addresses and MACs ------------------------------------------------------------
-row("ip an int", lambda w: w.base.connect(w.s0, ip=5), cnm.InvalidArgumentError, "network 'base': ip must be a string or an IPv4Address, not int 5")
+row("ip an int", lambda w: w.base.connect(w.s0, ip=5), cnm.InvalidArgumentError, "network 'base': ip must be a string, an IPv4Address or an IPv6Address, not int 5")
 row("ip not an address", lambda w: w.base.connect(w.s0, ip="10.77.0.300"), cnm.InvalidArgumentError, "ip '10.77.0.300' is not a valid IPv4 address")
 row("ip outside the subnet", lambda w: w.base.connect(w.s0, ip="10.99.0.5"), cnm.InvalidArgumentError, "address 10.99.0.5 is not inside subnet 10.77.0.0/24")
 row("ip in use", lambda w: w.base.connect(w.s0, ip=w.s1.address(w.base).ip), cnm.ConflictError, "is already in use")
@@ -232,7 +232,7 @@ row("create_sandboxes name in use", lambda w: w.host.create_sandboxes(["q1", "s0
 row("create_sandboxes ports without a network", lambda w: w.host.create_sandboxes([cnm.SandboxRequest("q1", ports="8081:80")]), cnm.InvalidArgumentError, "sandbox 'q1': ip, mac and ports need a network")
 row("create_sandboxes host port published already", lambda w: w.host.create_sandboxes([cnm.SandboxRequest("q1", ports="8080:80")], network=w.base), cnm.ConflictError, "8080")
 row("SandboxRequest name with a newline", lambda w: cnm.SandboxRequest("q\n"), cnm.InvalidArgumentError, "sandbox name 'q\\n'")
-row("SandboxRequest ip an int", lambda w: cnm.SandboxRequest("q1", ip=5), cnm.InvalidArgumentError, "sandbox 'q1': ip must be a string or an IPv4Address, not int 5")
+row("SandboxRequest ip an int", lambda w: cnm.SandboxRequest("q1", ip=5), cnm.InvalidArgumentError, "sandbox 'q1': ip must be a string, an IPv4Address or an IPv6Address, not int 5")
 row("SandboxRequest ip not an address", lambda w: cnm.SandboxRequest("q1", ip="10.77.0.256"), cnm.InvalidArgumentError, "sandbox 'q1': ip '10.77.0.256'")
 row("SandboxRequest mac not a MAC", lambda w: cnm.SandboxRequest("q1", mac="zz"), cnm.InvalidArgumentError, "sandbox 'q1': 'zz' is not a unicast MAC")
 row("SandboxRequest ports bytes", lambda w: cnm.SandboxRequest("q1", ports=b"8081:80"), cnm.InvalidArgumentError, "sandbox 'q1': ports b'8081:80' are bytes")

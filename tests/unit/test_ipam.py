@@ -4,17 +4,36 @@ from __future__ import annotations
 
 import importlib.metadata
 import tracemalloc
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import cnm.ipam
+from cnm._ip import IPAddress, IPNetwork
 from cnm.errors import ConflictError, ExhaustedError, InvalidArgumentError, NotFoundError
-from cnm.ipam import RESERVED_SUBNETS, AddressPool, IPAMDriver, ipam_driver, parse_address, parse_subnet
-from cnm.ipam.default import DefaultIPAM, SubnetAllocator
-from tests.strategies import hands_out_something, ip_ranges, ipv4_subnets, pool_requests, subnet_addresses
+from cnm.ipam import (
+    RESERVED_SUBNETS,
+    RESERVED_SUBNETS_IPV6,
+    AddressPool,
+    IPAMDriver,
+    ipam_driver,
+    parse_address,
+    parse_subnet,
+)
+from cnm.ipam.default import DefaultIPAM, SubnetAllocator, ula_prefix
+from tests.strategies import (
+    hands_out_something,
+    ip_ranges,
+    ipv4_subnets,
+    ipv6_subnets,
+    never_handed_out,
+    pool_requests,
+    subnet_addresses,
+)
+
+SEED = "host-a1b2c3"
 
 # Docker's default pools, spelled out here rather than imported, so that a
 # mistake in the module's list shows up as a failure.
@@ -26,13 +45,13 @@ DOCKER_DEFAULT_POOLS = [IPv4Network(f"172.{n}.0.0/16") for n in range(17, 32)] +
 class NaivePool:
     """The allocation policy stated as plainly as possible: scan for the lowest free."""
 
-    def __init__(self, subnet: IPv4Network, ip_range: IPv4Network | None, gateway: IPv4Address | None) -> None:
+    def __init__(self, subnet: IPNetwork, ip_range: IPNetwork | None, gateway: IPAddress | None) -> None:
         self.gateway = gateway if gateway is not None else subnet.network_address + 1
-        self.reserved = {subnet.network_address, subnet.broadcast_address, self.gateway}
+        self.reserved = never_handed_out(subnet, gateway)
         self.auto = [a for a in (ip_range or subnet) if a not in self.reserved]
-        self.taken: set[IPv4Address] = set()
+        self.taken: set[IPAddress] = set()
 
-    def allocate(self) -> IPv4Address:
+    def allocate(self) -> IPAddress:
         for address in self.auto:
             if address not in self.taken:
                 self.taken.add(address)
@@ -40,12 +59,12 @@ class NaivePool:
         raise ExhaustedError("model: exhausted")
 
 
-def make_pool(request: tuple[IPv4Network, IPv4Network | None, IPv4Address | None]) -> SubnetAllocator:
+def make_pool(request: tuple[IPNetwork, IPNetwork | None, IPAddress | None]) -> SubnetAllocator:
     subnet, ip_range, gateway = request
     return SubnetAllocator(subnet, ip_range=ip_range, gateway=gateway, network="web")
 
 
-def drain(pool: SubnetAllocator) -> list[IPv4Address]:
+def drain(pool: SubnetAllocator) -> list[IPAddress]:
     handed_out = []
     while True:
         try:
@@ -71,7 +90,12 @@ _operations = st.lists(
 )
 
 
-def target(subnet: IPv4Network, seen: list[IPv4Address], where: tuple[str, int]) -> IPv4Address:
+def invalid_static(subnet: IPNetwork) -> set[IPAddress]:
+    """Addresses a static request may never name: the network address, and the IPv4 broadcast address."""
+    return {subnet.network_address, subnet.broadcast_address} if subnet.version == 4 else {subnet.network_address}
+
+
+def target(subnet: IPNetwork, seen: list[IPAddress], where: tuple[str, int]) -> IPAddress:
     kind, number = where
     if kind == "seen" and seen:
         return seen[number % len(seen)]
@@ -83,7 +107,7 @@ def test_allocator_matches_lowest_free_model(request, operations):
     """Every answer, error or address, is what the naive lowest-free scan gives."""
     pool, model = make_pool(request), NaivePool(*request)
     subnet = request[0]
-    seen: list[IPv4Address] = []
+    seen: list[IPAddress] = []
     for operation in operations:
         if operation[0] == "auto":
             try:
@@ -96,7 +120,7 @@ def test_allocator_matches_lowest_free_model(request, operations):
                 seen.append(expected)
         elif operation[0] == "static":
             address = target(subnet, seen, operation[1])
-            if address in (subnet.network_address, subnet.broadcast_address):
+            if address in invalid_static(subnet):
                 with pytest.raises(InvalidArgumentError) as caught:
                     pool.allocate(address)
                 assert not isinstance(caught.value, ConflictError)
@@ -117,8 +141,8 @@ def test_allocator_matches_lowest_free_model(request, operations):
 def test_an_address_is_never_handed_out_twice(request, operations):
     pool = make_pool(request)
     subnet = request[0]
-    held: set[IPv4Address] = set()
-    seen: list[IPv4Address] = []
+    held: set[IPAddress] = set()
+    seen: list[IPAddress] = []
     for operation in operations:
         try:
             if operation[0] == "auto":
@@ -157,8 +181,12 @@ def test_network_gateway_and_broadcast_are_never_handed_out(request):
     handed_out = set(drain(pool))
     subnet = request[0]
     assert subnet.network_address not in handed_out
-    assert subnet.broadcast_address not in handed_out
     assert pool.gateway not in handed_out
+    if subnet.version == 4:
+        assert subnet.broadcast_address not in handed_out
+    elif request[1] is None or subnet.broadcast_address in request[1]:
+        # IPv6 has no broadcast address: the last one is handed out like any other.
+        assert subnet.broadcast_address in handed_out or subnet.broadcast_address == pool.gateway
 
 
 @given(pool_requests(min_prefix=24))
@@ -173,11 +201,8 @@ def test_automatic_allocations_stay_inside_ip_range_and_subnet(request):
 @given(pool_requests(min_prefix=23))
 def test_exhaustion_comes_after_exactly_the_free_addresses(request):
     subnet, ip_range, gateway = request
-    gateway = gateway or subnet.network_address + 1
     source = ip_range or subnet
-    expected = source.num_addresses - sum(
-        1 for special in {subnet.network_address, subnet.broadcast_address, gateway} if special in source
-    )
+    expected = source.num_addresses - sum(1 for special in never_handed_out(subnet, gateway) if special in source)
     pool = make_pool(request)
     for _ in range(expected):
         pool.allocate()
@@ -195,11 +220,7 @@ def test_small_subnets_hold_a_known_number_of_addresses(subnet, count):
 def test_a_static_address_is_honoured_even_outside_ip_range(request, data):
     subnet = request[0]
     pool = make_pool(request)
-    address = data.draw(
-        subnet_addresses(subnet).filter(
-            lambda a: a not in (subnet.network_address, subnet.broadcast_address, pool.gateway)
-        )
-    )
+    address = data.draw(subnet_addresses(subnet).filter(lambda a: a not in never_handed_out(subnet, pool.gateway)))
     assert pool.allocate(address) == address
     assert pool.in_use(address)
     assert address not in drain(pool)
@@ -317,7 +338,7 @@ def test_invalid_pools_are_refused(kwargs, message):
     ip_range = IPv4Network(kwargs["ip_range"]) if "ip_range" in kwargs else None
     gateway = IPv4Address(kwargs["gateway"]) if "gateway" in kwargs else None
     with pytest.raises(InvalidArgumentError) as caught:
-        DefaultIPAM().request_pool(network="web", subnet=subnet, ip_range=ip_range, gateway=gateway, in_use=[])
+        DefaultIPAM().request_pool(family=4, seed=SEED, network="web", subnet=subnet, ip_range=ip_range, gateway=gateway, in_use=[])
     assert str(caught.value).startswith(message)
     assert not isinstance(caught.value, ConflictError)
 
@@ -325,7 +346,7 @@ def test_invalid_pools_are_refused(kwargs, message):
 @given(ipv4_subnets(max_prefix=30), st.data())
 def test_gateway_defaults_to_the_first_host_address(subnet, data):
     ip_range = data.draw(st.none() | ip_ranges(subnet).filter(lambda r: hands_out_something(subnet, r, None)))
-    pool = DefaultIPAM().request_pool(network="web", subnet=subnet, ip_range=ip_range, gateway=None, in_use=[])
+    pool = DefaultIPAM().request_pool(family=4, seed=SEED, network="web", subnet=subnet, ip_range=ip_range, gateway=None, in_use=[])
     assert pool.gateway == subnet.network_address + 1
     assert (pool.subnet, pool.ip_range) == (subnet, ip_range)
 
@@ -351,7 +372,7 @@ def test_default_pools_are_dockers():
 )
 def test_default_pool_choice_examples(in_use, expected):
     pool = DefaultIPAM().request_pool(
-        network="web", subnet=None, ip_range=None, gateway=None, in_use=[IPv4Network(n) for n in in_use]
+        family=4, seed=SEED, network="web", subnet=None, ip_range=None, gateway=None, in_use=[IPv4Network(n) for n in in_use]
     )
     assert pool.subnet == IPv4Network(expected)
     assert pool.gateway == IPv4Network(expected).network_address + 1
@@ -363,21 +384,21 @@ def test_default_pool_choice_skips_overlaps(in_use):
     driver = DefaultIPAM()
     if not free:
         with pytest.raises(ExhaustedError):
-            driver.request_pool(network="web", subnet=None, ip_range=None, gateway=None, in_use=in_use)
+            driver.request_pool(family=4, seed=SEED, network="web", subnet=None, ip_range=None, gateway=None, in_use=in_use)
         return
-    pool = driver.request_pool(network="web", subnet=None, ip_range=None, gateway=None, in_use=in_use)
+    pool = driver.request_pool(family=4, seed=SEED, network="web", subnet=None, ip_range=None, gateway=None, in_use=in_use)
     assert pool.subnet == free[0]
 
 
 def test_no_free_default_pool_is_exhaustion():
     in_use = [IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16")]
     with pytest.raises(ExhaustedError, match="network 'web': no free subnet"):
-        DefaultIPAM().request_pool(network="web", subnet=None, ip_range=None, gateway=None, in_use=in_use)
+        DefaultIPAM().request_pool(family=4, seed=SEED, network="web", subnet=None, ip_range=None, gateway=None, in_use=in_use)
 
 
 def test_ipv6_routes_in_use_are_ignored():
     pool = DefaultIPAM().request_pool(
-        network="web", subnet=None, ip_range=None, gateway=None, in_use=[IPv6Network("::/0")]
+        family=4, seed=SEED, network="web", subnet=None, ip_range=None, gateway=None, in_use=[IPv6Network("::/0")]
     )
     assert pool.subnet == IPv4Network("172.17.0.0/16")
 
@@ -390,6 +411,8 @@ def test_an_explicit_subnet_overlapping_in_use_is_a_conflict(subnet, data):
     others = data.draw(st.lists(ipv4_subnets().filter(lambda n: not n.overlaps(subnet)), max_size=3))
     with pytest.raises(ConflictError) as caught:
         DefaultIPAM().request_pool(
+            family=4,
+            seed=SEED,
             network="web", subnet=subnet, ip_range=None, gateway=None, in_use=[*others, overlapping]
         )
     assert str(caught.value) == f"network 'web': subnet {subnet} overlaps {overlapping}, which is already in use"
@@ -398,7 +421,7 @@ def test_an_explicit_subnet_overlapping_in_use_is_a_conflict(subnet, data):
 @given(ipv4_subnets(max_prefix=30), st.lists(ipv4_subnets(), max_size=5))
 def test_an_explicit_subnet_clear_of_in_use_is_granted(subnet, in_use):
     assume(not any(subnet.overlaps(n) for n in in_use))
-    pool = DefaultIPAM().request_pool(network="web", subnet=subnet, ip_range=None, gateway=None, in_use=in_use)
+    pool = DefaultIPAM().request_pool(family=4, seed=SEED, network="web", subnet=subnet, ip_range=None, gateway=None, in_use=in_use)
     assert pool.subnet == subnet
     assert pool.allocated() == frozenset()
 
@@ -409,7 +432,7 @@ def test_an_explicit_subnet_clear_of_in_use_is_granted(subnet, in_use):
 )
 def test_range_or_gateway_without_subnet_is_refused(ip_range, gateway, word):
     with pytest.raises(InvalidArgumentError, match=f"network 'web': {word} .* without a subnet"):
-        DefaultIPAM().request_pool(network="web", subnet=None, ip_range=ip_range, gateway=gateway, in_use=[])
+        DefaultIPAM().request_pool(family=4, seed=SEED, network="web", subnet=None, ip_range=ip_range, gateway=gateway, in_use=[])
 
 
 # --- parsing user input --------------------------------------------------------------------
@@ -479,8 +502,12 @@ def test_parse_subnet_refuses_host_bits(subnet, data):
         ("10.0.0.256/24", "network 'web': subnet '10.0.0.256/24' is not a valid IPv4 prefix"),
         ("banana/8", "network 'web': subnet 'banana/8' is not a valid IPv4 prefix"),
         ("10.0.0.0", "network 'web': subnet '10.0.0.0' has no prefix length"),
-        ("fd00::/64", "network 'web': subnet 'fd00::/64' is IPv6, which is not supported yet"),
-        (24, "network 'web': subnet must be a string or an IPv4Network, not int"),
+        ("fd00::/129", "network 'web': subnet 'fd00::/129' is not a valid IPv6 prefix"),
+        ("fd00::g/64", "network 'web': subnet 'fd00::g/64' is not a valid IPv6 prefix"),
+        ("fd00::1/64", "network 'web': subnet 'fd00::1/64' has host bits set (did you mean fd00::/64?)"),
+        ("fd00::", "network 'web': subnet 'fd00::' has no prefix length"),
+        ("fe80::%eth0/64", "network 'web': subnet 'fe80::%eth0/64' has a zone index"),
+        (24, "network 'web': subnet must be a string, an IPv4Network or an IPv6Network, not int"),
     ],
 )
 def test_parse_subnet_errors(value, message):
@@ -507,7 +534,10 @@ def test_parse_address_reads_dotted_quads(address):
         ("10.0.0.300", "network 'web': gateway '10.0.0.300' is not a valid IPv4 address"),
         ("10.0.0.1/24", "network 'web': gateway '10.0.0.1/24' is not a valid IPv4 address (give it without"),
         ("gw", "network 'web': gateway 'gw' is not a valid IPv4 address"),
-        ("fe80::1", "network 'web': gateway 'fe80::1' is IPv6, which is not supported yet"),
+        ("fd00::g", "network 'web': gateway 'fd00::g' is not a valid IPv6 address"),
+        ("fd00::1/64", "network 'web': gateway 'fd00::1/64' is not a valid IPv6 address (give it without"),
+        ("fe80::1%eth0", "network 'web': gateway 'fe80::1%eth0' has a zone index"),
+        (1, "network 'web': gateway must be a string, an IPv4Address or an IPv6Address, not int 1"),
     ],
 )
 def test_parse_address_errors(value, message):
@@ -525,7 +555,7 @@ class FakeIPAM:
 
     name = "fake"
 
-    def request_pool(self, *, network, subnet, ip_range, gateway, in_use):
+    def request_pool(self, *, network, family, subnet, ip_range, gateway, in_use, seed):
         return SubnetAllocator(IPv4Network("198.51.100.0/24"), network=network)
 
 
@@ -534,7 +564,7 @@ def test_builtins_satisfy_the_protocols():
     assert isinstance(driver, DefaultIPAM)
     assert isinstance(driver, IPAMDriver)
     assert driver.name == "default"
-    pool = driver.request_pool(network="web", subnet=None, ip_range=None, gateway=None, in_use=[])
+    pool = driver.request_pool(family=4, seed=SEED, network="web", subnet=None, ip_range=None, gateway=None, in_use=[])
     assert isinstance(pool, AddressPool)
 
 
@@ -562,5 +592,255 @@ def test_third_party_driver_is_loaded_lazily_from_entry_points(monkeypatch):
     assert groups_asked == ["cnm.ipam"]
     assert ipam_driver("fake") is not driver  # a fresh instance each time ...
     assert groups_asked == ["cnm.ipam"]  # ... from the cached factory
-    pool = driver.request_pool(network="x", subnet=None, ip_range=None, gateway=None, in_use=[])
+    pool = driver.request_pool(family=4, seed=SEED, network="x", subnet=None, ip_range=None, gateway=None, in_use=[])
     assert isinstance(pool, AddressPool)
+
+
+# --- IPv6 and dual stack ------------------------------------------------------------------
+
+
+def request(**kwargs):
+    """request_pool with the defaults of an automatic IPv4 request; keywords override."""
+    arguments = {
+        "network": "web", "family": 4, "subnet": None, "ip_range": None, "gateway": None, "in_use": [], "seed": SEED
+    }
+    return DefaultIPAM().request_pool(**{**arguments, **kwargs})
+
+
+def test_ula_prefix_is_fd_and_forty_bits_of_the_seeds_hash():
+    import hashlib
+
+    digest = hashlib.sha256(SEED.encode()).hexdigest()
+    # fd, then the Global ID: 40 bits, 10 hex digits, the first of the hash.
+    expected = IPv6Network(f"fd{digest[0:2]}:{digest[2:6]}:{digest[6:10]}::/48")
+    assert ula_prefix(SEED) == expected
+    assert ula_prefix(SEED) == ula_prefix(SEED)
+    assert ula_prefix("host-other") != ula_prefix(SEED)
+    assert ula_prefix(SEED).subnet_of(IPv6Network("fd00::/8"))
+
+
+@given(st.text(max_size=40))
+def test_every_seed_gives_a_ula_48(seed):
+    prefix = ula_prefix(seed)
+    assert prefix.prefixlen == 48
+    assert prefix.subnet_of(IPv6Network("fd00::/8"))
+
+
+def test_an_automatic_ipv6_subnet_is_the_first_64_of_the_hosts_ula_48():
+    pool = request(family=6)
+    prefix = ula_prefix(SEED)
+    assert pool.subnet == IPv6Network((prefix.network_address, 64))
+    assert pool.gateway == prefix.network_address + 1
+    assert pool.allocate() == prefix.network_address + 2
+
+
+@given(st.lists(st.integers(0, 12), max_size=8), st.integers(64, 80), st.data())
+def test_an_automatic_ipv6_subnet_is_the_lowest_free_64(indexes, length, data):
+    """In use: blocks at low /64 indexes of the /48 (of any length from /64
+    to /80), blocks elsewhere, and IPv4 subnets, which never count."""
+    prefix = ula_prefix(SEED)
+    base = int(prefix.network_address)
+    taken = [IPv6Network((base + (i << 64), length)) for i in indexes]
+    others = data.draw(st.lists(ipv6_subnets(16, 64).filter(lambda n: not n.overlaps(prefix)), max_size=3))
+    fours = data.draw(st.lists(ipv4_subnets(), max_size=3))
+    pool = request(family=6, in_use=[*fours, *others, *taken])
+    free = next(i for i in range(14) if i not in indexes)
+    assert pool.subnet == IPv6Network((base + (free << 64), 64))
+
+
+def test_the_whole_ula_48_in_use_is_exhaustion():
+    prefix = ula_prefix(SEED)
+    for in_use in ([prefix], [IPv6Network("fd00::/8")], [IPv6Network("::/0")]):
+        with pytest.raises(ExhaustedError, match=rf"network 'web': no free /64 left in this host's unique local prefix {prefix}"):
+            request(family=6, in_use=in_use)
+    # Every /64 but the last taken (as the 16 blocks around it): the last is handed out.
+    last = IPv6Network((int(prefix.network_address) + (0xFFFF << 64), 64))
+    assert request(family=6, in_use=list(prefix.address_exclude(last))).subnet == last
+
+
+def test_in_use_of_the_other_family_is_ignored_both_ways():
+    assert request(family=4, in_use=[IPv6Network("::/0")]).subnet == IPv4Network("172.17.0.0/16")
+    six = request(family=6, in_use=[IPv4Network("0.0.0.0/0")])
+    assert six.subnet.subnet_of(ula_prefix(SEED))
+
+
+def test_an_explicit_ipv6_subnet_is_granted_or_conflicts():
+    subnet = IPv6Network("2001:db8:1::/64")
+    pool = request(family=6, subnet=subnet, in_use=[IPv6Network("2001:db8:2::/64"), IPv4Network("10.0.0.0/8")])
+    assert (pool.subnet, pool.gateway) == (subnet, IPv6Address("2001:db8:1::1"))
+    with pytest.raises(ConflictError) as caught:
+        request(family=6, subnet=subnet, in_use=[IPv6Network("2001:db8::/32")])
+    assert str(caught.value) == "network 'web': subnet 2001:db8:1::/64 overlaps 2001:db8::/32, which is already in use"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"family": 4, "subnet": IPv6Network("fd00::/64")}, "network 'web': subnet fd00::/64 is IPv6, but an IPv4 pool was asked for"),
+        ({"family": 6, "subnet": IPv4Network("10.0.0.0/24")}, "network 'web': subnet 10.0.0.0/24 is IPv4, but an IPv6 pool was asked for"),
+        (
+            {"subnet": IPv4Network("10.0.0.0/24"), "gateway": IPv6Address("fd00::1")},
+            "network 'web': gateway fd00::1 is IPv6 but subnet 10.0.0.0/24 is IPv4",
+        ),
+        (
+            {"family": 6, "subnet": IPv6Network("fd00::/64"), "ip_range": IPv4Network("10.0.0.0/24")},
+            "network 'web': ip_range 10.0.0.0/24 is IPv4 but subnet fd00::/64 is IPv6",
+        ),
+        ({"family": 5}, "network 'web': address family 5 is not 4 or 6"),
+        ({"family": True}, "network 'web': address family True is not 4 or 6"),
+        ({"seed": None}, "network 'web': the IPAM seed must be a string, not NoneType"),
+        ({"family": 6, "subnet": IPv6Network("fd00::/127")}, "network 'web': subnet fd00::/127 is too small: the prefix must be /126 or shorter"),
+        ({"family": 6, "subnet": IPv6Network("fd00::/128")}, "network 'web': subnet fd00::/128 is too small"),
+        ({"family": 6, "subnet": IPv6Network("fd00::/64"), "gateway": IPv6Address("fd00::")}, "network 'web': gateway fd00:: is the subnet-router anycast address of subnet fd00::/64"),
+        ({"family": 6, "subnet": IPv6Network("fd00::/64"), "gateway": IPv6Address("fd00:0:0:1::1")}, "network 'web': gateway fd00:0:0:1::1 is not inside subnet fd00::/64"),
+        ({"family": 6, "subnet": IPv6Network("fd00::/64"), "ip_range": IPv6Network("fd00:1::/80")}, "network 'web': ip_range fd00:1::/80 is not inside subnet fd00::/64"),
+        (
+            {"family": 6, "subnet": IPv6Network("fd00::/64"), "ip_range": IPv6Network("fd00::/127")},
+            "network 'web': ip_range fd00::/127 leaves no address to hand out in subnet fd00::/64 (the subnet-router anycast address and the gateway fd00::1",
+        ),
+        ({"family": 6, "ip_range": IPv6Network("fd00::/80")}, "network 'web': ip_range fd00::/80 is given without a subnet"),
+    ],
+)
+def test_invalid_ipv6_and_mixed_requests_are_refused(kwargs, message):
+    with pytest.raises(InvalidArgumentError) as caught:
+        request(**kwargs)
+    assert str(caught.value).startswith(message)
+    assert not isinstance(caught.value, ConflictError)
+
+
+def test_the_smallest_ipv6_subnet_is_a_126_with_two_addresses():
+    pool = request(family=6, subnet=IPv6Network("fd00::/126"))
+    assert pool.gateway == IPv6Address("fd00::1")
+    assert drain(pool) == [IPv6Address("fd00::2"), IPv6Address("fd00::3")]
+
+
+def test_ipv6_hands_out_the_last_address_but_never_the_anycast_one():
+    pool = SubnetAllocator(IPv6Network("fd00::/120"), ip_range=IPv6Network("fd00::f0/124"), network="web")
+    assert pool.allocate(IPv6Address("fd00::ff")) == IPv6Address("fd00::ff")  # no broadcast in IPv6
+    with pytest.raises(InvalidArgumentError, match="network 'web': address fd00:: is the subnet-router anycast address"):
+        pool.allocate(IPv6Address("fd00::"))
+    assert drain(pool) == [IPv6Address(f"fd00::{n:x}") for n in range(0xF0, 0xFF)]
+    whole = SubnetAllocator(IPv6Network("fd00::/126"), gateway=IPv6Address("fd00::3"))
+    assert drain(whole) == [IPv6Address("fd00::1"), IPv6Address("fd00::2")]
+
+
+def test_a_pool_refuses_or_ignores_addresses_of_the_other_family():
+    four = SubnetAllocator(IPv4Network("10.0.0.0/24"), network="web")
+    six = SubnetAllocator(IPv6Network("::a00:0/120"), network="v6")  # the same ints as 10.0.0.0/24
+    a = four.allocate()
+    assert six.allocate() == IPv6Address("::a00:2")
+    with pytest.raises(InvalidArgumentError, match=r"network 'web': address ::a00:3 is IPv6 but subnet 10.0.0.0/24 is IPv4"):
+        four.allocate(IPv6Address("::a00:3"))
+    with pytest.raises(InvalidArgumentError, match=r"network 'v6': address 10.0.0.3 is IPv4 but subnet ::a00:0/120 is IPv6"):
+        six.allocate(IPv4Address("10.0.0.3"))
+    six.release(a)  # 10.0.0.2 is not ::a00:2
+    assert six.in_use(IPv6Address("::a00:2")) and not six.in_use(a)
+    assert not four.in_use(IPv6Address("::a00:1"))
+    assert four.allocated() == {a}
+
+
+def test_an_ipv6_64_is_not_materialised():
+    tracemalloc.start()
+    try:
+        pool = request(family=6, subnet=IPv6Network("fd00:1::/64"))
+        handed_out = [pool.allocate() for _ in range(1000)]
+        top = pool.allocate(IPv6Address("fd00:1::ffff:ffff:ffff:ffff"))
+        for address in handed_out[::2]:
+            pool.release(address)
+        again = pool.allocate()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert handed_out[0] == IPv6Address("fd00:1::2")
+    assert top == IPv6Address("fd00:1::ffff:ffff:ffff:ffff")
+    assert again == handed_out[0]
+    assert peak < 2_000_000
+
+
+# --- parsing both families ---------------------------------------------------------------------
+
+
+def _reserved6(subnet: IPv6Network) -> bool:
+    return any(subnet.overlaps(block) for block, _ in RESERVED_SUBNETS_IPV6)
+
+
+@given(ipv6_subnets(min_prefix=0, max_prefix=128).filter(lambda s: not _reserved6(s)))
+def test_parse_subnet_reads_ipv6_cidr_text(subnet):
+    assert parse_subnet("web", str(subnet)) == subnet
+    assert parse_subnet("web", subnet.exploded) == subnet
+    assert parse_subnet("web", subnet) is subnet
+    assert parse_subnet("web", subnet, family=6) is subnet
+
+
+@given(st.sampled_from(RESERVED_SUBNETS_IPV6), st.data())
+def test_parse_subnet_refuses_what_overlaps_a_reserved_ipv6_block(reserved, data):
+    block, _purpose = reserved
+    subnet = data.draw(ip_ranges(block) | st.integers(0, block.prefixlen).map(lambda p: block.supernet(new_prefix=p)))
+    for value in (str(subnet), subnet):
+        with pytest.raises(InvalidArgumentError) as caught:
+            parse_subnet("web", value)
+        message = str(caught.value)
+        assert message.startswith(f"network 'web': subnet {subnet} ")
+        assert any(f"{b}, which is reserved for {p}" in message for b, p in RESERVED_SUBNETS_IPV6 if subnet.overlaps(b))
+
+
+@pytest.mark.parametrize(
+    ("text", "purpose"),
+    [
+        ("::/128", "the unspecified address"),
+        ("::/0", "the unspecified address"),
+        ("::1/128", "loopback"),
+        ("::ffff:10.0.0.0/120", "IPv4-mapped addresses"),
+        ("fe80::/64", "link-local addresses"),
+        ("febf:ffff::/32", "link-local addresses"),
+        ("ff02::/16", "multicast"),
+    ],
+)
+def test_reserved_ipv6_examples_are_refused(text, purpose):
+    with pytest.raises(InvalidArgumentError, match=f"reserved for {purpose}"):
+        parse_subnet("web", text)
+
+
+@pytest.mark.parametrize("text", ["::2/127", "fec0::/10", "fd00::/8", "2001:db8::/32", "feff::/16", "64:ff9b::/96"])
+def test_the_edges_of_reserved_ipv6_blocks_are_allowed(text):
+    assert parse_subnet("web", text) == IPv6Network(text)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: parse_subnet("web", "fd00::/64", family=4), "network 'web': subnet 'fd00::/64' is IPv6, not IPv4"),
+        (lambda: parse_subnet("web", IPv4Network("10.0.0.0/8"), family=6), "network 'web': subnet '10.0.0.0/8' is IPv4, not IPv6"),
+        (
+            lambda: parse_subnet("web", "fd00::/80", what="ip_range", family=IPv4Network("10.0.0.0/24")),
+            "network 'web': ip_range 'fd00::/80' is IPv6 but subnet 10.0.0.0/24 is IPv4",
+        ),
+        (
+            lambda: parse_address("web", "gateway", "fd00::1", family=IPv4Network("10.0.0.0/24")),
+            "network 'web': gateway 'fd00::1' is IPv6 but subnet 10.0.0.0/24 is IPv4",
+        ),
+        (
+            lambda: parse_address("web", "gateway", IPv4Address("10.0.0.1"), family=IPv6Network("fd00::/64")),
+            "network 'web': gateway '10.0.0.1' is IPv4 but subnet fd00::/64 is IPv6",
+        ),
+        (lambda: parse_address("s1", "ip", "10.0.0.1", kind="sandbox", family=6), "sandbox 's1': ip '10.0.0.1' is IPv4, not IPv6"),
+    ],
+)
+def test_a_required_family_is_enforced_with_the_value_named(call, message):
+    with pytest.raises(InvalidArgumentError) as caught:
+        call()
+    assert str(caught.value) == message
+
+
+@given(st.integers(min_value=0, max_value=2**128 - 1).map(IPv6Address))
+def test_parse_address_reads_ipv6(address):
+    assert parse_address("web", "gateway", str(address)) == address
+    assert parse_address("web", "gateway", address.exploded, family=6) == address
+    assert parse_address("web", "gateway", address) is address
+
+
+def test_a_family_that_matches_passes_the_value_through():
+    assert parse_subnet("web", "10.0.0.0/24", family=4) == IPv4Network("10.0.0.0/24")
+    assert parse_address("web", "gateway", "fd00::1", family=IPv6Network("fd00::/64")) == IPv6Address("fd00::1")
+    assert parse_address("web", "gateway", None, family=4) is None
+    assert parse_subnet("web", None, family=6) is None
