@@ -23,7 +23,7 @@ from ..errors import ClosedError, InvalidArgumentError, NotFoundError
 from ..firewall import FirewallBackend
 from ..kernel import LINKS_GONE_TIMEOUT, Rtnl
 from ..netns import MountDir, Namespace
-from ..ports import HostPortAllocator
+from ..port_books import HostPortAllocator
 from ..undo import Undo, UndoLog
 from ._records import EndpointRecord, NetworkRecord, SandboxRecord
 

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 import cnm
 from cnm.errors import ConflictError, ExhaustedError, InvalidArgumentError
+from cnm.port_books import HostPortAllocator
 from cnm.ports import (
     DEFAULT_EPHEMERAL_PORTS,
-    HostPortAllocator,
+
     PortMapping,
     PublishedPort,
     docker_ports_view,
