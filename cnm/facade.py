@@ -93,6 +93,20 @@ class Kernel:
         """Record *token* as this process's host (ConflictError if taken; see :mod:`cnm.owner`)."""
         return OwnerRecord.claim(token, kind, netns_path, firewall)
 
+    def machine_id(self) -> str:
+        """Stable text naming this machine (``/etc/machine-id``, else this boot's id):
+        what the machine's own host derives its IPv6 prefix from, so that it
+        survives restarts as Docker's does."""
+        for path in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
+            try:
+                with open(path) as f:
+                    text = f.read().strip()
+            except OSError:
+                continue
+            if text:
+                return text
+        return "cnm"
+
     def watch(self, host: object, record: OwnerRecord, what: str) -> None:
         """Remove what *host* holds if it is never closed (see :func:`cnm.leftovers.watch`)."""
         watch(host, record, what)

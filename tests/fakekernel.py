@@ -355,6 +355,9 @@ class FakeKernel:
         self.owners.add(token)
         return FakeOwner(self, token)
 
+    def machine_id(self):
+        return "fake-machine"
+
     def watch(self, host, record, what):
         pass
 

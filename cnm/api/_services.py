@@ -77,8 +77,10 @@ class Services:
         self.closed = False
         #: the newest sandbox, the only one that keeps a socket open
         self.warm: SandboxRecord | None = None
-        self._forwarding_users = 0
-        self._forwarding_was: str | None = None
+        self._forwarding_users = {4: 0, 6: 0}
+        self._forwarding_was: dict[int, str | None] = {4: None, 6: None}
+        #: stable text naming this host, from which IPAM derives its IPv6 prefix
+        self.seed = token
         # Set by attach(), once the host's kernel side exists.
         self.rtnl: Rtnl
         self.dying: DyingLinks
@@ -175,26 +177,34 @@ class Services:
 
     # ---- forwarding ----------------------------------------------------------------
 
-    def use_forwarding(self, kernel: UndoLog) -> None:
-        """Turn IPv4 forwarding on while any routed network needs it.
+    def use_forwarding(self, family: int, kernel: UndoLog) -> None:
+        """Turn forwarding of *family* on while any routed network of it needs it.
 
         In the machine's own namespace the previous value is restored when the
         last network that needed it goes (an isolated host just keeps it on).
         """
-        if self._forwarding_users == 0:
-            before = self.namespace.read_sysctl("net/ipv4/ip_forward")
+        key = _FORWARDING[family]
+        if self._forwarding_users[family] == 0:
+            before = self.namespace.read_sysctl(key)
             if before != "1":
-                self.namespace.write_sysctl("net/ipv4/ip_forward", "1")
-            self._forwarding_was = before
-        self._forwarding_users += 1
+                self.namespace.write_sysctl(key, "1")
+            self._forwarding_was[family] = before
+        self._forwarding_users[family] += 1
 
         def release() -> None:
-            if self._forwarding_users == 1 and self._forwarding_was not in (None, "1"):
-                self.namespace.write_sysctl("net/ipv4/ip_forward", self._forwarding_was or "0")
-            self._forwarding_users -= 1
+            was = self._forwarding_was[family]
+            if self._forwarding_users[family] == 1 and was not in (None, "1"):
+                self.namespace.write_sysctl(key, was or "0")
+            self._forwarding_users[family] -= 1
 
-        kernel.push(f"host {self.name!r}: ip_forward", release)
+        kernel.push(f"host {self.name!r}: {key.replace('/', '.')}", release)
 
     def forwarding_always_on(self) -> None:
-        """An isolated host keeps forwarding on and never restores it."""
-        self._forwarding_users = 1
+        """An isolated host keeps forwarding on (both families) and never restores it."""
+        for family, key in _FORWARDING.items():
+            self.namespace.write_sysctl(key, "1")
+            self._forwarding_users[family] = 1
+
+
+#: The sysctl that turns forwarding of each family on, in a host's namespace.
+_FORWARDING = {4: "net/ipv4/ip_forward", 6: "net/ipv6/conf/all/forwarding"}

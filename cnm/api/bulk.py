@@ -12,7 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING
 
 import attrs
@@ -50,6 +50,7 @@ class SandboxRequest:
     ip: str | IPv4Address | None
     mac: str | None
     ports: tuple[PortMapping, ...]
+    ip6: str | IPv6Address | None
 
     def __init__(
         self,
@@ -57,12 +58,14 @@ class SandboxRequest:
         ip: str | IPv4Address | None = None,
         mac: str | None = None,
         ports: Iterable[str | PortMapping] | str = (),
+        ip6: str | IPv6Address | None = None,
     ) -> None:
         # By hand, not by attrs converters: each message names the sandbox.
         name = check_name("sandbox", name)
         where = f"sandbox {name!r}"
-        parse_address(name, "ip", ip, kind="sandbox")
-        self.__attrs_init__(name, ip, check_mac(where, mac), tuple(normalize_ports(ports, owner=where)))
+        parse_address(name, "ip", ip, kind="sandbox", family=4)
+        parse_address(name, "ip6", ip6, kind="sandbox", family=6)
+        self.__attrs_init__(name, ip, check_mac(where, mac), tuple(normalize_ports(ports, owner=where)), ip6)
 
 
 def create_sandboxes(
@@ -78,8 +81,8 @@ def create_sandboxes(
         if request.name in services.sandboxes or request.name in names:
             raise ConflictError(f"sandbox {request.name!r}: a sandbox with that name already exists")
         names.add(request.name)
-        if network is None and (request.ip is not None or request.mac is not None or request.ports):
-            raise InvalidArgumentError(f"sandbox {request.name!r}: ip, mac and ports need a network to connect to")
+        if network is None and (request.ip or request.ip6 or request.mac is not None or request.ports):
+            raise InvalidArgumentError(f"sandbox {request.name!r}: ip, ip6, mac and ports need a network to connect to")
     made: list[SandboxRecord] = []
     joins: list[joining.Join | None] = []
     with transaction(keep=services.keep) as undo:
@@ -94,7 +97,9 @@ def create_sandboxes(
             made.append(record)
             step = None
             if network is not None:
-                endpoint = endpoints.create(services, network, request.name, ip=request.ip, mac=request.mac, ports=request.ports)
+                endpoint = endpoints.create(
+                    services, network, request.name, ip=request.ip, ip6=request.ip6, mac=request.mac, ports=request.ports
+                )
                 endpoint.owned_by_connection = True
                 undo.books.push(f"endpoint {endpoint.name!r}", lambda e=endpoint: raise_collected(e.name, endpoints.teardown(services, e)))  # type: ignore[misc]
                 endpoints.check_host_addresses(services, endpoint)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_interface
 from typing import TYPE_CHECKING, Any
 
 from .._checks import check_mac, check_name
 from ..errors import ClosedError, ConflictError, InvalidArgumentError, StateError
 from ..ipam import parse_address
-from ..kernel import mac_for
+from .._ip import IPAddress, IPInterface, family_name
+from ..kernel import mac_for, random_mac
 from ..ports import PortMapping, PublishedPort, normalize_ports
 from ..undo import Undo, raise_collected, transaction
 from . import join as joining
@@ -40,17 +41,32 @@ class Endpoint:
     def __repr__(self) -> str:
         sandbox = self._record.sandbox
         where = f" in {sandbox.name!r}" if sandbox is not None and self._record.joined else ""
-        return f"<Endpoint {self.name!r} {self.address} on {self.network.name!r}{where}>"
+        return f"<Endpoint {self.name!r} {' '.join(map(str, self.addresses))} on {self.network.name!r}{where}>"
 
     @property
-    def address(self) -> IPv4Interface:
+    def addresses(self) -> tuple[IPInterface, ...]:
+        """Its addresses, one per family of its network (IPv4 first)."""
+        return self._record.addresses
+
+    @property
+    def address(self) -> IPv4Interface | None:
+        """Its IPv4 address (None on an IPv6-only network)."""
         address = self._record.address(4)
-        assert isinstance(address, IPv4Interface)
-        return address
+        return address if isinstance(address, IPv4Interface) else None
 
     @property
-    def ip(self) -> IPv4Address:
-        return self.address.ip
+    def address6(self) -> IPv6Interface | None:
+        """Its IPv6 address (None on a network without IPv6)."""
+        address = self._record.address(6)
+        return address if isinstance(address, IPv6Interface) else None
+
+    @property
+    def ip(self) -> IPv4Address | None:
+        return self.address.ip if self.address is not None else None
+
+    @property
+    def ip6(self) -> IPv6Address | None:
+        return self.address6.ip if self.address6 is not None else None
 
     @property
     def published(self) -> list[PublishedPort]:
@@ -117,10 +133,11 @@ def create(
     name: str,
     *,
     ip: str | IPv4Address | None = None,
+    ip6: str | IPv6Address | None = None,
     mac: str | None = None,
     ports: Iterable[str | PortMapping] = (),
 ) -> EndpointRecord:
-    """An endpoint with an address from the network's pool, not yet joined."""
+    """An endpoint with an address from each of the network's pools, not yet joined."""
     check_name("endpoint", name)
     if name in network.endpoints:
         raise ConflictError(f"network {network.name!r}: an endpoint named {name!r} already exists")
@@ -131,23 +148,37 @@ def create(
         )
     if mappings and network.spec.internal:
         raise InvalidArgumentError(f"endpoint {name!r}: network {network.name!r} is internal; ports cannot be published")
-    address = parse_address(network.name, "ip", ip)
+    wanted: dict[int, IPAddress | None] = {}
+    for family, what, value in ((4, "ip", ip), (6, "ip6", ip6)):
+        pool = network.pools.get(family)
+        if pool is None:
+            if value is not None:
+                raise InvalidArgumentError(f"endpoint {name!r}: network {network.name!r} has no {family_name(family)} ({what})")
+            continue
+        wanted[family] = parse_address(network.name, what, value, family=pool.subnet)
     mac = check_mac(f"endpoint {name!r}", mac)
     dying = services.dying
-    pool = network.pools[4]
     with transaction() as undo:
-        allocated = dying.retrying(lambda: pool.allocate(address))
-        undo.books.push(f"endpoint {name!r}: address {allocated}", lambda: dying.release(lambda: pool.release(allocated)))
-        interface = IPv4Interface(f"{allocated}/{pool.subnet.prefixlen}")
+        addresses: list[IPInterface] = []
+        for family, address in wanted.items():
+            pool = network.pools[family]
+            allocated = dying.retrying(lambda: pool.allocate(address))
+            undo.books.push(
+                f"endpoint {name!r}: address {allocated}",
+                lambda pool=pool, allocated=allocated: dying.release(lambda: pool.release(allocated)),  # type: ignore[misc]
+            )
+            addresses.append(ip_interface(f"{allocated}/{pool.subnet.prefixlen}"))
+        v4 = next((a.ip for a in addresses if isinstance(a, IPv4Interface)), None)
         record = EndpointRecord(
             handle=None,  # type: ignore[arg-type]  # set just below: the handle needs its record
             network=network,
             name=name,
             id=new_id(),
-            addresses=(interface,),
-            mac=mac or mac_for(allocated),  # type: ignore[arg-type]  # the IPv4 pool's address
+            addresses=tuple(addresses),
+            # Docker derives the MAC from the IPv4 address; without one it draws one.
+            mac=mac or (mac_for(v4) if v4 is not None else random_mac()),
             ports=mappings,
-            static=frozenset({4}) if address is not None else frozenset(),
+            static=frozenset(f for f, a in wanted.items() if a is not None),
         )
         record.handle = Endpoint(services, network.handle, record)
         network.endpoints[name] = record
@@ -216,11 +247,9 @@ def disconnect(services: Services, endpoint: EndpointRecord) -> list[Exception]:
 
 def check_host_addresses(services: Services, endpoint: EndpointRecord) -> None:
     """A port published on one host address needs that address on the host (Docker fails at bind)."""
-    # IPv4 only, as the address dump is; the port book refuses an IPv6 host
-    # address on an endpoint without IPv6.
-    wanted = {m.host_ip for m in endpoint.ports if m.host_ip is not None and m.host_ip.version == 4}
+    wanted = {m.host_ip for m in endpoint.ports if m.host_ip is not None}
     if not wanted:
         return
-    local = {iface.ip for _, iface in services.rtnl.addresses()}
-    for ip in sorted(wanted - local):
+    local = {iface.ip for _, iface in services.rtnl.addresses(None)}
+    for ip in sorted(wanted - local, key=str):
         raise InvalidArgumentError(f"endpoint {endpoint.name!r}: cannot publish on {ip}: no such address on the host")

@@ -35,7 +35,7 @@ from . import sandbox as sandboxes_
 from ._common import InNamespace, collect
 from ._records import NetworkRecord, Processes, SandboxRecord
 from ._services import Services, serialized
-from .network import Network
+from .network import AddressArgument, Network
 from .sandbox import Sandbox
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class Host(InNamespace):
         with transaction() as undo:
             undo.books.push(f"host {namespace.name!r}: owner record", record.remove)
             self._setup(kernel, namespace, namespace.name, factory, record.token, undo)
+            self._services.seed = kernel.machine_id()
         kernel.watch(self, record, f"host {self.name!r}")
 
     def _setup(
@@ -170,23 +171,33 @@ class Host(InNamespace):
         name: str,
         driver: str = "bridge",
         *,
-        subnet: str | IPv4Network | None = None,
-        gateway: str | IPv4Address | None = None,
-        ip_range: str | IPv4Network | None = None,
+        subnet: AddressArgument = None,
+        gateway: AddressArgument = None,
+        ip_range: AddressArgument = None,
         internal: bool = False,
         options: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
         ipam: str = "default",
+        ipv4: bool = True,
+        ipv6: bool = False,
     ) -> Network:
         """Create a network (like ``docker network create``).
 
-        With no *subnet* the next free pool of Docker's default list that
-        overlaps no network or route of this host is used.
+        *ipv6* adds IPv6 (``--ipv6``); ``ipv4=False`` makes an IPv6-only network
+        (``--ipv4=false``). *subnet*, *gateway* and *ip_range* each take one
+        value or one per family (``subnet=["10.1.0.0/24", "fd00:1::/64"]``),
+        as Docker takes ``--subnet`` twice.
+
+        A family with no *subnet* gets one from IPAM: for IPv4 the next free
+        pool of Docker's default list that overlaps no network or route of
+        this host; for IPv6 the next free /64 of a unique local /48 derived
+        from the host (for ``Host()``, from the machine's id, so that it stays
+        the same across restarts).
         """
         self._check_open()
         record = networks.create(
             self._services, self, name, driver, subnet=subnet, gateway=gateway, ip_range=ip_range,
-            internal=internal, options=options, labels=labels, ipam=ipam,
+            internal=internal, options=options, labels=labels, ipam=ipam, ipv4=ipv4, ipv6=ipv6,
         )  # fmt: skip
         return record.handle
 

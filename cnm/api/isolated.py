@@ -98,6 +98,5 @@ def wire_uplink(services: Services, outside: Outside) -> None:
             "eth0", OUTSIDE_ADDRESS, None, "outside: uplink", index=outside_end
         ),
     )
-    services.namespace.write_sysctl("net/ipv4/ip_forward", "1")
     services.forwarding_always_on()
 

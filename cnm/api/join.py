@@ -125,10 +125,13 @@ def plumb(services: Services, rtnl: Rtnl, join: Join) -> None:
 
 
 def forwards(endpoint: EndpointRecord) -> list[PortForward]:
-    """The firewall's view of the endpoint's published ports."""
-    address = endpoint.address(4)
-    assert address is not None
-    return [PortForward(p.protocol, p.host_ip, p.host_port, address.ip, p.container_port) for p in endpoint.published if p.family == 4]  # type: ignore[arg-type]  # until the firewall takes both families
+    """The firewall's view of the endpoint's published ports: each to its address of the port's family."""
+    found = []
+    for port in endpoint.published:
+        address = endpoint.address(port.family)
+        assert address is not None  # the port book publishes only on the endpoint's families
+        found.append(PortForward(port.protocol, port.host_ip, port.host_port, address.ip, port.container_port))
+    return found
 
 
 def publish(services: Services, joins: Sequence[Join]) -> None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._checks import check_flag, check_name, check_text, string_map
+from .._checks import check_collection, check_flag, check_name, check_text, describe, string_map
+from .._ip import Family, IPAddress, IPNetwork, family_name
 from ..drivers import NetworkSpec, network_driver
-from ..errors import ClosedError, ConflictError, NotFoundError, StateError
+from ..errors import ClosedError, ConflictError, InvalidArgumentError, NotFoundError, StateError
 from ..firewall import NetworkRules
-from ..ipam import ipam_driver, parse_address, parse_subnet
+from ..ipam import AddressPool, ipam_driver, parse_address, parse_subnet
 from ..ports import PortMapping
 from ..undo import Undo, raise_collected, transaction
 from . import endpoint as endpoints
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
     from .host import Host
     from .sandbox import Sandbox
 
-__all__ = ["Network", "abandon", "create", "teardown"]
+__all__ = ["AddressArgument", "Network", "abandon", "create", "teardown"]
+
+T = TypeVar("T")
 
 
 class Network:
@@ -39,29 +42,52 @@ class Network:
         self.created = record.created
 
     def __repr__(self) -> str:
-        return f"<Network {self.name!r} {self.subnet} on {self.interface}>"
+        return f"<Network {self.name!r} {' '.join(map(str, self.subnets))} on {self.interface}>"
 
     @property
     def driver(self) -> str:
         return self._record.driver.name
 
     @property
-    def subnet(self) -> IPv4Network:
-        subnet = self._record.pools[4].subnet
-        assert isinstance(subnet, IPv4Network)
-        return subnet
+    def subnets(self) -> tuple[IPNetwork, ...]:
+        """The network's subnets, one per family (IPv4 first)."""
+        return self._record.subnets
 
     @property
-    def gateway(self) -> IPv4Address:
-        gateway = self._record.pools[4].gateway
-        assert isinstance(gateway, IPv4Address)
-        return gateway
+    def subnet(self) -> IPv4Network | None:
+        """The IPv4 subnet (None on an IPv6-only network)."""
+        pool = self._record.pools.get(4)
+        return pool.subnet if pool is not None else None  # type: ignore[return-value]
+
+    @property
+    def gateway(self) -> IPv4Address | None:
+        pool = self._record.pools.get(4)
+        return pool.gateway if pool is not None else None  # type: ignore[return-value]
 
     @property
     def ip_range(self) -> IPv4Network | None:
-        ip_range = self._record.pools[4].ip_range
-        assert ip_range is None or isinstance(ip_range, IPv4Network)
-        return ip_range
+        pool = self._record.pools.get(4)
+        return pool.ip_range if pool is not None else None  # type: ignore[return-value]
+
+    @property
+    def subnet6(self) -> IPv6Network | None:
+        """The IPv6 subnet (None on a network without IPv6)."""
+        pool = self._record.pools.get(6)
+        return pool.subnet if pool is not None else None  # type: ignore[return-value]
+
+    @property
+    def gateway6(self) -> IPv6Address | None:
+        pool = self._record.pools.get(6)
+        return pool.gateway if pool is not None else None  # type: ignore[return-value]
+
+    @property
+    def ip_range6(self) -> IPv6Network | None:
+        pool = self._record.pools.get(6)
+        return pool.ip_range if pool is not None else None  # type: ignore[return-value]
+
+    @property
+    def ipv6(self) -> bool:
+        return 6 in self._record.pools
 
     @property
     def internal(self) -> bool:
@@ -92,12 +118,16 @@ class Network:
         name: str,
         *,
         ip: str | IPv4Address | None = None,
+        ip6: str | IPv6Address | None = None,
         mac: str | None = None,
         ports: Iterable[str | PortMapping] = (),
     ) -> Endpoint:
-        """An endpoint with an address from this network's pool, not yet joined."""
+        """An endpoint with an address of each of this network's families, not yet joined.
+
+        *ip* and *ip6* ask for given addresses (Docker's ``--ip`` and ``--ip6``).
+        """
         self._check_open()
-        return endpoints.create(self._services, self._record, name, ip=ip, mac=mac, ports=ports).handle
+        return endpoints.create(self._services, self._record, name, ip=ip, ip6=ip6, mac=mac, ports=ports).handle
 
     @serialized
     def connect(
@@ -105,6 +135,7 @@ class Network:
         sandbox: Sandbox,
         *,
         ip: str | IPv4Address | None = None,
+        ip6: str | IPv6Address | None = None,
         mac: str | None = None,
         ports: Iterable[str | PortMapping] = (),
         name: str | None = None,
@@ -119,7 +150,7 @@ class Network:
         target = services.live_sandbox(f"network {self.name!r}: connect", sandbox)
         with transaction(keep=services.keep) as undo:
             record = endpoints.create(
-                services, self._record, sandbox.name if name is None else name, ip=ip, mac=mac, ports=ports
+                services, self._record, sandbox.name if name is None else name, ip=ip, ip6=ip6, mac=mac, ports=ports
             )
             undo.books.push(f"endpoint {record.name!r}", lambda: raise_collected(record.name, endpoints.teardown(services, record)))
             endpoints.join(services, record, target)
@@ -168,19 +199,25 @@ class Network:
         return views.network_inspect(self._record)
 
 
+#: What ``subnet``, ``gateway`` and ``ip_range`` take: one value, or one per family.
+AddressArgument = str | IPNetwork | IPAddress | Iterable[str | IPNetwork | IPAddress] | None
+
+
 def create(
     services: Services,
     host: Host,
     name: str,
     driver: str,
     *,
-    subnet: str | IPv4Network | None,
-    gateway: str | IPv4Address | None,
-    ip_range: str | IPv4Network | None,
+    subnet: AddressArgument,
+    gateway: AddressArgument,
+    ip_range: AddressArgument,
     internal: bool,
     options: Mapping[str, str] | None,
     labels: Mapping[str, str] | None,
     ipam: str,
+    ipv4: bool,
+    ipv6: bool,
 ) -> NetworkRecord:
     """What ``host.create_network`` does; see there."""
     check_name("network", name)
@@ -188,21 +225,38 @@ def create(
         raise ConflictError(f"network {name!r}: a network with that name already exists")
     where = f"network {name!r}"
     check_flag(where, "internal", internal)
+    families = _families(where, check_flag(where, "ipv4", ipv4), check_flag(where, "ipv6", ipv6))
+    subnets: dict[int, IPNetwork] = _per_family(
+        name, "subnet", subnet, families, lambda v, f: parse_subnet(name, v, family=f)
+    )
+    ranges: dict[int, IPNetwork] = _per_family(
+        name, "ip_range", ip_range, families, lambda v, f: parse_subnet(name, v, what="ip_range", family=f)
+    )
+    gateways: dict[int, IPAddress] = _per_family(
+        name, "gateway", gateway, families, lambda v, f: parse_address(name, "gateway", v, family=f)
+    )
     options = string_map(f"{where}: options", options)
     labels = string_map(f"{where}: labels", labels)
     drv = network_driver(check_text(where, "driver", driver))
+    missing = [f for f in families if f not in drv.capabilities.families]
+    if missing:
+        raise InvalidArgumentError(f"{where}: driver {drv.name!r} does not carry {family_name(missing[0])}")
     ipam_drv = ipam_driver(check_text(where, "ipam", ipam))
-    in_use = [s for n in services.networks.values() for s in n.subnets] + services.rtnl.routes()
-    pool = ipam_drv.request_pool(
-        network=name,
-        family=4,
-        subnet=parse_subnet(name, subnet, family=4),
-        ip_range=parse_subnet(name, ip_range, what="ip_range", family=4),
-        gateway=parse_address(name, "gateway", gateway, family=4),
-        in_use=in_use,
-        seed=services.token,
-    )
-    pools = {4: pool}
+    in_use = [s for n in services.networks.values() for s in n.subnets]
+    in_use += services.rtnl.routes(4)
+    if 6 in families:
+        in_use += services.rtnl.routes(6)
+    pools: dict[int, AddressPool] = {}
+    for family in families:
+        pools[family] = ipam_drv.request_pool(
+            network=name,
+            family=family,
+            subnet=subnets.get(family),
+            ip_range=ranges.get(family),
+            gateway=gateways.get(family),
+            in_use=in_use,
+            seed=services.seed,
+        )
     spec = NetworkSpec(
         name=name,
         id=new_id(),
@@ -218,10 +272,11 @@ def create(
         # interface name already taken) then fails before anything changed.
         plumbing = drv.create_network(services.rtnl, spec, undo.kernel)
         if not internal:
-            services.use_forwarding(undo.kernel)
+            for family in families:
+                services.use_forwarding(family, undo.kernel)
         rules = None
         if drv.capabilities.routed:
-            rules = NetworkRules(name=name, bridge=plumbing.interface, subnet=pool.subnet, internal=internal)  # type: ignore[arg-type]  # until the firewall takes both families
+            rules = NetworkRules(name=name, bridge=plumbing.interface, subnets=spec.subnets, internal=internal)
             services.firewall.add_network(rules, undo.kernel)
         record = NetworkRecord(
             handle=None,  # type: ignore[arg-type]  # set just below: the handle needs its record
@@ -264,3 +319,53 @@ def teardown(services: Services, network: NetworkRecord) -> list[Exception]:
     return failures
 
 
+
+
+def _families(where: str, ipv4: bool, ipv6: bool) -> tuple[Family, ...]:
+    if not ipv4 and not ipv6:
+        raise InvalidArgumentError(f"{where}: ipv4=False needs ipv6=True (a network needs an address family)")
+    wanted: list[Family] = []
+    if ipv4:
+        wanted.append(4)
+    if ipv6:
+        wanted.append(6)
+    return tuple(wanted)
+
+
+def _per_family(
+    name: str, what: str, value: object, families: tuple[Family, ...], parse: Callable[[Any, Family], T | None]
+) -> dict[int, T]:
+    """*value* (one, or an iterable of at most one per family) parsed, by family.
+
+    A value of a family the network does not have is refused, saying how to have it.
+    """
+    if value is None:
+        return {}
+    items = [value] if isinstance(value, (str, *_IP_TYPES)) else check_collection(f"network {name!r}", what, value, "strings or ipaddress objects")
+    found: dict[int, T] = {}
+    for item in items:
+        version = _version(name, what, item)
+        if version not in families:
+            fix = "ipv6=True enables it" if version == 6 else "it is made with ipv4=False"
+            raise InvalidArgumentError(
+                f"network {name!r}: {what} {str(item)!r} is {family_name(version)}, "
+                f"but the network has no {family_name(version)} ({fix})"
+            )
+        if version in found:
+            raise InvalidArgumentError(f"network {name!r}: more than one {family_name(version)} {what} given")
+        parsed = parse(item, version)
+        if parsed is not None:
+            found[version] = parsed
+    return found
+
+
+_IP_TYPES = (IPv4Network, IPv6Network, IPv4Address, IPv6Address)
+
+
+def _version(name: str, what: str, item: object) -> Family:
+    """The family *item* is written in (the parsers check the rest)."""
+    if isinstance(item, _IP_TYPES):
+        return 6 if item.version == 6 else 4
+    if isinstance(item, str):
+        return 6 if ":" in item else 4
+    raise InvalidArgumentError(f"network {name!r}: {what} must be a string or an ipaddress object, not {describe(item)}")

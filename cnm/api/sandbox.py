@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Interface
-from typing import TYPE_CHECKING, Any
+from ipaddress import IPv4Interface, IPv6Interface
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .._checks import check_name
-from ..errors import ClosedError, ConflictError, NotFoundError
+from ..errors import ClosedError, ConflictError, InvalidArgumentError, NotFoundError
 from ..netns import Namespace
 from ..undo import UndoLog, raise_collected, transaction
 from . import teardown, views
@@ -50,14 +50,25 @@ class Sandbox(InNamespace):
     def endpoints(self) -> list[Endpoint]:
         return [e.handle for e in self._record.endpoints if e.joined]
 
+    @overload
+    def address(self, network: Network) -> IPv4Interface: ...
+    @overload
+    def address(self, network: Network, family: Literal[4]) -> IPv4Interface: ...
+    @overload
+    def address(self, network: Network, family: Literal[6]) -> IPv6Interface: ...
+
     @serialized
-    def address(self, network: Network) -> IPv4Interface:
-        """The sandbox's interface address on *network*."""
-        target = self._services.network(f"sandbox {self.name!r}: address", network)
+    def address(self, network: Network, family: int = 4) -> IPv4Interface | IPv6Interface:
+        """The sandbox's interface address of *family* (4 or 6) on *network*."""
+        where = f"sandbox {self.name!r}: address"
+        target = self._services.network(where, network)
+        if family not in (4, 6) or isinstance(family, bool):
+            raise InvalidArgumentError(f"{where}: family {family!r} is not 4 or 6")
         for endpoint in self._record.endpoints:
             if endpoint.network is target and endpoint.joined:
-                address = endpoint.address(4)
-                assert isinstance(address, IPv4Interface)
+                address = endpoint.address(family)
+                if address is None:
+                    raise NotFoundError(f"sandbox {self.name!r}: network {network.name!r} has no IPv{family}")
                 return address
         raise NotFoundError(f"sandbox {self.name!r} is not connected to network {network.name!r}")
 
