@@ -19,9 +19,11 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface, ip_network
+from typing import Any, Literal, overload
+
+import attrs
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL
 from pyroute2.netlink import rtnl as rt
@@ -31,16 +33,18 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from . import rtmsg as pack
-from .errors import KernelError, MissingKernelFeatureError, kernel_error
+from ._ip import IPAddress, IPInterface, IPNetwork
+from .errors import InterfaceExistsError, InvalidArgumentError, KernelError, MissingKernelFeatureError, kernel_error
 from .netlink import Netlink, NetlinkReply
 from .netns import Namespace
 
-__all__ = ["LinkInfo", "Rtnl", "mac_for", "random_mac"]
+__all__ = ["Link", "LinkInfo", "Peer", "Route", "Rtnl", "mac_for", "random_mac"]
 
 _NETLINK_ROUTE = 0
 _RT_TABLE_MAIN = 254
 _IFF_UP = 0x1
 _CREATE = NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 #: link look-ups sent in one write while waiting (their answers must fit the receive buffer)
 _LOOKUPS_PER_WRITE = 64
 
@@ -59,6 +63,58 @@ class LinkInfo:
         self.alias: str | None = msg.get_attr("IFLA_IFALIAS")
         self.mac: str | None = msg.get_attr("IFLA_ADDRESS")
         self.up = bool(msg["flags"] & _IFF_UP)
+
+
+@attrs.frozen
+class Route:
+    """A route to *destination* through *gateway*, or on-link (a device
+    route) without one; both of one family.
+
+    Out of the interface it is given with (:meth:`Rtnl.configure_link`).
+    """
+
+    destination: IPNetwork
+    gateway: IPAddress | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.gateway is not None and self.gateway.version != self.destination.version:
+            raise InvalidArgumentError(
+                f"route to {self.destination}: gateway {self.gateway} is of another address family"
+            )
+
+    @classmethod
+    def default(cls, gateway: IPAddress) -> Route:
+        """The default route of *gateway*'s family, through it."""
+        return cls(pack.default_network(gateway.version), gateway)
+
+    @classmethod
+    def on_link(cls, family: int) -> Route:
+        """The default route of *family* (4 or 6) with no gateway: every
+        destination is reached straight through the interface (for drivers
+        such as ipvlan in L3 mode, whose parent routes)."""
+        return cls(pack.default_network(family))
+
+
+@attrs.frozen
+class Peer:
+    """The other end of a veth made by :meth:`Rtnl.add_link`: its *name*, the
+    *namespace* it is made in (None: the namespace of the :class:`Rtnl`) and
+    its *mac* (None: a random one)."""
+
+    name: str
+    namespace: Namespace | None = None
+    mac: str | None = None
+
+
+@attrs.frozen
+class Link:
+    """A link made by :meth:`Rtnl.add_link`: its *index* in the *namespace* it
+    lives in and, for a veth, the index of the peer in the peer's namespace
+    (None when the kernel did not say: a veth made inside another namespace)."""
+
+    index: int
+    namespace: Namespace
+    peer_index: int | None = None
 
 
 def _index_of(reply: NetlinkReply) -> int:
@@ -145,23 +201,38 @@ class Rtnl:
     def links(self) -> list[LinkInfo]:
         return [LinkInfo(m) for m in self._nl.dump(ifinfmsg(), rt.RTM_GETLINK)]
 
-    def routes(self) -> list[IPv4Network]:
-        """Destinations of the IPv4 routes in the main table (default route excluded)."""
+    @overload
+    def routes(self, family: Literal[4] = 4) -> list[IPv4Network]: ...
+    @overload
+    def routes(self, family: Literal[6]) -> list[IPv6Network]: ...
+    def routes(self, family: int = 4) -> list[IPv4Network] | list[IPv6Network]:
+        """Destinations of the unicast routes of *family* (4 or 6) in the main
+        table (default route excluded)."""
         msg = rtmsg()
-        msg["family"] = socket.AF_INET
+        msg["family"] = _AF[family]
         out = []
         for m in self._nl.dump(msg, rt.RTM_GETROUTE):
             if m["table"] != _RT_TABLE_MAIN or m["dst_len"] == 0 or m["type"] != 1:
                 continue
-            out.append(IPv4Network(f"{m.get_attr('RTA_DST')}/{m['dst_len']}", strict=False))
-        return out
+            out.append(ip_network(f"{m.get_attr('RTA_DST')}/{m['dst_len']}", strict=False))
+        return out  # type: ignore[return-value]  # one family, as asked
 
-    def addresses(self) -> list[tuple[int, IPv4Interface]]:
+    @overload
+    def addresses(self, family: Literal[4] = 4) -> list[tuple[int, IPv4Interface]]: ...
+    @overload
+    def addresses(self, family: Literal[6]) -> list[tuple[int, IPv6Interface]]: ...
+    @overload
+    def addresses(self, family: None) -> list[tuple[int, IPInterface]]: ...
+    def addresses(
+        self, family: int | None = 4
+    ) -> list[tuple[int, IPv4Interface]] | list[tuple[int, IPv6Interface]] | list[tuple[int, IPInterface]]:
+        """(link index, address) of every address of *family* (4, 6, or None for both)."""
         msg = ifaddrmsg()
-        msg["family"] = socket.AF_INET
+        msg["family"] = _AF[family] if family is not None else socket.AF_UNSPEC
         return [
-            (m["index"], IPv4Interface(f"{m.get_attr('IFA_LOCAL') or m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}"))
+            (m["index"], ip_interface(f"{m.get_attr('IFA_LOCAL') or m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}"))
             for m in self._nl.dump(msg, rt.RTM_GETADDR)
+            if m["family"] in (socket.AF_INET, socket.AF_INET6)
         ]
 
     # ---- links -----------------------------------------------------------------
@@ -318,11 +389,14 @@ class Rtnl:
 
     # ---- addresses and routes --------------------------------------------------
 
-    def add_address(self, index: int, address: IPv4Interface, what: str) -> None:
+    def add_address(self, index: int, address: IPInterface, what: str) -> None:
+        """Put *address* on link *index* (an IPv6 one usable at once: see :func:`cnm.rtmsg.address`)."""
         body = pack.address(index, address.ip, address.network)
         self._apply([(pack.RTM_NEWADDR, _CREATE, body, f"add address {address}")], what)
 
-    def add_route(self, destination: IPv4Network, gateway: IPv4Address | None, what: str, *, oif: int | None = None) -> None:
+    def add_route(self, destination: IPNetwork, gateway: IPAddress | None, what: str, *, oif: int | None = None) -> None:
+        """Add a route of either family to *destination* through *gateway* (None: on-link, out of *oif*)."""
+        Route(destination, gateway)  # the families must agree: checked before the kernel sees it
         body = pack.route(destination, gateway, oif)
         self._apply([(pack.RTM_NEWROUTE, _CREATE, body, f"add route {destination} via {gateway}")], what)
 
@@ -330,7 +404,20 @@ class Rtnl:
         self, name: str, address: IPv4Interface, gateway: IPv4Address | None, what: str, *, index: int | None = None
     ) -> None:
         """Bring link *name* up, give it an address and, with *gateway*, the
-        default route through it.
+        default route through it (:meth:`configure_link` with one address)."""
+        self.configure_link(name, [address], [Route.default(gateway)] if gateway is not None else [], what, index=index)
+
+    def configure_link(
+        self,
+        name: str,
+        addresses: Sequence[IPInterface],
+        routes: Sequence[Route],
+        what: str,
+        *,
+        index: int | None = None,
+    ) -> None:
+        """Bring link *name* up, give it *addresses* (of either family, at
+        most as many as the caller likes) and *routes* out of it.
 
         The requests are pipelined in one write; the kernel handles them in
         order. The link is looked up first unless its *index* is given.
@@ -342,14 +429,22 @@ class Rtnl:
         requests = [
             # Before "up": IPv6 would otherwise give the link a link-local
             # address, with duplicate-address detection and multicast reports
-            # (cnm networks are IPv4; without this, building a sandbox measured ~3x slower).
+            # (without this, building an IPv4 sandbox measured ~3x slower).
+            # An IPv6 sandbox needs none of it: its own addresses are added
+            # without DAD, and neighbour discovery works from them (measured).
             (pack.RTM_NEWLINK, NLM_F_ACK, pack.no_ipv6_addresses(index), f"no IPv6 addresses on {name}"),
             (pack.RTM_NEWLINK, NLM_F_ACK, pack.set_up(index), f"set {name} up"),
-            (pack.RTM_NEWADDR, _CREATE, pack.address(index, address.ip, address.network), f"add address {address}"),
         ]
-        if gateway is not None:
-            default = IPv4Network("0.0.0.0/0")
-            requests.append((pack.RTM_NEWROUTE, _CREATE, pack.route(default, gateway, index), f"add default route via {gateway}"))
+        for address in addresses:
+            body = pack.address(index, address.ip, address.network)
+            requests.append((pack.RTM_NEWADDR, _CREATE, body, f"add address {address}"))
+        for route in routes:
+            if route.destination.prefixlen == 0:
+                label = f"add default route via {route.gateway}" if route.gateway is not None else "add default route"
+            else:
+                label = f"add route {route.destination} via {route.gateway}"
+            body = pack.route(route.destination, route.gateway, index)
+            requests.append((pack.RTM_NEWROUTE, _CREATE, body, label))
         self._apply(requests, what)
 
     # ---- plumbing ----------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 
 import pytest
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
@@ -137,3 +137,45 @@ def test_route(destination, gateway, oif):
     m["attrs"] = attrs
     gw = IPv4Address(gateway) if gateway else None
     assert packed(24, 0x605, pack.route(dst, gw, oif), 15) == pyroute2_bytes(m, 24, 0x605, 15)
+
+
+@pytest.mark.parametrize("interface", ["2001:db8::2/64", "fd00:1:2:3::1/128"])
+def test_address_ipv6_without_dad(interface):
+    iface = IPv6Interface(interface)
+    m = ifaddrmsg()
+    m["family"] = socket.AF_INET6
+    m["prefixlen"] = iface.network.prefixlen
+    m["flags"] = 0x02  # IFA_F_NODAD
+    m["index"] = 5
+    m["attrs"] = [("IFA_LOCAL", str(iface.ip)), ("IFA_ADDRESS", str(iface.ip))]
+    assert packed(20, 0x605, pack.address(5, iface.ip, iface.network), 16) == pyroute2_bytes(m, 20, 0x605, 16)
+
+
+@pytest.mark.parametrize(
+    "destination, gateway, oif",
+    [("::/0", "2001:db8::1", 2), ("fd00:1::/64", None, 3), ("::/0", None, 4), ("::/0", "fe80::1", None)],
+)
+def test_route_ipv6(destination, gateway, oif):
+    dst = IPv6Network(destination)
+    m = rtmsg()
+    m["family"] = socket.AF_INET6
+    m["dst_len"] = dst.prefixlen
+    m["table"] = 254
+    m["proto"] = 4
+    m["scope"] = 0  # IPv6 routes have no scope: universe, as ip -6 route sends
+    m["type"] = 1
+    attrs = []
+    if dst.prefixlen:
+        attrs.append(("RTA_DST", str(dst.network_address)))
+    if gateway:
+        attrs.append(("RTA_GATEWAY", gateway))
+    if oif:
+        attrs.append(("RTA_OIF", oif))
+    m["attrs"] = attrs
+    gw = IPv6Address(gateway) if gateway else None
+    assert packed(24, 0x605, pack.route(dst, gw, oif), 17) == pyroute2_bytes(m, 24, 0x605, 17)
+
+
+def test_default_networks():
+    assert pack.default_network(4) == IPv4Network("0.0.0.0/0")
+    assert pack.default_network(6) == IPv6Network("::/0")
