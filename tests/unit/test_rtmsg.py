@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 
 import pytest
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
@@ -11,6 +11,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from cnm import rtmsg as pack
+from cnm.kernel import Route, Rtnl
 from tests.unit.encoding import pyroute2_bytes
 
 
@@ -179,3 +180,49 @@ def test_route_ipv6(destination, gateway, oif):
 def test_default_networks():
     assert pack.default_network(4) == IPv4Network("0.0.0.0/0")
     assert pack.default_network(6) == IPv6Network("::/0")
+
+
+def _captured_configure(call):
+    """The (type, flags, body, label) requests a configure call hands to the one write."""
+    rtnl = Rtnl.__new__(Rtnl)  # no socket: only the requests are looked at
+    sent = []
+    rtnl._apply = lambda requests, what: sent.extend(requests)
+    call(rtnl)
+    return sent
+
+
+def test_ipv4_configure_sends_the_requests_it_always_sent():
+    gateway = IPv4Address("172.17.0.1")
+    sent = _captured_configure(
+        lambda r: r.configure_interface("eth0", IPv4Interface("172.17.0.2/16"), gateway, "w", index=7)
+    )
+    assert sent == [
+        (16, 4, pack.no_ipv6_addresses(7), "no IPv6 addresses on eth0"),
+        (16, 4, pack.set_up(7), "set eth0 up"),
+        (20, 0x604, pack.address(7, IPv4Address("172.17.0.2"), IPv4Network("172.17.0.0/16")), "add address 172.17.0.2/16"),
+        (24, 0x604, pack.route(IPv4Network("0.0.0.0/0"), gateway, 7), "add default route via 172.17.0.1"),
+    ]
+
+
+def test_dual_stack_configure_adds_both_families_after_up_in_one_write():
+    sent = _captured_configure(
+        lambda r: r.configure_link(
+            "eth0",
+            [IPv4Interface("10.0.0.2/24"), IPv6Interface("fd00::2/64")],
+            [Route.default(IPv4Address("10.0.0.1")), Route.default(IPv6Address("fd00::1")), Route.on_link(6)],
+            "w",
+            index=3,
+        )
+    )
+    assert [label for *_, label in sent] == [
+        "no IPv6 addresses on eth0",
+        "set eth0 up",
+        "add address 10.0.0.2/24",
+        "add address fd00::2/64",
+        "add default route via 10.0.0.1",
+        "add default route via fd00::1",
+        "add default route",
+    ]
+    assert sent[3][2] == pack.address(3, IPv6Address("fd00::2"), IPv6Network("fd00::/64"))
+    assert sent[5][2] == pack.route(IPv6Network("::/0"), IPv6Address("fd00::1"), 3)
+    assert sent[6][2] == pack.route(IPv6Network("::/0"), None, 3)
