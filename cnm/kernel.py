@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface, ip_network
-from typing import Any, Literal, overload
+from typing import Any, Literal, Protocol, overload
 
 import attrs
 
@@ -38,7 +38,7 @@ from .errors import InterfaceExistsError, InvalidArgumentError, KernelError, Mis
 from .netlink import Netlink, NetlinkReply
 from .netns import Namespace
 
-__all__ = ["Link", "LinkInfo", "Peer", "Route", "Rtnl", "mac_for", "random_mac"]
+__all__ = ["Link", "LinkInfo", "Peer", "Route", "RouteSpec", "Rtnl", "mac_for", "random_mac"]
 
 _NETLINK_ROUTE = 0
 _RT_TABLE_MAIN = 254
@@ -66,22 +66,30 @@ class LinkInfo:
         self.up = bool(msg["flags"] & _IFF_UP)
 
 
+class RouteSpec(Protocol):
+    """What :meth:`Rtnl.configure_link` needs of a route: its *destination*
+    and the gateway it goes *via* (None: on the link). :class:`Route` is one;
+    so is any object with these two attributes."""
+
+    @property
+    def destination(self) -> IPNetwork: ...
+    @property
+    def via(self) -> IPAddress | None: ...
+
+
 @attrs.frozen
 class Route:
-    """A route to *destination* through *gateway*, or on-link (a device
-    route) without one; both of one family.
+    """A route to *destination* via a gateway, or on the link (a device
+    route) with *via* None; both of one family.
 
     Out of the interface it is given with (:meth:`Rtnl.configure_link`).
     """
 
     destination: IPNetwork
-    gateway: IPAddress | None = None
+    via: IPAddress | None = None
 
     def __attrs_post_init__(self) -> None:
-        if self.gateway is not None and self.gateway.version != self.destination.version:
-            raise InvalidArgumentError(
-                f"route to {self.destination}: gateway {self.gateway} is of another address family"
-            )
+        _check_route(self.destination, self.via)
 
     @classmethod
     def default(cls, gateway: IPAddress) -> Route:
@@ -116,6 +124,11 @@ class Link:
     index: int
     namespace: Namespace
     peer_index: int | None = None
+
+
+def _check_route(destination: IPNetwork, via: IPAddress | None) -> None:
+    if via is not None and via.version != destination.version:
+        raise InvalidArgumentError(f"route to {destination}: gateway {via} is of another address family")
 
 
 def _index_of(reply: NetlinkReply) -> int:
@@ -556,7 +569,7 @@ class Rtnl:
 
     def add_route(self, destination: IPNetwork, gateway: IPAddress | None, what: str, *, oif: int | None = None) -> None:
         """Add a route of either family to *destination* through *gateway* (None: on-link, out of *oif*)."""
-        Route(destination, gateway)  # the families must agree: checked before the kernel sees it
+        _check_route(destination, gateway)  # before the kernel sees it
         body = pack.route(destination, gateway, oif)
         self._apply([(pack.RTM_NEWROUTE, _CREATE, body, f"add route {destination} via {gateway}")], what)
 
@@ -571,7 +584,7 @@ class Rtnl:
         self,
         name: str,
         addresses: Sequence[IPInterface],
-        routes: Sequence[Route],
+        routes: Sequence[RouteSpec],
         what: str,
         *,
         index: int | None = None,
@@ -600,11 +613,12 @@ class Rtnl:
             body = pack.address(index, address.ip, address.network)
             requests.append((pack.RTM_NEWADDR, _CREATE, body, f"add address {address}"))
         for route in routes:
+            _check_route(route.destination, route.via)
             if route.destination.prefixlen == 0:
-                label = f"add default route via {route.gateway}" if route.gateway is not None else "add default route"
+                label = f"add default route via {route.via}" if route.via is not None else "add default route"
             else:
-                label = f"add route {route.destination} via {route.gateway}"
-            body = pack.route(route.destination, route.gateway, index)
+                label = f"add route {route.destination} via {route.via}"
+            body = pack.route(route.destination, route.via, index)
             requests.append((pack.RTM_NEWROUTE, _CREATE, body, label))
         self._apply(requests, what)
 

@@ -11,6 +11,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from cnm import rtmsg as pack
+from cnm.errors import InvalidArgumentError
 from cnm.kernel import Route, Rtnl
 from tests.unit.encoding import pyroute2_bytes
 
@@ -226,3 +227,24 @@ def test_dual_stack_configure_adds_both_families_after_up_in_one_write():
     assert sent[3][2] == pack.address(3, IPv6Address("fd00::2"), IPv6Network("fd00::/64"))
     assert sent[5][2] == pack.route(IPv6Network("::/0"), IPv6Address("fd00::1"), 3)
     assert sent[6][2] == pack.route(IPv6Network("::/0"), None, 3)
+
+
+def test_configure_takes_any_route_with_a_destination_and_a_via():
+    class Mine:  # a driver's own route type
+        destination = IPv4Network("10.9.0.0/16")
+        via = IPv4Address("10.0.0.1")
+
+    sent = _captured_configure(lambda r: r.configure_link("eth0", [], [Mine()], "w", index=3))
+    assert sent[-1] == (24, 0x604, pack.route(Mine.destination, Mine.via, 3), "add route 10.9.0.0/16 via 10.0.0.1")
+
+
+def test_a_route_of_mixed_families_is_refused():
+    with pytest.raises(InvalidArgumentError, match="another address family"):
+        Route(IPv6Network("::/0"), IPv4Address("10.0.0.1"))
+    with pytest.raises(InvalidArgumentError, match="another address family"):
+
+        class Mixed:
+            destination = IPv4Network("0.0.0.0/0")
+            via = IPv6Address("fd00::1")
+
+        _captured_configure(lambda r: r.configure_link("eth0", [], [Mixed()], "w", index=3))
