@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import socket
 import struct
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network, IPv6Network
+
+from ._ip import IPAddress, IPNetwork
 
 from .netlink import next_seq
 from .netlink import nla as _attr
@@ -28,6 +30,7 @@ __all__ = [
     "RTM_NEWROUTE",
     "address",
     "bridge",
+    "default_network",
     "dellink",
     "getlink",
     "link_settings",
@@ -54,6 +57,7 @@ _VETH_INFO_PEER = 1
 _IFLA_BRPORT_MODE = 4
 _IFLA_BR_MCAST_SNOOPING = 23
 _IFA_ADDRESS, _IFA_LOCAL, _IFA_BROADCAST = 1, 2, 4
+_IFA_F_NODAD = 0x02
 _RTA_DST, _RTA_OIF, _RTA_GATEWAY = 1, 4, 5
 _RT_TABLE_MAIN, _RTPROT_STATIC, _RTN_UNICAST = 254, 4, 1
 _RT_SCOPE_UNIVERSE, _RT_SCOPE_LINK = 0, 253
@@ -176,18 +180,43 @@ def link_settings(index: int, alias: str | None, hairpin: bool) -> bytes:
     return _ifinfo(index) + attrs + _no_ipv6_addresses()
 
 
-def address(index: int, ip: IPv4Address, network: IPv4Network) -> bytes:
-    """RTM_NEWADDR body putting *ip* (in *network*) on link *index*."""
+def address(index: int, ip: IPAddress, network: IPNetwork) -> bytes:
+    """RTM_NEWADDR body putting *ip* (in *network*) on link *index*.
+
+    An IPv6 address skips duplicate-address detection (IFA_F_NODAD): with it
+    the address stays "tentative", unusable as a source, until DAD ends
+    (measured: see the docs' explanation page), and cnm's IPAM already makes
+    the address unique on its network.
+    """
     attrs = _attr(_IFA_LOCAL, ip.packed) + _attr(_IFA_ADDRESS, ip.packed)
+    if network.version == 6:
+        return _IFADDR.pack(socket.AF_INET6, network.prefixlen, _IFA_F_NODAD, 0, index) + attrs
     if network.prefixlen < 31:
         attrs += _attr(_IFA_BROADCAST, network.broadcast_address.packed)
     return _IFADDR.pack(socket.AF_INET, network.prefixlen, 0, 0, index) + attrs
 
 
-def route(destination: IPv4Network, gateway: IPv4Address | None, oif: int | None) -> bytes:
-    """RTM_NEWROUTE body: *destination* via *gateway* (or on-link) out of *oif*, main table."""
-    scope = _RT_SCOPE_UNIVERSE if gateway is not None else _RT_SCOPE_LINK
-    head = _RTMSG.pack(socket.AF_INET, destination.prefixlen, 0, 0, _RT_TABLE_MAIN, _RTPROT_STATIC, scope, _RTN_UNICAST, 0)
+def default_network(family: int) -> IPNetwork:
+    """The destination of a default route: ``0.0.0.0/0`` or ``::/0``."""
+    return _DEFAULTS[family]
+
+
+_DEFAULTS: dict[int, IPNetwork] = {4: IPv4Network("0.0.0.0/0"), 6: IPv6Network("::/0")}
+
+
+def route(destination: IPNetwork, gateway: IPAddress | None, oif: int | None) -> bytes:
+    """RTM_NEWROUTE body: *destination* via *gateway* (or on-link) out of *oif*, main table.
+
+    IPv6 routes have no scope (the kernel ignores it), so they are sent with
+    the universe scope as ``ip -6 route`` does; an IPv4 route with no gateway
+    is a link-scope (device) route.
+    """
+    if destination.version == 6:
+        family, scope = socket.AF_INET6, _RT_SCOPE_UNIVERSE
+    else:
+        family = socket.AF_INET
+        scope = _RT_SCOPE_UNIVERSE if gateway is not None else _RT_SCOPE_LINK
+    head = _RTMSG.pack(family, destination.prefixlen, 0, 0, _RT_TABLE_MAIN, _RTPROT_STATIC, scope, _RTN_UNICAST, 0)
     attrs = b""
     if destination.prefixlen:
         attrs += _attr(_RTA_DST, destination.network_address.packed)

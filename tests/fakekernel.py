@@ -228,19 +228,22 @@ class FakeRtnl:
             raise KernelError(errno.EEXIST, f"{what}: add route {destination}: File exists")
         ns.routes.append((destination, gateway, oif))
 
-    def configure_interface(self, name, address, gateway, what, *, index=None):
+    def configure_link(self, name, addresses, routes, what, *, index=None):
         ns = self._ns()
         if index is None:
             index = self.link_index(name)
         if index is None:
             raise KernelError(errno.ENODEV, f"{what}: interface {name!r} not found")
-        ns.kernel.change("configure", f"{ns.name} {name} {address} via {gateway}")
+        ns.kernel.change("configure", f"{ns.name} {name} {list(map(str, addresses))} {[(str(r.destination), str(r.via)) for r in routes]}")
         link = self._get(index, what)
         link.up = True
-        ns.addresses.append((index, address))
-        if gateway is not None:
-            default = ip_network("0.0.0.0/0") if gateway.version == 4 else ip_network("::/0")
-            ns.routes.append((default, gateway, index))
+        ns.addresses += [(index, a) for a in addresses]
+        ns.routes += [(r.destination, r.via, index) for r in routes]
+
+    def configure_interface(self, name, address, gateway, what, *, index=None):
+        from cnm.kernel import Route
+
+        self.configure_link(name, [address], [Route.default(gateway)] if gateway is not None else [], what, index=index)
 
     def _get(self, index, what):
         try:

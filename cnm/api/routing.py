@@ -10,12 +10,11 @@ Docker. When that endpoint leaves, the next one that offers one gives it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from ipaddress import ip_network
 from typing import TYPE_CHECKING
 
 from .._ip import IPAddress
 from ..drivers import SandboxLink
-from ..kernel import Rtnl
+from ..kernel import Route, Rtnl
 from ._records import EndpointRecord, SandboxRecord
 
 if TYPE_CHECKING:
@@ -38,11 +37,8 @@ def claim(sandbox: SandboxRecord, candidates: Sequence[IPAddress]) -> dict[int, 
 def apply(rtnl: Rtnl, link: SandboxLink, gateways: dict[int, IPAddress], what: str) -> None:
     """Configure the sandbox end of *link* through *rtnl*, a socket inside the
     sandbox: up, its addresses and routes, and the default routes through *gateways*."""
-    address = link.addresses[0]
-    rtnl.configure_interface(link.interface, address, gateways.get(4), what, index=link.index)  # type: ignore[arg-type]
-    for route in link.routes:
-        index = link.index if link.index is not None else rtnl.link_index(link.interface)
-        rtnl.add_route(route.destination, route.via, f"{what}: route to {route.destination}", oif=index)  # type: ignore[arg-type]
+    routes = [Route.default(gateways[family]) for family in sorted(gateways)] + list(link.routes)
+    rtnl.configure_link(link.interface, link.addresses, routes, what, index=link.index)
 
 
 def reelect(kernel: Kernel, sandbox: SandboxRecord, gone: set[int]) -> list[Exception]:
@@ -68,9 +64,9 @@ def _add_default(kernel: Kernel, sandbox: SandboxRecord, endpoint: EndpointRecor
     interface = endpoint.interface
     assert interface is not None
     what = f"sandbox {sandbox.name!r}: default route"
-    default = ip_network("0.0.0.0/0" if gateway.version == 4 else "::/0")
+    default = Route.default(gateway)
 
     def add(rtnl: Rtnl) -> None:
-        rtnl.add_route(default, gateway, what, oif=rtnl.link_index(interface))  # type: ignore[arg-type]
+        rtnl.add_route(default.destination, gateway, what, oif=rtnl.link_index(interface))
 
     kernel.inside(sandbox.namespace, add)

@@ -52,7 +52,7 @@ import attrs
 
 from .._ip import IPAddress, IPInterface, IPNetwork
 from .._plugins import Registry
-from ..kernel import Rtnl
+from ..kernel import Link, Peer, Route, Rtnl
 from ..netns import Namespace
 from ..undo import UndoLog
 
@@ -60,9 +60,11 @@ __all__ = [
     "DRIVERS",
     "Capabilities",
     "EndpointSpec",
+    "Link",
     "NetworkDriver",
     "NetworkPlumbing",
     "NetworkSpec",
+    "Peer",
     "Route",
     "SandboxLink",
     "SandboxPort",
@@ -116,14 +118,6 @@ class EndpointSpec:
     mac: str
     #: interface name inside the sandbox (eth0, eth1, ...)
     interface: str
-
-
-@attrs.frozen
-class Route:
-    """A route inside a sandbox: to *destination*, via *via* (None: on the link)."""
-
-    destination: IPNetwork
-    via: IPAddress | None = None
 
 
 @attrs.frozen

@@ -112,7 +112,7 @@ class BridgeDriver:
         ipv6 = any(subnet.version == 6 for subnet in spec.subnets)
         host.namespace.write_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0" if ipv6 else "1")
         for address in spec.interfaces():
-            host.add_address(index, address, what)  # type: ignore[arg-type]  # until Rtnl takes both families
+            host.add_address(index, address, what)
         # Sandboxes of an internal network get no default route (as in Docker).
         gateways = () if spec.internal else spec.gateways
         return NetworkPlumbing(interface=name, index=index, owner=spec.owner, mtu=mtu, gateways=gateways)
