@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Mapping
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING
 
 from .._checks import check_collection, check_name, check_text
@@ -131,6 +131,15 @@ class Host(InNamespace):
     @property
     def outside_address(self) -> IPv4Address | None:
         return self.outside.address if self.outside is not None else None
+
+    @property
+    def address6(self) -> IPv6Address | None:
+        """The host's IPv6 address on its uplink (isolated hosts only)."""
+        return isolated.HOST_ADDRESS6.ip if self.outside is not None else None
+
+    @property
+    def outside_address6(self) -> IPv6Address | None:
+        return self.outside.address6 if self.outside is not None else None
 
     @property
     @serialized

@@ -7,10 +7,10 @@ can be swept), and the uplink between them.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING
 
-from ..kernel import random_mac
+from ..kernel import Route, random_mac
 from ..netns import Namespace
 from ..undo import UndoLog
 from ._common import InNamespace
@@ -20,7 +20,17 @@ from ._services import Services
 if TYPE_CHECKING:
     from ..facade import Kernel
 
-__all__ = ["HOST_ADDRESS", "OUTSIDE_ADDRESS", "UPLINK_SUBNET", "Outside", "make_namespaces", "wire_uplink"]
+__all__ = [
+    "HOST_ADDRESS",
+    "HOST_ADDRESS6",
+    "OUTSIDE_ADDRESS",
+    "OUTSIDE_ADDRESS6",
+    "UPLINK_SUBNET",
+    "UPLINK_SUBNET6",
+    "Outside",
+    "make_namespaces",
+    "wire_uplink",
+]
 
 
 #: The link between an isolated host and its "outside": a /24 from the range
@@ -29,6 +39,10 @@ __all__ = ["HOST_ADDRESS", "OUTSIDE_ADDRESS", "UPLINK_SUBNET", "Outside", "make_
 UPLINK_SUBNET = IPv4Network("198.18.0.0/24")
 OUTSIDE_ADDRESS = IPv4Interface("198.18.0.1/24")
 HOST_ADDRESS = IPv4Interface("198.18.0.2/24")
+#: Its IPv6 side, from the IPv6 benchmarking range (RFC 5180) for the same reason.
+UPLINK_SUBNET6 = IPv6Network("2001:2::/64")
+OUTSIDE_ADDRESS6 = IPv6Interface("2001:2::1/64")
+HOST_ADDRESS6 = IPv6Interface("2001:2::2/64")
 
 
 class Outside(InNamespace):
@@ -39,6 +53,7 @@ class Outside(InNamespace):
     def __init__(self, namespace: Namespace, processes: Processes, services: Services) -> None:
         self.namespace = namespace
         self.address: IPv4Address = OUTSIDE_ADDRESS.ip
+        self.address6: IPv6Address = OUTSIDE_ADDRESS6.ip
         self._processes = processes
         self._services = services
 
@@ -89,13 +104,17 @@ def wire_uplink(services: Services, outside: Outside) -> None:
         peer_name="eth0",
         peer_namespace=outside.namespace,
     )
-    rtnl.add_address(uplink, HOST_ADDRESS, f"host {label!r}: uplink")
-    rtnl.add_route(IPv4Network("0.0.0.0/0"), OUTSIDE_ADDRESS.ip, f"host {label!r}: default route")
-
+    # Both ends carry IPv6 too (the namespaces start with it off, see
+    # make_namespaces): once per host, so that networks with IPv6 reach the
+    # outside; networks without it add nothing of IPv6 to the kernel.
+    services.namespace.write_sysctl("net/ipv6/conf/eth0/disable_ipv6", "0")
+    defaults = [Route.default(OUTSIDE_ADDRESS.ip), Route.default(OUTSIDE_ADDRESS6.ip)]
+    rtnl.configure_link("eth0", [HOST_ADDRESS, HOST_ADDRESS6], defaults, f"host {label!r}: uplink", index=uplink)
+    outside.namespace.write_sysctl("net/ipv6/conf/eth0/disable_ipv6", "0")
     services.kernel.inside(
         outside.namespace,
-        lambda outside_rtnl: outside_rtnl.configure_interface(
-            "eth0", OUTSIDE_ADDRESS, None, "outside: uplink", index=outside_end
+        lambda outside_rtnl: outside_rtnl.configure_link(
+            "eth0", [OUTSIDE_ADDRESS, OUTSIDE_ADDRESS6], [], "outside: uplink", index=outside_end
         ),
     )
     services.forwarding_always_on()

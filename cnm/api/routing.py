@@ -37,7 +37,8 @@ def claim(sandbox: SandboxRecord, candidates: Sequence[IPAddress]) -> dict[int, 
 def apply(rtnl: Rtnl, link: SandboxLink, gateways: dict[int, IPAddress], what: str) -> None:
     """Configure the sandbox end of *link* through *rtnl*, a socket inside the
     sandbox: up, its addresses and routes, and the default routes through *gateways*."""
-    routes = [Route.default(gateways[family]) for family in sorted(gateways)] + list(link.routes)
+    # The driver's routes first: a gateway may be reachable only through one of them.
+    routes = list(link.routes) + [Route.default(gateways[family]) for family in sorted(gateways)]
     rtnl.configure_link(link.interface, link.addresses, routes, what, index=link.index)
 
 
