@@ -429,7 +429,7 @@ class Host(_InNamespace):
                 self._use_forwarding(undo.kernel)
             rules = None
             if plumbing.routed:
-                rules = NetworkRules(name=name, bridge=plumbing.interface, subnet=pool.subnet, internal=internal)
+                rules = NetworkRules(name=name, bridge=plumbing.interface, subnets=(pool.subnet,), internal=internal)
                 self._firewall.add_network(rules, undo.kernel)
             network = Network(self, spec, drv, ipam, pool, plumbing, rules, labels)
             self._adopt(self._networks, name, network, undo.books)

@@ -21,7 +21,9 @@ import pytest
 
 from cnm.errors import ClosedError, InvalidArgumentError, KernelError, NotFoundError
 from cnm.firewall import FIREWALL_BACKENDS, FirewallBackend, NetworkRules, PortForward, firewall_backend
-from cnm.firewall.nftables import NftablesFirewall, _Batch
+from cnm.firewall.nftables import NftablesFirewall
+from cnm.firewall.nftables.batch import Batch
+from cnm.firewall.nftables.expressions import IPV4, IPV6
 from cnm.firewall.none import NoFirewall
 from cnm.netlink import Netlink
 from cnm.netns import Namespace
@@ -32,8 +34,8 @@ pytestmark = pytest.mark.kernel
 CAN_RUN = os.geteuid() == 0 and shutil.which("nft") is not None and shutil.which("ip") is not None
 needs_kernel = pytest.mark.skipif(not CAN_RUN, reason="needs root, iproute2 and the nft CLI (to inspect rules)")
 
-WEB = NetworkRules(name="web", bridge="br-web", subnet=IPv4Network("10.1.0.0/24"))
-DB = NetworkRules(name="db", bridge="br-db", subnet=IPv4Network("10.2.16.0/20"), internal=True)
+WEB = NetworkRules(name="web", bridge="br-web", subnets=(IPv4Network("10.1.0.0/24"),))
+DB = NetworkRules(name="db", bridge="br-db", subnets=(IPv4Network("10.2.16.0/20"),), internal=True)
 A = IPv4Address
 
 
@@ -184,8 +186,8 @@ def test_unknown_backend_is_not_found():
         lambda: PortForward("tcp", None, 0, A("10.0.0.2"), 80),
         lambda: PortForward("tcp", None, 80, A("10.0.0.2"), 65536),
         lambda: PortForward("tcp", "0.0.0.0", 80, A("10.0.0.2"), 80),
-        lambda: NetworkRules("n", "a-bridge-name-too-long", IPv4Network("10.0.0.0/24")),
-        lambda: NetworkRules("n", "", IPv4Network("10.0.0.0/24")),
+        lambda: NetworkRules("n", "a-bridge-name-too-long", (IPv4Network("10.0.0.0/24"),)),
+        lambda: NetworkRules("n", "", (IPv4Network("10.0.0.0/24"),)),
     ],
 )
 def test_bad_values_are_refused(make):
@@ -260,7 +262,7 @@ def test_internal_network_is_isolated_and_not_masqueraded(fw):
 @needs_kernel
 def test_a_network_allowing_direct_access_stays_out_of_the_guard(fw):
     """The one place that decides: membership of the bridge in ``guarded``."""
-    open_web = NetworkRules(name="open", bridge="br-open", subnet=IPv4Network("10.3.0.0/24"), direct_access=True)
+    open_web = NetworkRules(name="open", bridge="br-open", subnets=(IPv4Network("10.3.0.0/24"),), direct_access=True)
     undo = UndoLog()
     fw.add_network(WEB, undo)
     fw.add_network(open_web, undo)
@@ -389,10 +391,10 @@ def test_undo_tolerates_what_is_already_gone(fw):
         text=True,
     ).stdout
     handle = int(re.search(r'127\.0\.0\.0/8 oifname "br-web" .*# handle (\d+)', listing).group(1))
-    outsider = _Batch(fw.table)
-    outsider.rule_delete("postrouting", handle, "outsider")
-    outsider.element(False, "ports", bytes([6, 0, 0, 0, 0x1F, 0x90, 0, 0]), b"", "outsider")
-    outsider.member(False, "same_bridge", ifname("br-web") * 2, "outsider")
+    outsider = Batch(fw.table)
+    outsider.rule_delete(IPV4, "postrouting", handle, "outsider")
+    outsider.element(False, IPV4, "ports", bytes([6, 0, 0, 0, 0x1F, 0x90, 0, 0]), None, "outsider")
+    outsider.element(False, IPV4, "same_bridge", ifname("br-web") * 2, None, "outsider")
     fw._commit(outsider, "test: outsider")
     assert ports.unwind() == []
     assert web.unwind() == []
@@ -465,7 +467,7 @@ def test_a_bridge_belongs_to_one_network(fw):
     fw.add_network(WEB, undo)
     before = ruleset(fw.namespace)
     with pytest.raises(KernelError) as caught:
-        fw.add_network(NetworkRules(name="web2", bridge="br-web", subnet=IPv4Network("10.9.0.0/24")), undo)
+        fw.add_network(NetworkRules(name="web2", bridge="br-web", subnets=(IPv4Network("10.9.0.0/24"),)), undo)
     assert caught.value.errno == errno.EEXIST
     assert 'add "br-web" to set bridges' in str(caught.value)
     assert ruleset(fw.namespace) == before
