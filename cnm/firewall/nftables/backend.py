@@ -197,7 +197,7 @@ class NftablesFirewall:
         """
         backend = cls(namespace, owner)
         try:
-            there = [f for f in _FAMILIES if backend._rules_listed(f) is not None]
+            there = [f for f in _FAMILIES if backend._table_there(f)]
             if not there:
                 return []
             batch = Batch(backend.table)
@@ -291,7 +291,7 @@ class NftablesFirewall:
                 continue
             if comment is not None:
                 udata = comment_udata(comment)
-                for chain, handle, their in self._rules_listed(family) or ():
+                for chain, handle, their in self._rules_listed(family):
                     if their == udata and (family.version, handle) not in self._live_rules:
                         cleanup.rule_delete(family, chain, handle, "stray")
             if elements:
@@ -313,11 +313,11 @@ class NftablesFirewall:
             if not using:
                 continue
             if self._users[family] == len(using):
-                if not listed or self._rules_listed(family) is not None:
+                if not listed or self._table_there(family):
                     batch.table_delete(family)
                 continue
             if listed:
-                rules_there = {handle for _, handle, _ in self._rules_listed(family) or ()}
+                rules_there = {handle for _, handle, _ in self._rules_listed(family)}
                 names = {e[0] for h in using for e in h.elements} or set(BRIDGE_SETS)
                 elements_there = self._elements_listed(family, names)
             for holding in using:
@@ -339,17 +339,24 @@ class NftablesFirewall:
                 self._users[family] -= 1
             step.done = True
 
-    def _rules_listed(self, family: AddressFamily) -> list[tuple[str, int, bytes | None]] | None:
-        """(chain, handle, user data) of every rule in *family*'s table; None if there is no such table."""
+    def _table_there(self, family: AddressFamily) -> bool:
+        """Whether *family*'s table exists (a dump of a missing table's rules is just empty)."""
+        msg = nft.nft_table_msg()
+        msg["nfgen_family"] = family.nfproto
+        msg["attrs"] = [("NFTA_TABLE_NAME", self.table)]
+        try:
+            return self._link().get(msg, subsystem(GETTABLE)) is not None
+        except OSError as exc:
+            raise kernel_error(exc, f"firewall {self.table}: look up table {family.keyword}") from exc
+
+    def _rules_listed(self, family: AddressFamily) -> list[tuple[str, int, bytes | None]]:
+        """(chain, handle, user data) of every rule in *family*'s table."""
         msg = rule_msg()
         msg["nfgen_family"] = family.nfproto
         msg["attrs"] = [("NFTA_RULE_TABLE", self.table)]
-        listing = self._dump(msg, GETRULE)
-        if listing is None:
-            return None
         return [
             (m.get_attr("NFTA_RULE_CHAIN"), m.get_attr("NFTA_RULE_HANDLE"), m.get_attr("NFTA_RULE_USERDATA"))
-            for m in listing
+            for m in self._dump(msg, GETRULE)
         ]
 
     def _elements_listed(self, family: AddressFamily, names: Iterable[str]) -> set[tuple[str, bytes]]:
@@ -359,20 +366,19 @@ class NftablesFirewall:
             msg = nft.nft_set_elem_list_msg()
             msg["nfgen_family"] = family.nfproto
             msg["attrs"] = [("NFTA_SET_ELEM_LIST_TABLE", self.table), ("NFTA_SET_ELEM_LIST_SET", name)]
-            for reply in self._dump(msg, GETSETELEM) or ():
+            for reply in self._dump(msg, GETSETELEM):
                 for element in reply.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS") or ():
                     key = element.get_attr("NFTA_SET_ELEM_KEY")
                     if key is not None:
                         keys.add((name, bytes(key.get_attr("NFTA_DATA_VALUE"))))
         return keys
 
-    def _dump(self, msg: Any, mtype: int) -> list[Any] | None:
-        """A dump; None when the table (or set) is not there."""
+    def _dump(self, msg: Any, mtype: int) -> list[Any]:
         try:
             return self._link().dump(msg, subsystem(mtype))
         except OSError as exc:
             if exc.errno == errno.ENOENT:
-                return None
+                return []  # the table (or set) is gone, and what was in it
             raise kernel_error(exc, f"firewall {self.table}: list") from exc
 
 
