@@ -179,9 +179,12 @@ class NetworkRules:
         Every backend calls it first in :meth:`FirewallBackend.add_port_forwards`
         and :meth:`~FirewallBackend.add_port_forwards_many`.
         """
+        if len(self.subnets) == 2:
+            return  # both families (on the per-port path: kept short)
+        version = self.subnets[0].version
         for forward in forwards:
             family = forward.container_ip.version
-            if self.subnet(family) is None:
+            if family != version:
                 raise InvalidArgumentError(
                     f"network {self.name!r}: port forward {forward}: the network has no {family_name(family)} subnet"
                 )
@@ -238,12 +241,12 @@ class PortForward:
         return self.container_ip.version
 
     def __str__(self) -> str:
-        v6 = self.family == 6
-        host = str(self.host_ip) if self.host_ip is not None else ("::" if v6 else "0.0.0.0")
-        target = str(self.container_ip)
-        if v6:
-            host, target = f"[{host}]", f"[{target}]"
-        return f"{self.protocol} {host}:{self.host_port} -> {target}:{self.container_port}"
+        # On the per-port path (labels of batch messages): kept short.
+        if self.container_ip.version == 4:
+            host = self.host_ip if self.host_ip is not None else "0.0.0.0"
+            return f"{self.protocol} {host}:{self.host_port} -> {self.container_ip}:{self.container_port}"
+        host = self.host_ip if self.host_ip is not None else "::"
+        return f"{self.protocol} [{host}]:{self.host_port} -> [{self.container_ip}]:{self.container_port}"
 
 
 @runtime_checkable

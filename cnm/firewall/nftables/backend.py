@@ -45,7 +45,7 @@ from .. import NetworkRules, PortForward
 from ._pyroute2 import marshal, rule_msg
 from .batch import GETRULE, GETSETELEM, GETTABLE, Batch, UnknownOutcome, commit, subsystem
 from .expressions import IPV4, IPV6, AddressFamily, comment_udata
-from .ruleset import BRIDGE_SETS, Element, RuleSpec, add_skeleton, element_label, forward_element, network_members, network_rules
+from .ruleset import Element, RuleSpec, add_skeleton, element_label, forward_element, network_members, network_rules
 
 if TYPE_CHECKING:
     from ...netns import Namespace
@@ -237,29 +237,26 @@ class NftablesFirewall:
             for family in _FAMILIES:
                 if self._users[family] == 0 and any(family in plan for plan in plans):
                     add_skeleton(batch, family)
-            sent: list[dict[AddressFamily, list[tuple[str, int, str]]]] = []
+            holdings: list[dict[AddressFamily, _Holding]] = []
+            echoed: list[tuple[_Holding, str, int, str]] = []  # holding, chain, seq, label
             for plan in plans:
-                seqs: dict[AddressFamily, list[tuple[str, int, str]]] = {}
+                holding = {}
                 for family, (specs, elements) in plan.items():
-                    seqs[family] = [
-                        (chain, batch.rule_add(family, chain, exprs, label, comment=comment, echo=True), label)
-                        for chain, exprs, label in specs
-                    ]
+                    held = holding[family] = _Holding([], elements)
+                    for chain, exprs, label in specs:
+                        seq = batch.rule_add(family, chain, exprs, label, comment=comment, echo=True)
+                        echoed.append((held, chain, seq, label))
                     for element in elements:
                         set_name, key, data, _ = element
                         batch.element(True, family, set_name, key, data, element_label(True, family, element))
-                sent.append(seqs)
-            echoes = self._apply(batch, what, lambda cleanup: self._strays(cleanup, batch, plans, comment))
-            holdings = []
-            for plan, seqs in zip(plans, sent):
-                holding = {}
-                for family, (_, elements) in plan.items():
-                    rules = [(chain, echoes[seq], label) for chain, seq, label in seqs[family]]
-                    holding[family] = _Holding(rules, elements)
-                    self._live_rules.update((family.version, handle) for _, handle, _ in rules)
-                    self._live_elements.update((family.version, e[0], e[1]) for e in elements)
-                    self._users[family] += 1
                 holdings.append(holding)
+            handles = self._apply(batch, what, lambda cleanup: self._strays(cleanup, batch, plans, comment))
+            for held, chain, seq, label in echoed:
+                held.rules.append((chain, handles[seq], label))
+            for holding in holdings:
+                for family in holding:
+                    self._users[family] += 1
+            self._live(holdings, True)
             return holdings
 
     def _apply(self, batch: Batch, what: str, strays: Callable[[Batch], object]) -> dict[int, int]:
@@ -308,18 +305,18 @@ class NftablesFirewall:
         naming something already gone was refused).
         """
         batch = Batch(self.table)
-        for family in _FAMILIES:
-            using = [s.holdings[family] for s in steps if family in s.holdings]
-            if not using:
-                continue
+        by_family: dict[AddressFamily, list[_Holding]] = {}
+        for step in steps:
+            for family, holding in step.holdings.items():
+                by_family.setdefault(family, []).append(holding)
+        for family, using in by_family.items():
             if self._users[family] == len(using):
                 if not listed or self._table_there(family):
                     batch.table_delete(family)
                 continue
             if listed:
                 rules_there = {handle for _, handle, _ in self._rules_listed(family)}
-                names = {e[0] for h in using for e in h.elements} or set(BRIDGE_SETS)
-                elements_there = self._elements_listed(family, names)
+                elements_there = self._elements_listed(family, {e[0] for h in using for e in h.elements})
             for holding in using:
                 for chain, handle, label in holding.rules:
                     if not listed or handle in rules_there:
@@ -333,11 +330,25 @@ class NftablesFirewall:
     def _forget(self, steps: Sequence[_Remover]) -> None:
         """Count *steps* as done."""
         for step in steps:
-            for family, holding in step.holdings.items():
-                self._live_rules.difference_update((family.version, handle) for _, handle, _ in holding.rules)
-                self._live_elements.difference_update((family.version, e[0], e[1]) for e in holding.elements)
+            for family in step.holdings:
                 self._users[family] -= 1
             step.done = True
+        self._live([step.holdings for step in steps], False)
+
+    def _live(self, holdings: Iterable[dict[AddressFamily, _Holding]], adding: bool) -> None:
+        """Add *holdings* to the live rules and elements, or take them out."""
+        change = self._live_elements.add if adding else self._live_elements.discard
+        for holding in holdings:
+            for family, held in holding.items():
+                version = family.version
+                if held.rules:
+                    handles = [(version, handle) for _, handle, _ in held.rules]
+                    if adding:
+                        self._live_rules.update(handles)
+                    else:
+                        self._live_rules.difference_update(handles)
+                for element in held.elements:
+                    change((version, element[0], element[1]))
 
     def _table_there(self, family: AddressFamily) -> bool:
         """Whether *family*'s table exists (a dump of a missing table's rules is just empty)."""

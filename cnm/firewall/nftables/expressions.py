@@ -66,9 +66,14 @@ NF_DROP, NF_ACCEPT, NFT_JUMP, NFT_RETURN = 0, 1, -3, -5
 TYPE_IPADDR, TYPE_IP6ADDR, TYPE_INET_PROTO, TYPE_INET_SERVICE, TYPE_IFNAME = 7, 8, 12, 13, 41
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class AddressFamily:
-    """Everything the rules of one address family differ in."""
+    """Everything the rules of one address family differ in.
+
+    There are two, :data:`IPV4` and :data:`IPV6`, compared and hashed by
+    identity: they key the backend's per-family state on the per-port path,
+    where hashing nine fields each time would show.
+    """
 
     #: 4 or 6, as ``ipaddress`` numbers it.
     version: int

@@ -312,7 +312,7 @@ def _proto_port(protocol: str, port: int) -> bytes:
 
 def forward_element(forward: PortForward) -> tuple[AddressFamily, Element]:
     """The family and map element of one forward."""
-    family = address_family(forward.family)
+    family = address_family(forward.container_ip.version)
     target = forward.container_ip.packed + struct.pack(">H2x", forward.container_port)
     key = _proto_port(forward.protocol, forward.host_port)
     if forward.host_ip is None:
