@@ -119,8 +119,6 @@ def _check_host_ip(instance: PortForward, attribute: attrs.Attribute[IPAddress |
         return
     if not isinstance(value, (IPv4Address, IPv6Address)):
         raise InvalidArgumentError(f"port forward: host_ip {value!r} is not an IPv4Address, IPv6Address or None")
-    if value.is_unspecified:
-        raise InvalidArgumentError(f"port forward: host_ip {value} is unspecified: None means every address")
     if value.version == 6 and value.is_loopback:
         # No route_localnet for IPv6: the kernel drops ::1 leaving by any interface but lo.
         raise InvalidArgumentError("port forward: host_ip ::1 cannot be forwarded to a sandbox (IPv6 has no route_localnet)")
@@ -166,7 +164,7 @@ class NetworkRules:
     #: allow.
     direct_access: bool = False
 
-    def subnet(self, family: int) -> IPNetwork | None:
+    def subnet_for(self, family: int) -> IPNetwork | None:
         """The network's subnet of *family* (4 or 6), or None."""
         for subnet in self.subnets:
             if subnet.version == family:
@@ -215,8 +213,8 @@ class PortForward:
     #: The host address the port is published on; ``None`` means every local
     #: address of the host of the forward's family. A forward on a specific
     #: address wins over one on every address for the same protocol and port.
-    #: It must be of the family of :attr:`container_ip`, and not unspecified
-    #: (``0.0.0.0``, ``::``: that is ``None``).
+    #: It must be of the family of :attr:`container_ip`; the unspecified
+    #: address of the family (``0.0.0.0``, ``::``) is stored as ``None``.
     host_ip: IPAddress | None = attrs.field(validator=_check_host_ip)
 
     #: The port on the host (1-65535).
@@ -230,10 +228,15 @@ class PortForward:
     container_port: int = attrs.field(validator=_check_port)
 
     def __attrs_post_init__(self) -> None:
-        if self.host_ip is not None and self.host_ip.version != self.container_ip.version:
+        if self.host_ip is None:
+            return
+        if self.host_ip.version != self.container_ip.version:
             raise InvalidArgumentError(
                 f"port forward: host_ip {self.host_ip} and container_ip {self.container_ip} are of different families"
             )
+        if self.host_ip.is_unspecified:
+            # One spelling of "every address of the family", so that equal forwards compare equal.
+            object.__setattr__(self, "host_ip", None)
 
     @property
     def family(self) -> int:

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -553,9 +554,11 @@ def test_forwards_and_networks_of_both_families_are_validated():
         PortForward("tcp", A6("2001:db8::1"), 80, A("10.1.0.2"), 80)
     with pytest.raises(InvalidArgumentError, match="::1"):
         PortForward("tcp", A6("::1"), 80, A6("fd00:1::2"), 80)
-    for unspecified in (A6("::"), A("0.0.0.0")):
-        with pytest.raises(InvalidArgumentError, match="None means every address"):
-            PortForward("tcp", unspecified, 80, A6("fd00:1::2") if unspecified.version == 6 else A("10.1.0.2"), 80)
+    # The unspecified address of the family is "every address": one spelling, None.
+    assert PortForward("tcp", A6("::"), 80, A6("fd00:1::2"), 80) == PortForward("tcp", None, 80, A6("fd00:1::2"), 80)
+    assert PortForward("tcp", A("0.0.0.0"), 80, A("10.1.0.2"), 80).host_ip is None
+    with pytest.raises(InvalidArgumentError, match="different families"):
+        PortForward("tcp", A("0.0.0.0"), 80, A6("fd00:1::2"), 80)
     with pytest.raises(InvalidArgumentError, match="container_ip"):
         PortForward("tcp", None, 80, "fd00:1::2", 80)
     for subnets in ((), (IPv4Network("10.0.0.0/24"), IPv4Network("10.0.1.0/24")), (IPv6Network("fd00::/64"),) * 2):
@@ -565,7 +568,7 @@ def test_forwards_and_networks_of_both_families_are_validated():
         NetworkRules("n", "br-n", [IPv4Network("10.0.0.0/24")])
     with pytest.raises(InvalidArgumentError, match="must be a tuple"):
         NetworkRules("n", "br-n", ("10.0.0.0/24",))
-    assert DUAL.subnet(6) == IPv6Network("fd00:1::/64") and V6.subnet(4) is None
+    assert DUAL.subnet_for(6) == IPv6Network("fd00:1::/64") and V6.subnet_for(4) is None
 
 
 def test_an_ipv6_forward_reads_with_brackets():
@@ -790,3 +793,85 @@ def test_sweep_removes_both_tables(netns):
     keep.close()
     assert NftablesFirewall.sweep(netns, owner) == [f"nftables table ip6 cnm-{owner}"]
     assert tables(netns) == ["ip cnm-someone-else"]
+
+
+# ---- IPv6 traffic at the backend level ----------------------------------------------
+
+
+@pytest.fixture
+def v6_wiring(netns):
+    """The scratch namespace as a host: bridge br-web (fd00:1::1/64) with a
+    sandbox namespace on it (fd00:1::2), and an uplink (2001:db8:9::1/64) to
+    an outside namespace (2001:db8:9::2) that has no route to fd00:1::/64."""
+    token = netns.name.rsplit("-", 1)[1]
+    sandbox = Namespace.create(f"cnm-fwtest-{token}-s")
+    outside = Namespace.create(f"cnm-fwtest-{token}-o")
+
+    def ip(ns: Namespace, *argv: str) -> None:
+        subprocess.run(["ip", "netns", "exec", ns.name, "ip", *argv], check=True)
+
+    try:
+        ip(netns, "link", "add", "br-web", "type", "bridge")
+        ip(netns, "addr", "add", "fd00:1::1/64", "dev", "br-web", "nodad")
+        ip(netns, "link", "set", "br-web", "up")
+        ip(netns, "link", "add", "ve-s", "type", "veth", "peer", "name", "eth0", "netns", sandbox.name)
+        ip(netns, "link", "set", "ve-s", "master", "br-web", "up")
+        ip(netns, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", outside.name)
+        ip(netns, "addr", "add", "2001:db8:9::1/64", "dev", "up0", "nodad")
+        ip(netns, "link", "set", "up0", "up")
+        netns.write_sysctl("net/ipv6/conf/all/forwarding", "1")
+        for ns, address in ((sandbox, "fd00:1::2/64"), (outside, "2001:db8:9::2/64")):
+            ip(ns, "link", "set", "lo", "up")
+            ip(ns, "addr", "add", address, "dev", "eth0", "nodad")
+            ip(ns, "link", "set", "eth0", "up")
+        ip(sandbox, "-6", "route", "add", "default", "via", "fd00:1::1")
+        yield sandbox, outside, ip
+    finally:
+        outside.delete()
+        sandbox.delete()
+
+
+def _listen(ns: Namespace, address: str, port: int) -> socket.socket:
+    server = ns.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server.bind((address, port))
+    server.listen(4)
+    server.settimeout(5)
+    return server
+
+
+def _peer_of_connection(ns: Namespace, server: socket.socket, address: str, port: int, timeout: float = 5) -> str | None:
+    """Connect from *ns*; the source address *server* saw, or None if the connection did not get through."""
+    client = ns.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    client.settimeout(timeout)
+    try:
+        client.connect((address, port))
+    except OSError:
+        return None
+    finally:
+        client.close()
+    accepted, peer = server.accept()
+    accepted.close()
+    return str(peer[0])
+
+
+@needs_kernel
+def test_ipv6_traffic_is_dnated_masqueraded_and_guarded(fw, v6_wiring):
+    sandbox, outside, ip = v6_wiring
+    undo = UndoLog()
+    fw.add_network(NetworkRules("web", "br-web", (IPv6Network("fd00:1::/64"),)), undo)
+    fw.add_port_forwards(DUAL, [PortForward("tcp", None, 8080, A6("fd00:1::2"), 80)], undo)
+    with _listen(sandbox, "::", 80) as web, _listen(outside, "::", 9000) as far:
+        # Published: outside -> the host's uplink address, DNATed to the sandbox
+        # (its reply goes back through the host by the sandbox's default route).
+        assert _peer_of_connection(outside, web, "2001:db8:9::1", 8080) == "2001:db8:9::2"
+        # Outbound: the outside has no route back to fd00:1::/64, so only a
+        # masqueraded connection gets through, and it comes from the uplink's address.
+        assert _peer_of_connection(sandbox, far, "2001:db8:9::2", 9000) == "2001:db8:9::1"
+        # Direct access: with a route to the subnet, the outside still cannot
+        # open a connection to the sandbox's own address.
+        ip(outside, "-6", "route", "add", "fd00:1::/64", "via", "2001:db8:9::1")
+        assert _peer_of_connection(outside, web, "fd00:1::2", 80, timeout=1) is None
+        assert undo.unwind() == []
+        assert ruleset(fw.namespace) == ""
+        # Without the rules, the direct connection gets through: the guard was what stopped it.
+        assert _peer_of_connection(outside, web, "fd00:1::2", 80) == "2001:db8:9::2"

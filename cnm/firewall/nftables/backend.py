@@ -113,10 +113,14 @@ class NftablesFirewall:
 
     def add_network(self, rules: NetworkRules, undo: UndoLog) -> None:
         what = f"firewall {self.table}: network {rules.name!r}"
-        plan = {f: (network_rules(rules, f), network_members(rules, f)) for f in _FAMILIES if rules.subnet(f.version)}
+        plan: _Plan = {
+            f: (network_rules(rules, f), network_members(rules, f))
+            for f in _FAMILIES
+            if rules.subnet_for(f.version) is not None
+        }
         (holding,) = self._install(what, [plan], rules.name)
         undo.push(f"{what}: remove firewall rules", _Remover(self, what, holding))
-        if rules.subnet(4) is not None:
+        if rules.subnet_for(4) is not None:
             self._route_localnet(rules.bridge, what, undo)
 
     def _route_localnet(self, bridge: str, what: str, undo: UndoLog) -> None:
@@ -282,7 +286,9 @@ class NftablesFirewall:
     def _strays(self, cleanup: Batch, batch: Batch, plans: Sequence[_Plan], comment: str | None) -> None:
         """The tables *batch* created, and in the others what *plans* added that no live call holds."""
         for family in _FAMILIES:
-            elements = [e for plan in plans for e in plan.get(family, ((), ()))[1]]
+            if not any(family in plan for plan in plans):
+                continue
+            elements = [e for plan in plans if family in plan for e in plan[family][1]]
             if family in batch.creates:
                 cleanup.table_delete(family)
                 continue

@@ -245,7 +245,7 @@ def add_skeleton(batch: Batch, family: AddressFamily) -> None:
 
 def network_rules(rules: NetworkRules, family: AddressFamily) -> list[RuleSpec]:
     """The rules of one network in *family*'s table (none without a subnet of it)."""
-    subnet = rules.subnet(family.version)
+    subnet = rules.subnet_for(family.version)
     if subnet is None:
         return []
     bridge = rules.bridge
@@ -296,7 +296,7 @@ def network_members(rules: NetworkRules, family: AddressFamily) -> list[Element]
     """The set elements of one network in *family*'s table: what puts its bridge
     under the isolation rule and, unless it allows direct access, under the
     direct-access guard (none without a subnet of *family*)."""
-    if rules.subnet(family.version) is None:
+    if rules.subnet_for(family.version) is None:
         return []
     name = ifname_bytes(rules.bridge)
     text = f'"{rules.bridge}"'
