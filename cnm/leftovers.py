@@ -14,10 +14,11 @@ exactly what carries the token of a record whose process is gone:
 * for a host in an existing namespace (``cnm.Host()``): the links there whose
   alias starts with ``cnm:TOKEN:`` (its bridges and the host ends of its
   veths, which mostly vanish with the sandboxes) and its firewall backend's
-  leftovers (nftables: table ``ip cnm-TOKEN``). That namespace is found by the
-  identity the record gives (its nsfs device and inode) among this process's
-  own, those in ``/run/netns`` and those of running processes; if none has
-  it, the namespace is gone and took all of it along.
+  leftovers (nftables: tables ``ip cnm-TOKEN`` and ``ip6 cnm-TOKEN``). That
+  namespace is found by the identity the record gives (its nsfs device and
+  inode) among this process's own, those in ``/run/netns`` and those of
+  running processes; if none has it, the namespace is gone and took all of
+  it along.
 
 Nothing else is touched: a token without a record may belong to a host being
 made right now, or to something that merely looks like cnm's, and a record

@@ -43,8 +43,8 @@ behind. Backends keep that count in memory; it is not shared between
 processes.
 
 Everything a backend installs is marked with the *owner* token it was made
-with (for nftables: the table ``cnm-<owner>``), and a backend never reads or
-changes anything not so marked. Two cnm hosts in the same namespace, or cnm
+with (for nftables: the tables ``ip cnm-<owner>`` and ``ip6 cnm-<owner>``),
+and a backend never reads or changes anything not so marked. Two cnm hosts in the same namespace, or cnm
 next to Docker or firewalld, do not see each other's rules.
 
 Conflicts between port forwards (the same protocol and host port published
@@ -55,11 +55,12 @@ may refuse them again (nftables does, with ``EEXIST``) but need not.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from ipaddress import IPv4Address, IPv4Network
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
+from .._ip import IPAddress, IPNetwork, family_name
 from .._plugins import Registry
 from .._transport import PROTOCOLS, check_port, check_protocol
 from ..errors import InvalidArgumentError
@@ -93,6 +94,32 @@ def _check_port(instance: object, attribute: attrs.Attribute[int], value: int) -
     check_port(f"port forward: {attribute.name}", value)
 
 
+def _check_subnets(instance: NetworkRules, attribute: attrs.Attribute[tuple[IPNetwork, ...]], value: object) -> None:
+    name = getattr(instance, "name", "?")
+    if not isinstance(value, tuple) or not all(isinstance(s, (IPv4Network, IPv6Network)) for s in value):
+        raise InvalidArgumentError(f"network {name!r}: subnets {value!r} must be a tuple of IPv4Network/IPv6Network")
+    versions = [s.version for s in value]
+    if not value or len(set(versions)) != len(versions):
+        raise InvalidArgumentError(
+            f"network {name!r}: subnets {', '.join(map(str, value)) or '()'} must be one or two, at most one per family"
+        )
+
+
+def _check_address(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, (IPv4Address, IPv6Address)):
+        raise InvalidArgumentError(f"port forward: {attribute.name} {value!r} is not an IPv4Address or IPv6Address")
+
+
+def _check_host_ip(instance: PortForward, attribute: attrs.Attribute[IPAddress | None], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (IPv4Address, IPv6Address)):
+        raise InvalidArgumentError(f"port forward: host_ip {value!r} is not an IPv4Address, IPv6Address or None")
+    if value.version == 6 and value.is_loopback:
+        # No route_localnet for IPv6: the kernel drops ::1 leaving by any interface but lo.
+        raise InvalidArgumentError("port forward: host_ip ::1 cannot be forwarded to a sandbox (IPv6 has no route_localnet)")
+
+
 @attrs.frozen
 class NetworkRules:
     """What the firewall needs to know about one network.
@@ -113,8 +140,11 @@ class NetworkRules:
     #: network: a backend may refuse a second one on it (nftables does).
     bridge: str = attrs.field(validator=_check_bridge)
 
-    #: The network's IPv4 subnet: sources in it are masqueraded on the way out.
-    subnet: IPv4Network = attrs.field(validator=attrs.validators.instance_of(IPv4Network))
+    #: The network's subnets, one or two, at most one per family (an
+    #: IPv6-only network has just an IPv6 one). Sources in them are
+    #: masqueraded on the way out; each family's rules exist only for a
+    #: network with a subnet of that family.
+    subnets: tuple[IPNetwork, ...] = attrs.field(validator=_check_subnets)
 
     #: An internal network has no outbound NAT, and nothing is forwarded
     #: between its bridge and any other interface, in either direction.
@@ -130,6 +160,29 @@ class NetworkRules:
     #: allow.
     direct_access: bool = False
 
+    def subnet_for(self, family: int) -> IPNetwork | None:
+        """The network's subnet of *family* (4 or 6), or None."""
+        for subnet in self.subnets:
+            if subnet.version == family:
+                return subnet
+        return None
+
+    def check_forwards(self, forwards: Iterable[PortForward]) -> None:
+        """Refuse, before any change, a forward of a family the network has no subnet of.
+
+        Every backend calls it first in :meth:`FirewallBackend.add_port_forwards`
+        and :meth:`~FirewallBackend.add_port_forwards_many`.
+        """
+        if len(self.subnets) == 2:
+            return  # both families (on the per-port path: kept short)
+        version = self.subnets[0].version
+        for forward in forwards:
+            family = forward.container_ip.version
+            if family != version:
+                raise InvalidArgumentError(
+                    f"network {self.name!r}: port forward {forward}: the network has no {family_name(family)} subnet"
+                )
+
 
 @attrs.frozen
 class PortForward:
@@ -142,30 +195,57 @@ class PortForward:
     ``net.ipv4.conf.<bridge>.route_localnet`` on itself, and then drop
     loopback destinations arriving on any interface but ``lo``, as the
     nftables backend does).
+
+    A forward belongs to one family, that of :attr:`container_ip`. IPv6 has
+    no ``route_localnet``: the kernel drops a packet from ``::1`` leaving by
+    any interface but ``lo``, so the host's own connections to ``[::1]``
+    cannot be forwarded to a sandbox, and a forward on host address ``::1``
+    is refused. (Those to the host's other IPv6 addresses are forwarded.)
     """
 
     #: ``"tcp"``, ``"udp"`` or ``"sctp"``.
     protocol: str = attrs.field(validator=_check_protocol)
 
     #: The host address the port is published on; ``None`` means every local
-    #: address of the host. A forward on a specific address wins over one on
-    #: every address for the same protocol and port.
-    host_ip: IPv4Address | None = attrs.field(
-        validator=attrs.validators.optional(attrs.validators.instance_of(IPv4Address))
-    )
+    #: address of the host of the forward's family. A forward on a specific
+    #: address wins over one on every address for the same protocol and port.
+    #: It must be of the family of :attr:`container_ip`; the unspecified
+    #: address of the family (``0.0.0.0``, ``::``) is stored as ``None``.
+    host_ip: IPAddress | None = attrs.field(validator=_check_host_ip)
 
     #: The port on the host (1-65535).
     host_port: int = attrs.field(validator=_check_port)
 
-    #: The sandbox's address on the network the forward belongs to.
-    container_ip: IPv4Address = attrs.field(validator=attrs.validators.instance_of(IPv4Address))
+    #: The sandbox's address on the network the forward belongs to; its
+    #: version is the forward's family.
+    container_ip: IPAddress = attrs.field(validator=_check_address)
 
     #: The port inside the sandbox (1-65535).
     container_port: int = attrs.field(validator=_check_port)
 
+    def __attrs_post_init__(self) -> None:
+        if self.host_ip is None:
+            return
+        if self.host_ip.version != self.container_ip.version:
+            raise InvalidArgumentError(
+                f"port forward: host_ip {self.host_ip} and container_ip {self.container_ip} are of different families"
+            )
+        if self.host_ip.is_unspecified:
+            # One spelling of "every address of the family", so that equal forwards compare equal.
+            object.__setattr__(self, "host_ip", None)
+
+    @property
+    def family(self) -> int:
+        """4 or 6: the version of :attr:`container_ip`."""
+        return self.container_ip.version
+
     def __str__(self) -> str:
-        host = self.host_ip if self.host_ip is not None else "0.0.0.0"
-        return f"{self.protocol} {host}:{self.host_port} -> {self.container_ip}:{self.container_port}"
+        # On the per-port path (labels of batch messages): kept short.
+        if self.container_ip.version == 4:
+            host = self.host_ip if self.host_ip is not None else "0.0.0.0"
+            return f"{self.protocol} {host}:{self.host_port} -> {self.container_ip}:{self.container_port}"
+        host = self.host_ip if self.host_ip is not None else "::"
+        return f"{self.protocol} [{host}]:{self.host_port} -> [{self.container_ip}]:{self.container_port}"
 
 
 @runtime_checkable
@@ -240,7 +320,7 @@ class FirewallBackend(Protocol):
 #: Makes the backend of one host: ``factory(namespace, owner)``. *namespace*
 #: is the host's network namespace (all kernel access happens inside it);
 #: *owner* is a short token unique to the host (e.g. ``"a1b2c3"``), which the
-#: backend uses to mark what it installs (nftables: table ``cnm-<owner>``).
+#: backend uses to mark what it installs (nftables: tables ``cnm-<owner>``).
 #:
 #: A factory may also have a ``sweep(namespace, owner) -> list[str]``
 #: callable: it removes everything marked with *owner* in *namespace*, left

@@ -43,11 +43,14 @@ class NoFirewall:
 
     def add_port_forwards(self, rules: NetworkRules, forwards: Sequence[PortForward], undo: UndoLog) -> None:
         self._check_open()
+        rules.check_forwards(forwards)
 
     def add_port_forwards_many(
         self, rules: NetworkRules, groups: Sequence[tuple[Sequence[PortForward], UndoLog]]
     ) -> None:
         self._check_open()
+        for forwards, _ in groups:
+            rules.check_forwards(forwards)
 
     def undo_together(self, steps: Iterable[Callable[[], object]]) -> None:
         pass  # its steps do nothing already

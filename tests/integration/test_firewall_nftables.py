@@ -14,14 +14,17 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
 from cnm.errors import ClosedError, InvalidArgumentError, KernelError, NotFoundError
 from cnm.firewall import FIREWALL_BACKENDS, FirewallBackend, NetworkRules, PortForward, firewall_backend
-from cnm.firewall.nftables import NftablesFirewall, _Batch
+from cnm.firewall.nftables import NftablesFirewall
+from cnm.firewall.nftables.batch import Batch
+from cnm.firewall.nftables.expressions import IPV4, IPV6
 from cnm.firewall.none import NoFirewall
 from cnm.netlink import Netlink
 from cnm.netns import Namespace
@@ -32,8 +35,8 @@ pytestmark = pytest.mark.kernel
 CAN_RUN = os.geteuid() == 0 and shutil.which("nft") is not None and shutil.which("ip") is not None
 needs_kernel = pytest.mark.skipif(not CAN_RUN, reason="needs root, iproute2 and the nft CLI (to inspect rules)")
 
-WEB = NetworkRules(name="web", bridge="br-web", subnet=IPv4Network("10.1.0.0/24"))
-DB = NetworkRules(name="db", bridge="br-db", subnet=IPv4Network("10.2.16.0/20"), internal=True)
+WEB = NetworkRules(name="web", bridge="br-web", subnets=(IPv4Network("10.1.0.0/24"),))
+DB = NetworkRules(name="db", bridge="br-db", subnets=(IPv4Network("10.2.16.0/20"),), internal=True)
 A = IPv4Address
 
 
@@ -110,10 +113,24 @@ def _elements(text: str) -> set[str]:
     return {" ".join(e.split()) for e in inner.split(",") if e.strip()}
 
 
-def table_of(fw: NftablesFirewall) -> dict[str, dict[str, object]]:
-    text = ruleset(fw.namespace)
-    assert f"table ip {fw.table} {{" in text
+def table_of(fw: NftablesFirewall, family: str = "ip") -> dict[str, dict[str, object]]:
+    """One of the backend's tables, parsed; it must be there."""
+    text = subprocess.run(
+        ["ip", "netns", "exec", fw.namespace.name, "nft", "list", "table", family, fw.table],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert f"table {family} {fw.table} {{" in text
     return parse(text)
+
+
+def tables(ns: Namespace) -> list[str]:
+    """``nft list tables``: e.g. ["ip cnm-abc123", "ip6 cnm-abc123"]."""
+    listing = subprocess.run(
+        ["ip", "netns", "exec", ns.name, "nft", "list", "tables"], check=True, capture_output=True, text=True
+    ).stdout
+    return [line.removeprefix("table ") for line in listing.splitlines() if line.strip()]
 
 
 SKELETON = {
@@ -184,8 +201,8 @@ def test_unknown_backend_is_not_found():
         lambda: PortForward("tcp", None, 0, A("10.0.0.2"), 80),
         lambda: PortForward("tcp", None, 80, A("10.0.0.2"), 65536),
         lambda: PortForward("tcp", "0.0.0.0", 80, A("10.0.0.2"), 80),
-        lambda: NetworkRules("n", "a-bridge-name-too-long", IPv4Network("10.0.0.0/24")),
-        lambda: NetworkRules("n", "", IPv4Network("10.0.0.0/24")),
+        lambda: NetworkRules("n", "a-bridge-name-too-long", (IPv4Network("10.0.0.0/24"),)),
+        lambda: NetworkRules("n", "", (IPv4Network("10.0.0.0/24"),)),
     ],
 )
 def test_bad_values_are_refused(make):
@@ -260,7 +277,7 @@ def test_internal_network_is_isolated_and_not_masqueraded(fw):
 @needs_kernel
 def test_a_network_allowing_direct_access_stays_out_of_the_guard(fw):
     """The one place that decides: membership of the bridge in ``guarded``."""
-    open_web = NetworkRules(name="open", bridge="br-open", subnet=IPv4Network("10.3.0.0/24"), direct_access=True)
+    open_web = NetworkRules(name="open", bridge="br-open", subnets=(IPv4Network("10.3.0.0/24"),), direct_access=True)
     undo = UndoLog()
     fw.add_network(WEB, undo)
     fw.add_network(open_web, undo)
@@ -389,10 +406,10 @@ def test_undo_tolerates_what_is_already_gone(fw):
         text=True,
     ).stdout
     handle = int(re.search(r'127\.0\.0\.0/8 oifname "br-web" .*# handle (\d+)', listing).group(1))
-    outsider = _Batch(fw.table)
-    outsider.rule_delete("postrouting", handle, "outsider")
-    outsider.element(False, "ports", bytes([6, 0, 0, 0, 0x1F, 0x90, 0, 0]), b"", "outsider")
-    outsider.member(False, "same_bridge", ifname("br-web") * 2, "outsider")
+    outsider = Batch(fw.table)
+    outsider.rule_delete(IPV4, "postrouting", handle, "outsider")
+    outsider.element(False, IPV4, "ports", bytes([6, 0, 0, 0, 0x1F, 0x90, 0, 0]), None, "outsider")
+    outsider.element(False, IPV4, "same_bridge", ifname("br-web") * 2, None, "outsider")
     fw._commit(outsider, "test: outsider")
     assert ports.unwind() == []
     assert web.unwind() == []
@@ -465,7 +482,7 @@ def test_a_bridge_belongs_to_one_network(fw):
     fw.add_network(WEB, undo)
     before = ruleset(fw.namespace)
     with pytest.raises(KernelError) as caught:
-        fw.add_network(NetworkRules(name="web2", bridge="br-web", subnet=IPv4Network("10.9.0.0/24")), undo)
+        fw.add_network(NetworkRules(name="web2", bridge="br-web", subnets=(IPv4Network("10.9.0.0/24"),)), undo)
     assert caught.value.errno == errno.EEXIST
     assert 'add "br-web" to set bridges' in str(caught.value)
     assert ruleset(fw.namespace) == before
@@ -496,3 +513,365 @@ def test_the_none_backend_installs_nothing(netns):
     fw.close()
     with pytest.raises(ClosedError):
         fw.add_network(WEB, undo)
+
+
+# ---- dual-stack: the ip6 table ---------------------------------------------------------
+
+A6 = IPv6Address
+DUAL = NetworkRules(name="web", bridge="br-web", subnets=(IPv4Network("10.1.0.0/24"), IPv6Network("fd00:1::/64")))
+V6 = NetworkRules(name="v6", bridge="br-v6", subnets=(IPv6Network("fd00:2:3::/56"),), internal=True)
+# a prefix that is not whole bytes: masked, not cut short
+ODD = NetworkRules(name="odd", bridge="br-odd", subnets=(IPv6Network("fd00:4::/61"),), direct_access=True)
+
+SKELETON6 = {
+    **SKELETON,
+    "published": [
+        "dnat ip6 to ip6 daddr . meta l4proto . th dport map @ports_addr",
+        "dnat ip6 to meta l4proto . th dport map @ports",
+    ],
+    "loopback": ["type filter hook prerouting priority raw; policy accept;", 'iifname != "lo" ip6 daddr ::1 drop'],
+}
+WEB_POSTROUTING6 = [  # no loopback masquerade: IPv6 has no route_localnet
+    'ip6 saddr fd00:1::/64 oifname != "br-web" masquerade comment "web"',
+    'ct status dnat ip6 saddr fd00:1::/64 oifname "br-web" masquerade comment "web"',
+]
+V6_POSTROUTING = ['ct status dnat ip6 saddr fd00:2:3::/56 oifname "br-v6" masquerade comment "v6"']
+V6_FORWARD = ['iifname "br-v6" oifname != "br-v6" drop comment "v6"', 'oifname "br-v6" iifname != "br-v6" drop comment "v6"']
+ODD_POSTROUTING = [
+    'ip6 saddr fd00:4::/61 oifname != "br-odd" masquerade comment "odd"',
+    'ct status dnat ip6 saddr fd00:4::/61 oifname "br-odd" masquerade comment "odd"',
+]
+EMPTY_MAPS6 = {
+    "ports": {"type": "inet_proto . inet_service : ipv6_addr . inet_service", "elements": set()},
+    "ports_addr": {"type": "ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service", "elements": set()},
+}
+
+
+def test_forwards_and_networks_of_both_families_are_validated():
+    with pytest.raises(InvalidArgumentError, match="different families"):
+        PortForward("tcp", A("192.0.2.1"), 80, A6("fd00:1::2"), 80)
+    with pytest.raises(InvalidArgumentError, match="different families"):
+        PortForward("tcp", A6("2001:db8::1"), 80, A("10.1.0.2"), 80)
+    with pytest.raises(InvalidArgumentError, match="::1"):
+        PortForward("tcp", A6("::1"), 80, A6("fd00:1::2"), 80)
+    # The unspecified address of the family is "every address": one spelling, None.
+    assert PortForward("tcp", A6("::"), 80, A6("fd00:1::2"), 80) == PortForward("tcp", None, 80, A6("fd00:1::2"), 80)
+    assert PortForward("tcp", A("0.0.0.0"), 80, A("10.1.0.2"), 80).host_ip is None
+    with pytest.raises(InvalidArgumentError, match="different families"):
+        PortForward("tcp", A("0.0.0.0"), 80, A6("fd00:1::2"), 80)
+    with pytest.raises(InvalidArgumentError, match="container_ip"):
+        PortForward("tcp", None, 80, "fd00:1::2", 80)
+    for subnets in ((), (IPv4Network("10.0.0.0/24"), IPv4Network("10.0.1.0/24")), (IPv6Network("fd00::/64"),) * 2):
+        with pytest.raises(InvalidArgumentError, match="'n': subnets .*at most one per family"):
+            NetworkRules("n", "br-n", subnets)
+    with pytest.raises(InvalidArgumentError, match="must be a tuple"):
+        NetworkRules("n", "br-n", [IPv4Network("10.0.0.0/24")])
+    with pytest.raises(InvalidArgumentError, match="must be a tuple"):
+        NetworkRules("n", "br-n", ("10.0.0.0/24",))
+    assert DUAL.subnet_for(6) == IPv6Network("fd00:1::/64") and V6.subnet_for(4) is None
+
+
+def test_an_ipv6_forward_reads_with_brackets():
+    assert str(PortForward("tcp", None, 8080, A6("fd00:1::2"), 80)) == "tcp [::]:8080 -> [fd00:1::2]:80"
+    assert str(PortForward("udp", A6("2001:db8::1"), 53, A6("fd00:1::3"), 5353)) == "udp [2001:db8::1]:53 -> [fd00:1::3]:5353"
+    assert str(PortForward("tcp", None, 8080, A("10.1.0.2"), 80)) == "tcp 0.0.0.0:8080 -> 10.1.0.2:80"
+
+
+@needs_kernel
+@pytest.mark.parametrize("backend", ["nftables", "none"])
+def test_a_forward_of_a_family_the_network_lacks_is_refused_before_any_change(netns, backend):
+    fw = firewall_backend(backend)(netns, secrets.token_hex(3))
+    try:
+        undo = UndoLog()
+        with pytest.raises(InvalidArgumentError, match="network 'web': port forward .*no IPv6 subnet"):
+            fw.add_port_forwards(WEB, [PortForward("tcp", None, 8080, A6("fd00:1::2"), 80)], undo)
+        with pytest.raises(InvalidArgumentError, match="network 'v6': port forward .*no IPv4 subnet"):
+            fw.add_port_forwards_many(V6, [([PortForward("tcp", None, 8080, A("10.1.0.2"), 80)], undo)])
+        assert len(undo) == 0
+        assert ruleset(netns) == ""
+    finally:
+        fw.close()
+
+
+@needs_kernel
+def test_a_dual_stack_network_has_the_same_rules_in_both_tables(fw):
+    undo = UndoLog()
+    fw.add_network(DUAL, undo)
+    assert len(undo) == 1
+    assert tables(fw.namespace) == [f"ip {fw.table}", f"ip6 {fw.table}"]
+    ip = table_of(fw, "ip")  # exactly what an IPv4-only network has
+    for name, lines in SKELETON.items():
+        assert ip["chains"][name] == lines
+    assert ip["chains"]["postrouting"] == [POSTROUTING_HEAD, *WEB_POSTROUTING]
+    assert ip["chains"]["forward"] == FORWARD
+    assert ip["sets"] == bridge_sets("br-web")
+    ip6 = table_of(fw, "ip6")
+    for name, lines in SKELETON6.items():
+        assert ip6["chains"][name] == lines
+    assert ip6["chains"]["postrouting"] == [POSTROUTING_HEAD, *WEB_POSTROUTING6]
+    assert ip6["chains"]["forward"] == FORWARD
+    assert ip6["maps"] == EMPTY_MAPS6
+    assert ip6["sets"] == bridge_sets("br-web")
+    assert undo.unwind() == []
+    assert ruleset(fw.namespace) == ""
+
+
+@needs_kernel
+def test_ipv6_only_networks_have_no_ipv4_table(fw):
+    """Internal, direct access, a prefix that is not whole bytes: all as in IPv4."""
+    subprocess.run(["ip", "netns", "exec", fw.namespace.name, "ip", "link", "add", "br-v6", "type", "bridge"], check=True)
+    undo = UndoLog()
+    fw.add_network(V6, undo)
+    fw.add_network(ODD, undo)
+    assert len(undo) == 2  # no route_localnet step: there is no such thing for IPv6
+    assert fw.namespace.read_sysctl("net/ipv4/conf/br-v6/route_localnet") == "0"
+    assert tables(fw.namespace) == [f"ip6 {fw.table}"]
+    ip6 = table_of(fw, "ip6")
+    assert ip6["chains"]["postrouting"] == [POSTROUTING_HEAD, *V6_POSTROUTING, *ODD_POSTROUTING]
+    assert ip6["chains"]["forward"] == [*FORWARD, *V6_FORWARD]
+    assert ip6["sets"] == bridge_sets("br-v6", "br-odd", unguarded=("br-odd",))
+    assert undo.unwind() == []
+    assert ruleset(fw.namespace) == ""
+
+
+@needs_kernel
+def test_ipv6_forwards_are_elements_of_the_ip6_maps(fw):
+    undo = UndoLog()
+    fw.add_network(DUAL, undo)
+    fw.add_port_forwards(
+        DUAL,
+        [
+            PortForward("tcp", None, 8080, A6("fd00:1::2"), 80),
+            PortForward("udp", A6("2001:db8::1"), 53, A6("fd00:1::3"), 5353),
+            PortForward("tcp", None, 8080, A("10.1.0.2"), 80),  # the same port in the other family
+            PortForward("sctp", A("192.168.7.1"), 9, A("10.1.0.3"), 9),
+        ],
+        undo,
+    )
+    ip, ip6 = table_of(fw, "ip"), table_of(fw, "ip6")
+    assert ip6["maps"]["ports"]["elements"] == {"tcp . 8080 : fd00:1::2 . 80"}
+    assert ip6["maps"]["ports_addr"]["elements"] == {"2001:db8::1 . udp . 53 : fd00:1::3 . 5353"}
+    assert ip["maps"]["ports"]["elements"] == {"tcp . 8080 : 10.1.0.2 . 80"}
+    assert ip["maps"]["ports_addr"]["elements"] == {"192.168.7.1 . sctp . 9 : 10.1.0.3 . 9"}
+    assert undo.unwind() == []
+    assert ruleset(fw.namespace) == ""
+
+
+@needs_kernel
+def test_the_ip6_table_comes_with_the_first_ipv6_user_and_goes_with_the_last(fw):
+    v4, dual, ports6 = UndoLog(), UndoLog(), UndoLog()
+    fw.add_network(WEB, v4)
+    fw.add_port_forwards(WEB, [PortForward("tcp", None, 8080, A("10.1.0.2"), 80)], v4)
+    assert tables(fw.namespace) == [f"ip {fw.table}"]  # an IPv4-only host has no IPv6 rules
+    ip_before = table_of(fw, "ip")
+    other = NetworkRules("v6web", "br-v6web", (IPv4Network("10.5.0.0/24"), IPv6Network("fd00:5::/64")))
+    fw.add_network(other, dual)
+    assert tables(fw.namespace) == [f"ip {fw.table}", f"ip6 {fw.table}"]
+    fw.add_port_forwards(other, [PortForward("tcp", None, 8443, A6("fd00:5::2"), 443)], ports6)
+    assert dual.unwind() == []  # out of order: the forward keeps the ip6 table alive
+    ip6 = table_of(fw, "ip6")
+    assert ip6["chains"]["postrouting"] == [POSTROUTING_HEAD]
+    assert ip6["maps"]["ports"]["elements"] == {"tcp . 8443 : fd00:5::2 . 443"}
+    assert ports6.unwind() == []
+    assert tables(fw.namespace) == [f"ip {fw.table}"]
+    assert table_of(fw, "ip") == ip_before
+    assert v4.unwind() == []
+    assert ruleset(fw.namespace) == ""
+
+
+@needs_kernel
+def test_a_refused_batch_of_both_families_changes_nothing(fw):
+    """A duplicate IPv6 forward aborts the IPv4 one of the same batch, and the
+    creation of both tables with it."""
+    twice = PortForward("tcp", None, 8080, A6("fd00:1::2"), 80)
+    undo = UndoLog()
+    with pytest.raises(KernelError) as caught:
+        fw.add_port_forwards(DUAL, [PortForward("tcp", None, 8080, A("10.1.0.2"), 80), twice, twice], undo)
+    assert caught.value.errno == errno.EEXIST
+    assert "tcp [::]:8080 -> [fd00:1::2]:80" in str(caught.value)
+    assert ruleset(fw.namespace) == ""
+    assert len(undo) == 0
+    # With the ip table there already, only the ip6 table would be new.
+    fw.add_network(WEB, undo)
+    before = ruleset(fw.namespace)
+    with pytest.raises(KernelError):
+        fw.add_port_forwards(DUAL, [PortForward("tcp", None, 8080, A("10.1.0.2"), 80), twice, twice], undo)
+    assert ruleset(fw.namespace) == before
+    assert len(undo) == 1
+    fw.add_network(V6, undo)  # still knows it must create the ip6 table
+    assert table_of(fw, "ip6")["chains"]["postrouting"] == [POSTROUTING_HEAD, *V6_POSTROUTING]
+    assert undo.unwind() == []
+    assert ruleset(fw.namespace) == ""
+
+
+@needs_kernel
+@pytest.mark.parametrize("first", [True, False], ids=["creating-both", "creating-ip6"])
+def test_a_lost_answer_of_a_dual_stack_call_removes_what_it_installed(fw, monkeypatch, first):
+    undo = UndoLog()
+    if not first:
+        fw.add_network(DB, undo)
+        fw.add_port_forwards(DB, [PortForward("tcp", None, 9090, A("10.2.16.2"), 80)], undo)
+    before = ruleset(fw.namespace)
+    original = Netlink.fenced
+    calls = []
+
+    def lossy(self, requests, fence, timeout=30.0):
+        original(self, requests, fence, timeout)
+        calls.append(len(requests))
+        if len(calls) == 1:
+            raise OSError(errno.ENOBUFS, "answer lost")
+        return []
+
+    monkeypatch.setattr(Netlink, "fenced", lossy)
+    with pytest.raises(KernelError) as caught:
+        fw.add_network(DUAL, undo)
+    monkeypatch.undo()
+    assert caught.value.errno == errno.ENOBUFS
+    assert len(calls) == 2  # the batch, then the clean-up
+    assert ruleset(fw.namespace) == before
+    assert undo.unwind() == []
+    assert ruleset(fw.namespace) == ""
+
+
+@needs_kernel
+def test_bulk_forwards_of_both_families_go_in_and_out_in_one_transaction(fw, monkeypatch):
+    fw.add_network(DUAL, UndoLog())
+    groups = [
+        ([PortForward("tcp", None, 8000 + i, A("10.1.0.2"), 80), PortForward("tcp", None, 8000 + i, A6("fd00:1::2"), 80)], UndoLog())
+        for i in range(3)
+    ] + [([PortForward("udp", None, 53, A6("fd00:1::3"), 53)], UndoLog())]
+    commits = []
+    real_commit = NftablesFirewall._commit
+    monkeypatch.setattr(NftablesFirewall, "_commit", lambda self, *a, **k: commits.append(a[1]) or real_commit(self, *a, **k))
+    fw.add_port_forwards_many(DUAL, groups)
+    assert len(commits) == 1
+    assert [len(undo) for _, undo in groups] == [1, 1, 1, 1]
+    ip6 = table_of(fw, "ip6")["maps"]["ports"]["elements"]
+    assert ip6 == {f"tcp . {8000 + i} : fd00:1::2 . 80" for i in range(3)} | {"udp . 53 : fd00:1::3 . 53"}
+    commits.clear()
+    removers = [step for _, undo in groups for step in undo.steps()]
+    fw.undo_together(removers)
+    assert len(commits) == 1 and "4 removals" in commits[0]
+    assert table_of(fw, "ip")["maps"]["ports"]["elements"] == set()
+    assert table_of(fw, "ip6")["maps"]["ports"]["elements"] == set()
+    for remover in removers:
+        remover()  # done already: nothing more
+    assert len(commits) == 1
+
+
+@needs_kernel
+def test_undo_goes_on_when_the_ip6_table_is_gone_already(fw):
+    """Someone else deleted the ip6 table: the undo of the last dual-stack
+    network still deletes the ip table, in one more batch."""
+    undo = UndoLog()
+    fw.add_network(DUAL, undo)
+    outsider = Batch(fw.table)
+    outsider.table_delete(IPV6)
+    fw._commit(outsider, "test: outsider")
+    assert tables(fw.namespace) == [f"ip {fw.table}"]
+    assert undo.unwind() == []
+    assert ruleset(fw.namespace) == ""
+
+
+@needs_kernel
+def test_sweep_removes_both_tables(netns):
+    owner = secrets.token_hex(3)
+    fw = NftablesFirewall(netns, owner)
+    fw.add_network(DUAL, UndoLog())
+    fw.add_network(DB, UndoLog())
+    fw.close()  # the host died: its rules stay
+    assert tables(netns) == [f"ip cnm-{owner}", f"ip6 cnm-{owner}"]
+    assert NftablesFirewall.sweep(netns, owner) == [f"nftables table ip cnm-{owner}", f"nftables table ip6 cnm-{owner}"]
+    assert ruleset(netns) == ""
+    assert NftablesFirewall.sweep(netns, owner) == []
+    # An IPv6-only leftover, and someone else's table, which stays.
+    fw = NftablesFirewall(netns, owner)
+    fw.add_network(V6, UndoLog())
+    fw.close()
+    keep = NftablesFirewall(netns, "someone-else")
+    keep.add_network(WEB, UndoLog())
+    keep.close()
+    assert NftablesFirewall.sweep(netns, owner) == [f"nftables table ip6 cnm-{owner}"]
+    assert tables(netns) == ["ip cnm-someone-else"]
+
+
+# ---- IPv6 traffic at the backend level ----------------------------------------------
+
+
+@pytest.fixture
+def v6_wiring(netns):
+    """The scratch namespace as a host: bridge br-web (fd00:1::1/64) with a
+    sandbox namespace on it (fd00:1::2), and an uplink (2001:db8:9::1/64) to
+    an outside namespace (2001:db8:9::2) that has no route to fd00:1::/64."""
+    token = netns.name.rsplit("-", 1)[1]
+    sandbox = Namespace.create(f"cnm-fwtest-{token}-s")
+    outside = Namespace.create(f"cnm-fwtest-{token}-o")
+
+    def ip(ns: Namespace, *argv: str) -> None:
+        subprocess.run(["ip", "netns", "exec", ns.name, "ip", *argv], check=True)
+
+    try:
+        ip(netns, "link", "add", "br-web", "type", "bridge")
+        ip(netns, "addr", "add", "fd00:1::1/64", "dev", "br-web", "nodad")
+        ip(netns, "link", "set", "br-web", "up")
+        ip(netns, "link", "add", "ve-s", "type", "veth", "peer", "name", "eth0", "netns", sandbox.name)
+        ip(netns, "link", "set", "ve-s", "master", "br-web", "up")
+        ip(netns, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", outside.name)
+        ip(netns, "addr", "add", "2001:db8:9::1/64", "dev", "up0", "nodad")
+        ip(netns, "link", "set", "up0", "up")
+        netns.write_sysctl("net/ipv6/conf/all/forwarding", "1")
+        for ns, address in ((sandbox, "fd00:1::2/64"), (outside, "2001:db8:9::2/64")):
+            ip(ns, "link", "set", "lo", "up")
+            ip(ns, "addr", "add", address, "dev", "eth0", "nodad")
+            ip(ns, "link", "set", "eth0", "up")
+        ip(sandbox, "-6", "route", "add", "default", "via", "fd00:1::1")
+        yield sandbox, outside, ip
+    finally:
+        outside.delete()
+        sandbox.delete()
+
+
+def _listen(ns: Namespace, address: str, port: int) -> socket.socket:
+    server = ns.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server.bind((address, port))
+    server.listen(4)
+    server.settimeout(5)
+    return server
+
+
+def _peer_of_connection(ns: Namespace, server: socket.socket, address: str, port: int, timeout: float = 5) -> str | None:
+    """Connect from *ns*; the source address *server* saw, or None if the connection did not get through."""
+    client = ns.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    client.settimeout(timeout)
+    try:
+        client.connect((address, port))
+    except OSError:
+        return None
+    finally:
+        client.close()
+    accepted, peer = server.accept()
+    accepted.close()
+    return str(peer[0])
+
+
+@needs_kernel
+def test_ipv6_traffic_is_dnated_masqueraded_and_guarded(fw, v6_wiring):
+    sandbox, outside, ip = v6_wiring
+    undo = UndoLog()
+    fw.add_network(NetworkRules("web", "br-web", (IPv6Network("fd00:1::/64"),)), undo)
+    fw.add_port_forwards(DUAL, [PortForward("tcp", None, 8080, A6("fd00:1::2"), 80)], undo)
+    with _listen(sandbox, "::", 80) as web, _listen(outside, "::", 9000) as far:
+        # Published: outside -> the host's uplink address, DNATed to the sandbox
+        # (its reply goes back through the host by the sandbox's default route).
+        assert _peer_of_connection(outside, web, "2001:db8:9::1", 8080) == "2001:db8:9::2"
+        # Outbound: the outside has no route back to fd00:1::/64, so only a
+        # masqueraded connection gets through, and it comes from the uplink's address.
+        assert _peer_of_connection(sandbox, far, "2001:db8:9::2", 9000) == "2001:db8:9::1"
+        # Direct access: with a route to the subnet, the outside still cannot
+        # open a connection to the sandbox's own address.
+        ip(outside, "-6", "route", "add", "fd00:1::/64", "via", "2001:db8:9::1")
+        assert _peer_of_connection(outside, web, "fd00:1::2", 80, timeout=1) is None
+        assert undo.unwind() == []
+        assert ruleset(fw.namespace) == ""
+        # Without the rules, the direct connection gets through: the guard was what stopped it.
+        assert _peer_of_connection(outside, web, "fd00:1::2", 80) == "2001:db8:9::2"

@@ -1,0 +1,431 @@
+"""``NftablesFirewall``: what is installed, counted per family, and how each call is undone.
+
+Each call is one batch (:mod:`.batch`) built from the policy
+(:mod:`.ruleset`): the first call that needs a family's table creates it in
+the same batch as its own rules, and the undo of the last call that used it
+deletes it. A call that touches both families (a dual-stack network, a group
+of forwards of both) is still one batch, and counts as a user of each table.
+
+Rules are removed by handle. Each network rule is sent with ``NLM_F_ECHO``;
+the kernel echoes it back with the handle it assigned, and the undo step
+deletes exactly those handles (handles are never reused within a table).
+Set and map elements are removed by key. Elements are created with
+``NLM_F_EXCL``, so publishing a key that is already in a map fails with
+``EEXIST``, and so does a second network on a bridge already in ``bridges``.
+
+"Already gone" on removal: a delete batch naming one missing rule, element
+or table fails as a whole with ``ENOENT``; the backend then lists what is
+still there and deletes only that (one more batch), so someone else's
+partial cleanup does not stop the undo. (Linux 6.3's ``DESTROY`` messages
+would do this in the kernel; using ``DEL`` keeps older kernels working.)
+
+A lost answer (:class:`~.batch.UnknownOutcome`) is the one case where the
+kernel cannot tell us what happened. The backend then removes whatever the
+batch may have installed before raising: each table the batch created;
+in the others, the rules carrying the network's comment, or the set and map
+keys of the call, that belong to no call still outstanding (the backend
+remembers the handles and keys of those). So even then the call changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pyroute2.netlink.nfnetlink import nftsocket as nft
+
+from ...errors import ALREADY_GONE, ClosedError, InvalidArgumentError, KernelError, kernel_error
+from ...netlink import Netlink
+from .. import NetworkRules, PortForward
+from ._pyroute2 import marshal, rule_msg
+from .batch import GETRULE, GETSETELEM, GETTABLE, Batch, UnknownOutcome, commit, subsystem
+from .expressions import IPV4, IPV6, AddressFamily, comment_udata
+from .ruleset import Element, RuleSpec, add_skeleton, element_label, forward_element, network_members, network_rules
+
+if TYPE_CHECKING:
+    from ...netns import Namespace
+    from ...undo import UndoLog
+
+__all__ = ["NETLINK_NETFILTER", "NftablesFirewall"]
+
+NETLINK_NETFILTER = 12
+_FAMILIES = (IPV4, IPV6)
+_OWNER = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+#: What one call asks for in each family's table: rules and elements.
+_Plan = dict[AddressFamily, tuple[list[RuleSpec], list[Element]]]
+
+
+class _Holding:
+    """What one call installed in one family's table."""
+
+    __slots__ = ("rules", "elements")
+
+    def __init__(self, rules: list[tuple[str, int, str]], elements: list[Element]) -> None:
+        self.rules = rules  # chain, handle, label
+        self.elements = elements
+
+
+class NftablesFirewall:
+    """A :class:`~cnm.firewall.FirewallBackend` keeping its rules in tables
+    ``ip cnm-<owner>`` and (while any IPv6 network or forward needs it)
+    ``ip6 cnm-<owner>``.
+
+    Opens one nfnetlink socket inside *namespace* for its whole life; every
+    call is one batch on it. Thread-safe: calls are serialised.
+    """
+
+    name = "nftables"
+
+    def __init__(self, namespace: Namespace, owner: str) -> None:
+        if not _OWNER.fullmatch(owner):
+            raise InvalidArgumentError(f"firewall: owner token {owner!r} must be 1-64 letters, digits, '_' or '-'")
+        self.namespace = namespace
+        self.table = f"cnm-{owner}"
+        try:
+            sock = namespace.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        except OSError as exc:
+            raise kernel_error(exc, f"firewall {self.table}: open nfnetlink socket in namespace {namespace.name!r}") from exc
+        try:
+            self._nl: Netlink | None = Netlink(sock, marshal())
+        except BaseException:
+            sock.close()
+            raise
+        self._lock = threading.Lock()
+        # Calls whose undo has not run yet, per family; a family's table
+        # exists exactly while its count is > 0.
+        self._users = dict.fromkeys(_FAMILIES, 0)
+        # What the calls not yet undone installed: (family version, rule
+        # handle) and (family version, set, key). Lets the cleanup after a
+        # lost answer tell this call's objects from theirs.
+        self._live_rules: set[tuple[int, int]] = set()
+        self._live_elements: set[tuple[int, str, bytes]] = set()
+
+    def __repr__(self) -> str:
+        return f"NftablesFirewall({self.namespace.name!r}, table={self.table!r})"
+
+    # ---- the contract ----------------------------------------------------------
+
+    def add_network(self, rules: NetworkRules, undo: UndoLog) -> None:
+        what = f"firewall {self.table}: network {rules.name!r}"
+        plan: _Plan = {
+            f: (network_rules(rules, f), network_members(rules, f))
+            for f in _FAMILIES
+            if rules.subnet_for(f.version) is not None
+        }
+        (holding,) = self._install(what, [plan], rules.name)
+        undo.push(f"{what}: remove firewall rules", _Remover(self, what, holding))
+        if rules.subnet_for(4) is not None:
+            self._route_localnet(rules.bridge, what, undo)
+
+    def _route_localnet(self, bridge: str, what: str, undo: UndoLog) -> None:
+        """Let the bridge route loopback sources (the host's own connections to
+        a port published on 127.0.0.1, DNATed into the bridge), now that the
+        ``loopback`` chain drops loopback destinations from it.
+
+        This backend sets it, not the driver, so that a host without these
+        rules (the "none" backend) never has it on. It is turned off again
+        before the rules go, so a bridge that outlives them has it off. A
+        bridge that is not there yet (rules may come first) is left alone.
+        """
+        key = f"net/ipv4/conf/{bridge}/route_localnet"
+
+        def write(value: str) -> bool:
+            try:
+                self.namespace.write_sysctl(key, value)
+            except KernelError as exc:
+                if exc.errno not in ALREADY_GONE:
+                    raise
+                return False
+            return True
+
+        if write("1"):
+            undo.push(f"{what}: route_localnet off", lambda: write("0"))
+
+    def add_port_forwards(self, rules: NetworkRules, forwards: Sequence[PortForward], undo: UndoLog) -> None:
+        self.add_port_forwards_many(rules, [(forwards, undo)])
+
+    def add_port_forwards_many(
+        self, rules: NetworkRules, groups: Sequence[tuple[Sequence[PortForward], UndoLog]]
+    ) -> None:
+        for forwards, _ in groups:
+            rules.check_forwards(forwards)
+        groups = [(forwards, undo) for forwards, undo in groups if forwards]
+        if not groups:
+            return
+        what = f"firewall {self.table}: network {rules.name!r}"
+        plans: list[_Plan] = []
+        for forwards, _ in groups:
+            plan: _Plan = {}
+            for forward in forwards:
+                family, element = forward_element(forward)
+                plan.setdefault(family, ([], []))[1].append(element)
+            plans.append(plan)
+        holdings = self._install(what, plans, None)
+        for holding, (_, undo) in zip(holdings, groups):
+            undo.push(f"{what}: withdraw published ports", _Remover(self, what, holding))
+
+    def undo_together(self, steps: Iterable[Callable[[], object]]) -> None:
+        """Do what several of this backend's undo steps would do, in one transaction.
+
+        For bulk deletion (:meth:`cnm.Host.delete_sandboxes`). Steps that are
+        not this backend's, or already done, are ignored. On success the steps
+        are done (running them does nothing); if the kernel refuses, nothing
+        changed and nothing is raised: the steps, when run, then commit one by
+        one and report their own failures.
+        """
+        ours = [s for s in steps if isinstance(s, _Remover) and s.backend is self and not s.done]
+        if len(ours) < 2:
+            return
+        with self._lock:
+            if self._nl is None:
+                return
+            try:
+                self._commit(self._removal(ours), f"firewall {self.table}: {len(ours)} removals", gone_ok=True)
+            except KernelError:
+                return
+            self._forget(ours)
+
+    @classmethod
+    def sweep(cls, namespace: Namespace, owner: str) -> list[str]:
+        """Delete tables ``ip cnm-OWNER`` and ``ip6 cnm-OWNER`` in *namespace*, left by a host that is gone.
+
+        For :func:`cnm.gc`: the backend's whole state is those tables, so one
+        transaction removes it. Returns what was removed (nothing if neither
+        table is there).
+        """
+        backend = cls(namespace, owner)
+        try:
+            there = [f for f in _FAMILIES if backend._table_there(f)]
+            if not there:
+                return []
+            batch = Batch(backend.table)
+            for family in there:
+                batch.table_delete(family)
+            backend._commit(batch, f"firewall {backend.table}: remove what a dead host left", gone_ok=True)
+            return [f"nftables table {f.keyword} {backend.table}" for f in there]
+        finally:
+            backend.close()
+
+    def close(self) -> None:
+        with self._lock:
+            nl, self._nl = self._nl, None
+        if nl is not None:
+            nl.close()
+
+    # ---- internals ---------------------------------------------------------------
+
+    def _link(self) -> Netlink:
+        if self._nl is None:
+            raise ClosedError(f"firewall {self.table}: the backend is closed")
+        return self._nl
+
+    def _commit(self, batch: Batch, what: str, gone_ok: bool = False) -> dict[int, int]:
+        """:func:`.batch.commit` on this backend's socket (one place to watch in tests)."""
+        return commit(self._link(), batch, what, gone_ok)
+
+    def _install(self, what: str, plans: Sequence[_Plan], comment: str | None) -> list[dict[AddressFamily, _Holding]]:
+        """Install *plans* (one per call or group) in one batch; return what each installed.
+
+        Rules are labelled with *comment* (a network's name), so that the
+        cleanup after a lost answer can find them.
+        """
+        with self._lock:
+            self._link()
+            batch = Batch(self.table)
+            for family in _FAMILIES:
+                if self._users[family] == 0 and any(family in plan for plan in plans):
+                    add_skeleton(batch, family)
+            holdings: list[dict[AddressFamily, _Holding]] = []
+            echoed: list[tuple[_Holding, str, int, str]] = []  # holding, chain, seq, label
+            for plan in plans:
+                holding = {}
+                for family, (specs, elements) in plan.items():
+                    held = holding[family] = _Holding([], elements)
+                    for chain, exprs, label in specs:
+                        seq = batch.rule_add(family, chain, exprs, label, comment=comment, echo=True)
+                        echoed.append((held, chain, seq, label))
+                    for element in elements:
+                        set_name, key, data, _ = element
+                        batch.element(True, family, set_name, key, data, element_label(True, family, element))
+                holdings.append(holding)
+            handles = self._apply(batch, what, lambda cleanup: self._strays(cleanup, batch, plans, comment))
+            for held, chain, seq, label in echoed:
+                held.rules.append((chain, handles[seq], label))
+            for holding in holdings:
+                for family in holding:
+                    self._users[family] += 1
+            self._live(holdings, True)
+            return holdings
+
+    def _apply(self, batch: Batch, what: str, strays: Callable[[Batch], object]) -> dict[int, int]:
+        """Commit an adding *batch*; if its answer is lost, remove whatever it may have installed.
+
+        *strays(cleanup)* adds to *cleanup* the deletion of what *batch* may
+        have installed.
+        """
+        try:
+            return self._commit(batch, what)
+        except UnknownOutcome as exc:
+            try:
+                cleanup = Batch(self.table)
+                strays(cleanup)
+                if len(cleanup):
+                    self._commit(cleanup, f"{what}: clean up", gone_ok=True)
+            except Exception as failure:
+                exc.add_note(f"removing what it may have installed also failed: {failure!r}")
+            else:
+                exc.add_note("whatever it may have installed has been removed again")
+            raise
+
+    def _strays(self, cleanup: Batch, batch: Batch, plans: Sequence[_Plan], comment: str | None) -> None:
+        """The tables *batch* created, and in the others what *plans* added that no live call holds."""
+        for family in _FAMILIES:
+            if not any(family in plan for plan in plans):
+                continue
+            elements = [e for plan in plans if family in plan for e in plan[family][1]]
+            if family in batch.creates:
+                cleanup.table_delete(family)
+                continue
+            if comment is not None:
+                udata = comment_udata(comment)
+                for chain, handle, their in self._rules_listed(family):
+                    if their == udata and (family.version, handle) not in self._live_rules:
+                        cleanup.rule_delete(family, chain, handle, "stray")
+            if elements:
+                listed = self._elements_listed(family, {e[0] for e in elements})
+                for element in elements:
+                    set_name, key, data, _ = element
+                    if (set_name, key) in listed and (family.version, set_name, key) not in self._live_elements:
+                        cleanup.element(False, family, set_name, key, data, element_label(False, family, element))
+
+    def _removal(self, steps: Sequence[_Remover], listed: bool = False) -> Batch:
+        """One batch undoing *steps*: a family's table goes when they are its last users.
+
+        With *listed*, only what is still installed is deleted (after a batch
+        naming something already gone was refused).
+        """
+        batch = Batch(self.table)
+        by_family: dict[AddressFamily, list[_Holding]] = {}
+        for step in steps:
+            for family, holding in step.holdings.items():
+                by_family.setdefault(family, []).append(holding)
+        for family, using in by_family.items():
+            if self._users[family] == len(using):
+                if not listed or self._table_there(family):
+                    batch.table_delete(family)
+                continue
+            if listed:
+                rules_there = {handle for _, handle, _ in self._rules_listed(family)}
+                elements_there = self._elements_listed(family, {e[0] for h in using for e in h.elements})
+            for holding in using:
+                for chain, handle, label in holding.rules:
+                    if not listed or handle in rules_there:
+                        batch.rule_delete(family, chain, handle, label)
+                for element in holding.elements:
+                    set_name, key, data, _ = element
+                    if not listed or (set_name, key) in elements_there:
+                        batch.element(False, family, set_name, key, data, element_label(False, family, element))
+        return batch
+
+    def _forget(self, steps: Sequence[_Remover]) -> None:
+        """Count *steps* as done."""
+        for step in steps:
+            for family in step.holdings:
+                self._users[family] -= 1
+            step.done = True
+        self._live([step.holdings for step in steps], False)
+
+    def _live(self, holdings: Iterable[dict[AddressFamily, _Holding]], adding: bool) -> None:
+        """Add *holdings* to the live rules and elements, or take them out."""
+        change = self._live_elements.add if adding else self._live_elements.discard
+        for holding in holdings:
+            for family, held in holding.items():
+                version = family.version
+                if held.rules:
+                    handles = [(version, handle) for _, handle, _ in held.rules]
+                    if adding:
+                        self._live_rules.update(handles)
+                    else:
+                        self._live_rules.difference_update(handles)
+                for element in held.elements:
+                    change((version, element[0], element[1]))
+
+    def _table_there(self, family: AddressFamily) -> bool:
+        """Whether *family*'s table exists (a dump of a missing table's rules is just empty)."""
+        msg = nft.nft_table_msg()
+        msg["nfgen_family"] = family.nfproto
+        msg["attrs"] = [("NFTA_TABLE_NAME", self.table)]
+        try:
+            return self._link().get(msg, subsystem(GETTABLE)) is not None
+        except OSError as exc:
+            raise kernel_error(exc, f"firewall {self.table}: look up table {family.keyword}") from exc
+
+    def _rules_listed(self, family: AddressFamily) -> list[tuple[str, int, bytes | None]]:
+        """(chain, handle, user data) of every rule in *family*'s table."""
+        msg = rule_msg()
+        msg["nfgen_family"] = family.nfproto
+        msg["attrs"] = [("NFTA_RULE_TABLE", self.table)]
+        return [
+            (m.get_attr("NFTA_RULE_CHAIN"), m.get_attr("NFTA_RULE_HANDLE"), m.get_attr("NFTA_RULE_USERDATA"))
+            for m in self._dump(msg, GETRULE)
+        ]
+
+    def _elements_listed(self, family: AddressFamily, names: Iterable[str]) -> set[tuple[str, bytes]]:
+        """(set, key) of every element in *family*'s table's sets or maps *names*."""
+        keys: set[tuple[str, bytes]] = set()
+        for name in names:
+            msg = nft.nft_set_elem_list_msg()
+            msg["nfgen_family"] = family.nfproto
+            msg["attrs"] = [("NFTA_SET_ELEM_LIST_TABLE", self.table), ("NFTA_SET_ELEM_LIST_SET", name)]
+            for reply in self._dump(msg, GETSETELEM):
+                for element in reply.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS") or ():
+                    key = element.get_attr("NFTA_SET_ELEM_KEY")
+                    if key is not None:
+                        keys.add((name, bytes(key.get_attr("NFTA_DATA_VALUE"))))
+        return keys
+
+    def _dump(self, msg: Any, mtype: int) -> list[Any]:
+        try:
+            return self._link().dump(msg, subsystem(mtype))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return []  # the table (or set) is gone, and what was in it
+            raise kernel_error(exc, f"firewall {self.table}: list") from exc
+
+
+class _Remover:
+    """The undo step of one :class:`NftablesFirewall` call: one batch deleting what the call added.
+
+    The undo of the last outstanding call using a family's table deletes the
+    whole table instead. Running the step again does nothing. A class, so
+    that :meth:`NftablesFirewall.undo_together` can recognise and batch it.
+    """
+
+    __slots__ = ("backend", "what", "holdings", "done")
+
+    def __init__(self, backend: NftablesFirewall, what: str, holdings: dict[AddressFamily, _Holding]) -> None:
+        self.backend, self.what, self.holdings = backend, what, holdings
+        self.done = False
+
+    def __call__(self) -> None:
+        backend = self.backend
+        with backend._lock:
+            if self.done:
+                return
+            backend._link()
+            try:
+                backend._commit(backend._removal([self]), self.what, gone_ok=True)
+            except KernelError as exc:
+                if exc.errno != errno.ENOENT or isinstance(exc, UnknownOutcome):
+                    raise
+                # One missing object aborts the whole batch: delete only what is left.
+                batch = backend._removal([self], listed=True)
+                if len(batch):
+                    backend._commit(batch, self.what, gone_ok=True)
+            backend._forget([self])
