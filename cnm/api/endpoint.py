@@ -247,7 +247,7 @@ def disconnect(services: Services, endpoint: EndpointRecord) -> list[Exception]:
 
 def check_host_addresses(services: Services, endpoint: EndpointRecord) -> None:
     """A port published on one host address needs that address on the host (Docker fails at bind)."""
-    wanted = {m.host_ip for m in endpoint.ports if m.host_ip is not None}
+    wanted = {m.host_ip for m in endpoint.ports if m.host_ip is not None and not m.host_ip.is_unspecified}
     if not wanted:
         return
     local = {iface.ip for _, iface in services.rtnl.addresses(None)}

@@ -341,7 +341,15 @@ def _per_family(
     """
     if value is None:
         return {}
-    items = [value] if isinstance(value, (str, *_IP_TYPES)) else check_collection(f"network {name!r}", what, value, "strings or ipaddress objects")
+    kinds = "an IPv4Address or an IPv6Address" if what == "gateway" else "an IPv4Network or an IPv6Network"
+    if isinstance(value, (str, *_IP_TYPES)):
+        items: list[object] = [value]
+    elif isinstance(value, (bytes, bytearray)) or not isinstance(value, Iterable):
+        raise InvalidArgumentError(
+            f"network {name!r}: {what} must be a string, {kinds} (or a list of one per family), not {describe(value)}"
+        )
+    else:
+        items = list(check_collection(f"network {name!r}", what, value, f"strings or {kinds.replace('an ', '')}s"))
     found: dict[int, T] = {}
     for item in items:
         version = _version(name, what, item)
@@ -368,4 +376,5 @@ def _version(name: str, what: str, item: object) -> Family:
         return 6 if item.version == 6 else 4
     if isinstance(item, str):
         return 6 if ":" in item else 4
-    raise InvalidArgumentError(f"network {name!r}: {what} must be a string or an ipaddress object, not {describe(item)}")
+    kinds = "an IPv4Address or an IPv6Address" if what == "gateway" else "an IPv4Network or an IPv6Network"
+    raise InvalidArgumentError(f"network {name!r}: {what} must be a string or {kinds}, not {describe(item)}")

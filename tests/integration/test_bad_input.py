@@ -34,7 +34,7 @@ MTU = "com.docker.network.driver.mtu"
 class World:
     """The prepared host: network "base" (10.77.0.0/24) with sandbox "s1"
     connected (publishing 8080:80) and endpoint "loose" not joined; internal
-    network "quiet"; sandbox "s0" connected to nothing; and a second host
+    network "quiet"; dual-stack network "v6" (10.76.0.0/24, fd00:9::/64); sandbox "s0" connected to nothing; and a second host
     whose network and sandbox belong elsewhere."""
 
     def __init__(self) -> None:
@@ -43,6 +43,7 @@ class World:
         host = self.host
         self.base = host.create_network("base", subnet="10.77.0.0/24")
         self.quiet = host.create_network("quiet", subnet="10.78.0.0/24", internal=True)
+        self.v6 = host.create_network("v6", ipv6=True, subnet=["10.76.0.0/24", "fd00:9::/64"])
         self.s0 = host.create_sandbox("s0")
         self.s1 = host.create_sandbox("s1")
         self.base.connect(self.s1, ports=["8080:80"])
@@ -68,16 +69,19 @@ class World:
     def books(self) -> dict[str, object]:
         host = self.host
         return {
-            "networks": [(n.name, n.id, str(n.subnet), n.interface, n.internal) for n in host.networks],
+            "networks": [(n.name, n.id, list(map(str, n.subnets)), n.interface, n.internal) for n in host.networks],
             "sandboxes": [(s.name, s.id, s.key) for s in host.sandboxes],
             "endpoints": {
                 n.name: [
-                    (e.name, e.id, str(e.address), e.mac, e.sandbox.name if e.sandbox else None, [str(p) for p in e.published])
+                    (e.name, e.id, list(map(str, e.addresses)), e.mac, e.sandbox.name if e.sandbox else None, [str(p) for p in e.published])
                     for e in n.endpoints
                 ]
                 for n in host.networks
             },
-            "addresses": {n.name: sorted(map(str, host._services.networks[n.name].pools[4].allocated())) for n in host.networks},
+            "addresses": {
+                n.name: {f: sorted(map(str, p.allocated())) for f, p in host._services.networks[n.name].pools.items()}
+                for n in host.networks
+            },
             "host ports": repr(host._services.ports),
             "stranger": ([n.name for n in self.stranger.networks], [s.name for s in self.stranger.sandboxes]),
         }
@@ -133,7 +137,7 @@ row("label key an int", lambda w: net(w, labels={1: "a"}), cnm.InvalidArgumentEr
 row("option unknown", lambda w: net(w, options={"com.docker.network.bridge.enable_icc": "true"}), cnm.InvalidArgumentError, "unknown bridge option(s)")
 
 # ---- subnets, gateways, ranges ------------------------------------------------------------
-row("subnet an int", lambda w: net(w, subnet=24), cnm.InvalidArgumentError, "network 'x': subnet must be a string, an IPv4Network or an IPv6Network, not int 24")
+row("subnet an int", lambda w: net(w, subnet=24), cnm.InvalidArgumentError, "network 'x': subnet must be a string, an IPv4Network or an IPv6Network (or a list of one per family), not int 24")
 row("subnet prefix /33", lambda w: net(w, subnet="10.0.0.0/33"), cnm.InvalidArgumentError, "network 'x': subnet '10.0.0.0/33' is not a valid IPv4 prefix")
 row("subnet with a newline", lambda w: net(w, subnet="10.0.0.0/24\n"), cnm.InvalidArgumentError, "network 'x': subnet '10.0.0.0/24\\n'")
 row("subnet loopback", lambda w: net(w, subnet="127.0.0.0/8"), cnm.InvalidArgumentError, "network 'x': subnet 127.0.0.0/8 is inside 127.0.0.0/8, which is reserved for loopback")
@@ -146,8 +150,8 @@ row("subnet everything", lambda w: net(w, subnet=IPv4Network("0.0.0.0/0")), cnm.
 row("subnet overlaps a network", lambda w: net(w, subnet="10.77.0.0/16"), cnm.ConflictError, "network 'x': subnet 10.77.0.0/16 overlaps 10.77.0.0/24")
 row("subnet overlaps the uplink", lambda w: net(w, subnet="198.18.0.0/16"), cnm.ConflictError, "198.18.0.0/24")
 row("subnet too small", lambda w: net(w, subnet="10.60.0.0/31"), cnm.InvalidArgumentError, "network 'x': subnet 10.60.0.0/31 is too small")
-row("subnet IPv6", lambda w: net(w, subnet="fd00::/64"), cnm.InvalidArgumentError, "subnet 'fd00::/64' is IPv6, not IPv4")
-row("gateway bytes", lambda w: net(w, subnet="10.60.0.0/24", gateway=b"10.60.0.1"), cnm.InvalidArgumentError, "network 'x': gateway must be a string, an IPv4Address or an IPv6Address, not bytes")
+row("subnet IPv6", lambda w: net(w, subnet="fd00::/64"), cnm.InvalidArgumentError, "network 'x': subnet 'fd00::/64' is IPv6, but the network has no IPv6 (ipv6=True enables it)")
+row("gateway bytes", lambda w: net(w, subnet="10.60.0.0/24", gateway=b"10.60.0.1"), cnm.InvalidArgumentError, "network 'x': gateway must be a string, an IPv4Address or an IPv6Address (or a list of one per family), not bytes")
 row("gateway outside the subnet", lambda w: net(w, subnet="10.60.0.0/24", gateway="10.61.0.1"), cnm.InvalidArgumentError, "gateway 10.61.0.1 is not inside subnet 10.60.0.0/24")
 row("gateway the broadcast address", lambda w: net(w, subnet="10.60.0.0/24", gateway=IPv4Address("10.60.0.255")), cnm.InvalidArgumentError, "is the broadcast address")
 row("ip_range only the network address", lambda w: net(w, subnet="10.60.0.0/24", ip_range="10.60.0.0/32"), cnm.InvalidArgumentError, "network 'x': ip_range 10.60.0.0/32 leaves no address to hand out")
@@ -157,6 +161,21 @@ row("ip_range network and gateway", lambda w: net(w, subnet="10.60.0.0/24", ip_r
 row("ip_range the gateway given", lambda w: net(w, subnet="10.60.0.0/24", gateway="10.60.0.9", ip_range="10.60.0.9/32"), cnm.InvalidArgumentError, "leaves no address")
 row("ip_range without a subnet", lambda w: net(w, ip_range="10.60.0.0/25"), cnm.InvalidArgumentError, "ip_range 10.60.0.0/25 is given without a subnet")
 row("ip_range outside the subnet", lambda w: net(w, subnet="10.60.0.0/24", ip_range="10.61.0.0/25"), cnm.InvalidArgumentError, "is not inside subnet")
+row("ipv6 not a bool", lambda w: net(w, ipv6="yes"), cnm.InvalidArgumentError, "network 'x': ipv6 must be True or False")
+row("no family at all", lambda w: net(w, ipv4=False), cnm.InvalidArgumentError, "network 'x': ipv4=False needs ipv6=True")
+row("IPv4 subnet on an IPv6-only network", lambda w: net(w, ipv4=False, ipv6=True, subnet="10.60.0.0/24"), cnm.InvalidArgumentError, "subnet '10.60.0.0/24' is IPv4, but the network has no IPv4")
+row("two IPv6 subnets", lambda w: net(w, ipv6=True, subnet=["fd00:1::/64", "fd00:2::/64"]), cnm.InvalidArgumentError, "more than one IPv6 subnet given")
+row("IPv6 subnet too small", lambda w: net(w, ipv6=True, subnet="fd00:1::/127"), cnm.InvalidArgumentError, "fd00:1::/127 is too small")
+row("IPv6 subnet link-local", lambda w: net(w, ipv6=True, subnet="fe80::/64"), cnm.InvalidArgumentError, "link-local")
+row("IPv6 subnet multicast", lambda w: net(w, ipv6=True, subnet="ff05::/64"), cnm.InvalidArgumentError, "multicast")
+row("IPv6 gateway outside its subnet", lambda w: net(w, ipv6=True, subnet="fd00:1::/64", gateway="fd00:2::1"), cnm.InvalidArgumentError, "gateway fd00:2::1 is not inside subnet fd00:1::/64")
+row("IPv6 subnet overlaps a network", lambda w: net(w, ipv6=True, subnet="fd00:9::/80"), cnm.ConflictError, "overlaps fd00:9::/64")
+row("ip6 on an IPv4-only network", lambda w: w.base.connect(w.s0, ip6="fd00::5"), cnm.InvalidArgumentError, "has no IPv6 (ip6)")
+row("ip6 not an address", lambda w: w.v6.connect(w.s0, ip6="fd00:9::zz"), cnm.InvalidArgumentError, "is not a valid IPv6 address")
+row("ip6 an IPv4 address", lambda w: w.v6.connect(w.s0, ip6="10.77.0.9"), cnm.InvalidArgumentError, "is IPv4")
+row("ip6 outside the subnet", lambda w: w.v6.connect(w.s0, ip6="fd00:8::5"), cnm.InvalidArgumentError, "not inside")
+row("port on [::1]", lambda w: w.v6.connect(w.s0, ports=["[::1]:8090:80"]), cnm.InvalidArgumentError, "::1")
+row("port on an IPv6 address of no network family", lambda w: w.base.connect(w.s0, ports=["[::]:8090:80"]), cnm.InvalidArgumentError, "IPv6")
 
 # ---- bridge options -----------------------------------------------------------------------
 row("bridge name 15 non-ASCII characters", lambda w: net(w, options={BRIDGE: "é" * 15}), cnm.InvalidArgumentError, "network 'x': bridge name 'ééé")
@@ -229,7 +248,7 @@ row("create_sandboxes request bytes", lambda w: w.host.create_sandboxes([b"q1"])
 row("create_sandboxes name with a newline", lambda w: w.host.create_sandboxes(["q\n"]), cnm.InvalidArgumentError, "sandbox name 'q\\n'")
 row("create_sandboxes name twice", lambda w: w.host.create_sandboxes(["q1", "q1"]), cnm.ConflictError, "sandbox 'q1': a sandbox with that name already exists")
 row("create_sandboxes name in use", lambda w: w.host.create_sandboxes(["q1", "s0"]), cnm.ConflictError, "sandbox 's0'")
-row("create_sandboxes ports without a network", lambda w: w.host.create_sandboxes([cnm.SandboxRequest("q1", ports="8081:80")]), cnm.InvalidArgumentError, "sandbox 'q1': ip, mac and ports need a network")
+row("create_sandboxes ports without a network", lambda w: w.host.create_sandboxes([cnm.SandboxRequest("q1", ports="8081:80")]), cnm.InvalidArgumentError, "sandbox 'q1': ip, ip6, mac and ports need a network")
 row("create_sandboxes host port published already", lambda w: w.host.create_sandboxes([cnm.SandboxRequest("q1", ports="8080:80")], network=w.base), cnm.ConflictError, "8080")
 row("SandboxRequest name with a newline", lambda w: cnm.SandboxRequest("q\n"), cnm.InvalidArgumentError, "sandbox name 'q\\n'")
 row("SandboxRequest ip an int", lambda w: cnm.SandboxRequest("q1", ip=5), cnm.InvalidArgumentError, "sandbox 'q1': ip must be a string, an IPv4Address or an IPv6Address, not int 5")

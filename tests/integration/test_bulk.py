@@ -197,7 +197,7 @@ def test_an_interrupted_create_sandboxes_leaves_nothing(host, monkeypatch, where
     if where == "namespace thread":
         monkeypatch.setattr(Namespace, "create", classmethod(interrupt_third(Namespace.create.__func__)))
     else:
-        monkeypatch.setattr(Rtnl, "configure_interface", interrupt_third(Rtnl.configure_interface))
+        monkeypatch.setattr(Rtnl, "configure_link", interrupt_third(Rtnl.configure_link))
     with pytest.raises(KeyboardInterrupt):
         host.create_sandboxes(_requests(8), network=net)
     assert len(calls) == 3  # it stopped at the interruption
