@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import errno
 import re
+from ipaddress import IPv6Interface
+
 from ..errors import InterfaceExistsError, InvalidArgumentError, KernelError
 from ..kernel import Rtnl
 from ..undo import UndoLog
 from . import Capabilities, EndpointSpec, NetworkPlumbing, NetworkSpec, SandboxLink, SandboxPort
 
 __all__ = ["BridgeDriver", "host_end_name"]
+
+#: The link-local address of every bridge with IPv6.
+BRIDGE_LINK_LOCAL = IPv6Interface("fe80::1/64")
 
 OPT_NAME = "com.docker.network.bridge.name"
 OPT_MTU = "com.docker.network.driver.mtu"
@@ -113,6 +118,14 @@ class BridgeDriver:
         host.namespace.write_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0" if ipv6 else "1")
         for address in spec.interfaces():
             host.add_address(index, address, what)
+        if ipv6:
+            # A link-local address too (Docker's bridges have fe80::1): the
+            # kernel solicits a neighbour from a link-local source unless the
+            # packet that needs it comes from an address of the bridge's own,
+            # so without one nothing forwarded into the bridge (a published
+            # port's traffic from outside) finds its sandbox (measured; see the
+            # docs' explanation page).
+            host.add_address(index, BRIDGE_LINK_LOCAL, what)
         # Sandboxes of an internal network get no default route (as in Docker).
         gateways = () if spec.internal else spec.gateways
         return NetworkPlumbing(interface=name, index=index, owner=spec.owner, mtu=mtu, gateways=gateways)

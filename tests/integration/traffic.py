@@ -21,14 +21,17 @@ class Server:
     def __init__(self, owner: Any, port: int, *, address: str = "0.0.0.0", udp: bool = False, count: int = 1) -> None:
         self.peers: list[tuple[str, int]] = []
         self.udp = udp
+        family = _family(address)
         if udp:
             def make() -> socket.socket:
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s = socket.socket(family, socket.SOCK_DGRAM)
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 s.bind((address, port))
                 return s
             self.sock = owner.call(make)
         else:
-            self.sock = owner.call(socket.create_server, (address, port))
+            self.sock = owner.call(lambda: socket.create_server((address, port), family=family))
         self.sock.settimeout(TIMEOUT)
         self.thread = threading.Thread(target=self._serve, args=(count,), daemon=True)
         self.thread.start()
@@ -100,9 +103,14 @@ def assert_unreachable(
     assert listening.peers == []
 
 
+def _family(address: object) -> socket.AddressFamily:
+    """IPv6 for an address written with colons (a server on "::" takes IPv6 only)."""
+    return socket.AF_INET6 if ":" in str(address) else socket.AF_INET
+
+
 def udp_ping(owner: Any, address: object, port: int, timeout: float = TIMEOUT) -> bytes:
     def go() -> bytes:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with socket.socket(_family(address), socket.SOCK_DGRAM) as s:
             s.settimeout(timeout)
             s.sendto(b"ping", (str(address), port))
             return s.recvfrom(100)[0]
