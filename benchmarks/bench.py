@@ -81,13 +81,15 @@ DEFAULT_PEERS = ["ipbatch", "cni"]
 MAX_N = 1000
 
 
-def cnm_run(n: int, *, bulk: bool = True) -> tuple[float, float, float | None]:
+def cnm_run(n: int, *, bulk: bool = True, ipv6: bool = False) -> tuple[float, float, float | None]:
     """One cnm run: (setup, teardown, delete calls) in ms per sandbox.
 
     *bulk*: one ``host.create_sandboxes`` call, and ``host.close()``;
     otherwise ``create_sandbox`` and ``connect`` per sandbox, as a program
     not knowing N in advance does, and ``sandbox.delete()`` per sandbox,
     whose loop is timed by itself too (the third figure; None for *bulk*).
+    *ipv6*: the network is dual-stack, so every sandbox gets an IPv6 address
+    and route too, and its port is published on both families.
     """
     # Setup includes making the host and its network, as the peer scripts'
     # setup includes their host namespace, bridge and NAT table (cnm's host
@@ -95,7 +97,10 @@ def cnm_run(n: int, *, bulk: bool = True) -> tuple[float, float, float | None]:
     start = time.perf_counter()
     host = cnm.Host.isolated("bench")
     try:
-        net = host.create_network("bench", subnet="10.88.0.0/16")
+        if ipv6:
+            net = host.create_network("bench", ipv6=True, subnet=["10.88.0.0/16", "fd00:88::/64"])
+        else:
+            net = host.create_network("bench", subnet="10.88.0.0/16")
         if bulk:  # building the requests is part of what a user pays
             requests = [cnm.SandboxRequest(f"s{i}", ports=[f"{20000 + i}:80"]) for i in range(n)]
             sandboxes = host.create_sandboxes(requests, network=net)
@@ -190,12 +195,40 @@ def peer_run(name: str, n: int) -> tuple[float, float]:
     return float(fields[-2]), float(fields[-1])
 
 
-def run_tool(tool: str, n: int) -> tuple[float, float, float | None]:
+#: cnm's own variants: the bulk API and the loop, on an IPv4 network and a dual-stack one
+CNM_TOOLS = {
+    "cnm": {},
+    "cnm-loop": {"bulk": False},
+    "cnm-dual": {"ipv6": True},
+    "cnm-loop-dual": {"bulk": False, "ipv6": True},
+}
+#: the suffix of a tool run from the --baseline checkout
+BASE = "@base"
+
+
+def baseline_run(tree: Path, tool: str, n: int) -> tuple[float, float, float | None]:
+    """One run of *tool* (cnm or cnm-loop) by the bench.py of another checkout, on its own cnm."""
+    out = Path(f"/tmp/cnm-bench-base-{os.getpid()}.json")
+    peers = ["cnm-loop"] if tool == "cnm-loop" else []
+    argv = [sys.executable, str(tree / "benchmarks" / "bench.py"), "-n", str(n), "-r", "1", "--settle", "0"]
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    try:
+        done = subprocess.run([*argv, "--peers", *peers, "--json", str(out)], capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"baseline {tool} failed (exit {done.returncode}):\n{done.stderr.strip()}")
+        (row,) = [r for r in json.loads(out.read_text())["results"] if r["tool"] == tool]
+    finally:
+        out.unlink(missing_ok=True)
+    return row["setup_ms"], row["teardown_ms"], row.get("delete_calls_ms")
+
+
+def run_tool(tool: str, n: int, baseline: Path | None = None) -> tuple[float, float, float | None]:
     """(setup, teardown, delete calls or None) in ms per sandbox."""
-    if tool == "cnm":
-        return cnm_run(n)
-    if tool == "cnm-loop":
-        return cnm_run(n, bulk=False)
+    if tool in CNM_TOOLS:
+        return cnm_run(n, **CNM_TOOLS[tool])
+    if tool.endswith(BASE):
+        assert baseline is not None
+        return baseline_run(baseline, tool.removesuffix(BASE), n)
     return (*peer_run(tool, n), None)
 
 
@@ -265,7 +298,7 @@ def main() -> None:
     parser.add_argument(
         "--peers",
         nargs="*",
-        choices=["cnm-loop", *sorted(PEERS)],
+        choices=[*(t for t in CNM_TOOLS if t != "cnm"), *sorted(PEERS)],
         help="tools to run beside cnm (default: cnm-loop and those of ipbatch, cni that are installed; "
         "'--peers' alone: cnm only)",
     )
@@ -276,6 +309,13 @@ def main() -> None:
         help="before each run, wait until the CPUs have been idle for this many seconds (at most 60 s "
         "in all): the kernel frees deleted namespaces in the background, for seconds after a run with "
         "N=1000, and that work would otherwise be charged to the next run (default 2)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run cnm and cnm-loop as another checkout (DIR, e.g. a git worktree of an older commit) "
+        "has them, with its own bench.py, interleaved with this one's runs (tools cnm@base, cnm-loop@base)",
     )
     parser.add_argument(
         "--json", type=Path, metavar="FILE", help="write every run's figures and the conditions to FILE"
@@ -308,13 +348,15 @@ def main() -> None:
     for name in ["cnm-loop", *DEFAULT_PEERS] if args.peers is None else args.peers:
         if name in others:
             continue
-        why = None if name == "cnm-loop" else peer_missing(name)
+        why = None if name in CNM_TOOLS else peer_missing(name)
         if why:
             print(f"# skipping {name}: {why}", flush=True)
             skipped[name] = why
         else:
             others.append(name)
-    tools = ["cnm", *sorted(others, key=lambda tool: tool != "cnm-loop")]
+    if args.baseline is not None:
+        others += ["cnm" + BASE] + ["cnm-loop" + BASE] * ("cnm-loop" in others)
+    tools = ["cnm", *sorted(others, key=lambda tool: not tool.startswith("cnm"))]
 
     def runs_of(tool: str) -> int:
         return int(args.runs if tool.startswith("cnm") else args.peer_runs)
@@ -323,7 +365,7 @@ def main() -> None:
     data["complete"] = False
     data["results"] = []
     print(
-        f"{'tool':<10} {'N':>5} {'setup ms':>9} {'teardown ms':>12} {'setup vs cnm':>13} {'teardown vs cnm':>16}"
+        f"{'tool':<14} {'N':>5} {'setup ms':>9} {'teardown ms':>12} {'setup vs cnm':>13} {'teardown vs cnm':>16}"
         f" {'delete calls ms':>16}"
     )
     for n in args.n:
@@ -334,7 +376,7 @@ def main() -> None:
             for tool in tools:
                 if run < runs_of(tool):
                     settle(args.settle)
-                    setup, teardown, calls = run_tool(tool, n)
+                    setup, teardown, calls = run_tool(tool, n, args.baseline)
                     measured[tool].append((setup, teardown, calls))
                     also = "" if calls is None else f" (delete calls {calls:.3f})"
                     print(
@@ -352,7 +394,7 @@ def main() -> None:
             call_runs = [r[2] for r in measured[tool] if r[2] is not None]
             calls = statistics.median(call_runs) if call_runs else None
             shown = f" {calls:>16.3f}" if calls is not None else ""
-            print(f"{tool:<10} {n:>5} {setup:>9.3f} {teardown:>12.3f} {vs:>30}{shown}".rstrip(), flush=True)
+            print(f"{tool:<14} {n:>5} {setup:>9.3f} {teardown:>12.3f} {vs:>30}{shown}".rstrip(), flush=True)
             result: dict[str, Any] = {
                 "tool": tool,
                 "n": n,
