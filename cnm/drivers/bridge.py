@@ -124,7 +124,7 @@ class BridgeDriver:
             # packet that needs it comes from an address of the bridge's own,
             # so without one nothing forwarded into the bridge (a published
             # port's traffic from outside) finds its sandbox (measured; see the
-            # docs' explanation page).
+            # docs' explanation page, "A sandbox needs no IPv6 link-local address").
             host.add_address(index, BRIDGE_LINK_LOCAL, what)
         # Sandboxes of an internal network get no default route (as in Docker).
         gateways = () if spec.internal else spec.gateways
