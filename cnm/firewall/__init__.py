@@ -264,9 +264,10 @@ class FirewallBackend(Protocol):
         """Install a network's rules: outbound NAT (unless internal), hairpin
         NAT, isolation from the other networks' bridges (nothing is forwarded
         between two networks, except connections to a published port), and
-        for an internal network the rules that keep its traffic on its bridge.
+        for an internal network the rules that keep its traffic on its bridge;
+        all of it in each family the network has a subnet of.
 
-        One atomic change; the first call on a host also creates the shared
+        One atomic change (for a dual-stack network too); the first call on a host also creates the shared
         structures. Pushes one undo step removing exactly these rules (and
         the shared structures, if nothing else is left).
         """
@@ -275,8 +276,10 @@ class FirewallBackend(Protocol):
     def add_port_forwards(self, rules: NetworkRules, forwards: Sequence[PortForward], undo: UndoLog) -> None:
         """Publish *forwards* (for sandboxes on the network described by *rules*).
 
-        All forwards of the call go in in one atomic change: if any one is
-        refused, none is installed. Pushes one undo step removing exactly
+        All forwards of the call go in in one atomic change, whatever their
+        families: if any one is refused, none is installed. A forward of a
+        family the network has no subnet of is refused first
+        (:meth:`NetworkRules.check_forwards`). Pushes one undo step removing exactly
         these forwards. An empty *forwards* changes nothing and pushes nothing.
         A call does not require :meth:`add_network` first, but normally follows it.
         """

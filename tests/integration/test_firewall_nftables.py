@@ -2,9 +2,11 @@
 
 Every rule cnm sends is checked against ``nft list ruleset`` (run with
 ``ip netns exec`` inside the scratch namespace): the listing must read as the
-nft syntax documented in :mod:`cnm.firewall.nftables`, which is how we know
-the hand-built expressions mean what we think (pyroute2's ``fib`` encoder, for
-one, was wrong). The ``nft`` CLI only ever reads here.
+nft syntax documented in :mod:`cnm.firewall.nftables.ruleset`, which is how we
+know the hand-built expressions mean what we think (pyroute2's ``fib`` encoder,
+for one, was wrong), in both families' tables. The ``nft`` CLI only ever reads
+here; a few tests also prove the IPv6 rules with traffic between namespaces
+they create.
 """
 
 from __future__ import annotations

@@ -35,15 +35,13 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
-
-from pyroute2.netlink.nfnetlink import nftsocket as nft
+from typing import TYPE_CHECKING
 
 from ...errors import ALREADY_GONE, ClosedError, InvalidArgumentError, KernelError, kernel_error
 from ...netlink import Netlink
 from .. import NetworkRules, PortForward
-from ._pyroute2 import marshal, rule_msg
-from .batch import GETRULE, GETSETELEM, GETTABLE, Batch, UnknownOutcome, commit, subsystem
+from ._pyroute2 import marshal
+from .batch import Batch, UnknownOutcome, commit, elements_listed, rules_listed, table_exists
 from .expressions import IPV4, IPV6, AddressFamily, comment_udata
 from .ruleset import Element, RuleSpec, add_skeleton, element_label, forward_element, network_members, network_rules
 
@@ -357,46 +355,13 @@ class NftablesFirewall:
                     change((version, element[0], element[1]))
 
     def _table_there(self, family: AddressFamily) -> bool:
-        """Whether *family*'s table exists (a dump of a missing table's rules is just empty)."""
-        msg = nft.nft_table_msg()
-        msg["nfgen_family"] = family.nfproto
-        msg["attrs"] = [("NFTA_TABLE_NAME", self.table)]
-        try:
-            return self._link().get(msg, subsystem(GETTABLE)) is not None
-        except OSError as exc:
-            raise kernel_error(exc, f"firewall {self.table}: look up table {family.keyword}") from exc
+        return table_exists(self._link(), self.table, family)
 
     def _rules_listed(self, family: AddressFamily) -> list[tuple[str, int, bytes | None]]:
-        """(chain, handle, user data) of every rule in *family*'s table."""
-        msg = rule_msg()
-        msg["nfgen_family"] = family.nfproto
-        msg["attrs"] = [("NFTA_RULE_TABLE", self.table)]
-        return [
-            (m.get_attr("NFTA_RULE_CHAIN"), m.get_attr("NFTA_RULE_HANDLE"), m.get_attr("NFTA_RULE_USERDATA"))
-            for m in self._dump(msg, GETRULE)
-        ]
+        return rules_listed(self._link(), self.table, family)
 
     def _elements_listed(self, family: AddressFamily, names: Iterable[str]) -> set[tuple[str, bytes]]:
-        """(set, key) of every element in *family*'s table's sets or maps *names*."""
-        keys: set[tuple[str, bytes]] = set()
-        for name in names:
-            msg = nft.nft_set_elem_list_msg()
-            msg["nfgen_family"] = family.nfproto
-            msg["attrs"] = [("NFTA_SET_ELEM_LIST_TABLE", self.table), ("NFTA_SET_ELEM_LIST_SET", name)]
-            for reply in self._dump(msg, GETSETELEM):
-                for element in reply.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS") or ():
-                    key = element.get_attr("NFTA_SET_ELEM_KEY")
-                    if key is not None:
-                        keys.add((name, bytes(key.get_attr("NFTA_DATA_VALUE"))))
-        return keys
-
-    def _dump(self, msg: Any, mtype: int) -> list[Any]:
-        try:
-            return self._link().dump(msg, subsystem(mtype))
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return []  # the table (or set) is gone, and what was in it
-            raise kernel_error(exc, f"firewall {self.table}: list") from exc
+        return elements_listed(self._link(), self.table, family, names)
 
 
 class _Remover:

@@ -17,13 +17,16 @@ before its reply.
 
 A lost answer (the batch was written but the exchange failed afterwards, so
 it may or may not have been committed) is raised as :class:`UnknownOutcome`;
-what to do about it is the caller's business.
+what to do about it is the caller's business. What is installed can be
+listed (:func:`table_exists`, :func:`rules_listed`, :func:`elements_listed`)
+for the undo that finds something already gone.
 """
 
 from __future__ import annotations
 
 import errno
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -36,7 +39,7 @@ from ...netlink import Netlink, NetlinkReply, next_seq, nla, nla_string
 from ._pyroute2 import rule_msg, set_msg
 from .expressions import NF_ACCEPT, AddressFamily, Expr, comment_udata
 
-__all__ = ["Batch", "SetSpec", "UnknownOutcome", "commit", "subsystem"]
+__all__ = ["Batch", "SetSpec", "UnknownOutcome", "commit", "elements_listed", "rules_listed", "subsystem", "table_exists"]
 
 _BATCH_BEGIN, _BATCH_END = 0x10, 0x11
 NFPROTO_UNSPEC = 0
@@ -287,3 +290,49 @@ def _rule_handle(raw: bytes) -> int | None:
             return int(handle)
         offset += (length + 3) & ~3
     return None
+
+
+def table_exists(nl: Netlink, table: str, family: AddressFamily) -> bool:
+    """Whether *family*'s table *table* exists (a dump of a missing table's rules is just empty)."""
+    msg = nft.nft_table_msg()
+    msg["nfgen_family"] = family.nfproto
+    msg["attrs"] = [("NFTA_TABLE_NAME", table)]
+    try:
+        return nl.get(msg, subsystem(GETTABLE)) is not None
+    except OSError as exc:
+        raise kernel_error(exc, f"firewall {table}: look up table {family.keyword}") from exc
+
+
+def rules_listed(nl: Netlink, table: str, family: AddressFamily) -> list[tuple[str, int, bytes | None]]:
+    """(chain, handle, user data) of every rule in *family*'s table *table*."""
+    msg = rule_msg()
+    msg["nfgen_family"] = family.nfproto
+    msg["attrs"] = [("NFTA_RULE_TABLE", table)]
+    return [
+        (m.get_attr("NFTA_RULE_CHAIN"), m.get_attr("NFTA_RULE_HANDLE"), m.get_attr("NFTA_RULE_USERDATA"))
+        for m in _dump(nl, table, msg, GETRULE)
+    ]
+
+
+def elements_listed(nl: Netlink, table: str, family: AddressFamily, names: Iterable[str]) -> set[tuple[str, bytes]]:
+    """(set, key) of every element in the sets or maps *names* of *family*'s table *table*."""
+    keys: set[tuple[str, bytes]] = set()
+    for name in names:
+        msg = nft.nft_set_elem_list_msg()
+        msg["nfgen_family"] = family.nfproto
+        msg["attrs"] = [("NFTA_SET_ELEM_LIST_TABLE", table), ("NFTA_SET_ELEM_LIST_SET", name)]
+        for reply in _dump(nl, table, msg, GETSETELEM):
+            for element in reply.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS") or ():
+                key = element.get_attr("NFTA_SET_ELEM_KEY")
+                if key is not None:
+                    keys.add((name, bytes(key.get_attr("NFTA_DATA_VALUE"))))
+    return keys
+
+
+def _dump(nl: Netlink, table: str, msg: Any, mtype: int) -> list[Any]:
+    try:
+        return nl.dump(msg, subsystem(mtype))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return []  # the table (or set) is gone, and what was in it
+        raise kernel_error(exc, f"firewall {table}: list") from exc
