@@ -147,7 +147,7 @@ class Netlink:
         replies: dict[int, NetlinkReply] = {}
         while waiting:
             data = _receive(self.sock)
-            for seq, reply in self._acks(data):
+            for seq, reply in self.acks(data):
                 if seq not in waiting:
                     continue
                 if seq in echoes:
@@ -237,7 +237,7 @@ class Netlink:
                 offset += (length + 3) & ~3
 
     @staticmethod
-    def _acks(data: bytes) -> Iterable[tuple[int, NetlinkReply]]:
+    def acks(data: bytes) -> Iterable[tuple[int, NetlinkReply]]:
         """Yield (seq, reply) for every message in *data*: acknowledgements
         (NLMSG_ERROR) and answers."""
         offset = 0

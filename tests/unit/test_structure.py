@@ -18,11 +18,11 @@
     ``cnm._plugins``) may be imported by every module inside the package
     holding it, since that is how internals shared by the library are spelled.
 
-The violations firewall/nftables.py has today (it is being split into a
-package) are listed in :data:`KNOWN_VIOLATIONS_TO_REMOVE`; every other
-module must pass, and an entry there that is no longer found fails the test
-until it is removed. (host.py's, listed there at first, went with its split
-into cnm/api/, which passes every check.)
+Violations a module may carry while it is being reshaped are listed in
+:data:`KNOWN_VIOLATIONS_TO_REMOVE`, which is empty: every module must pass,
+and an entry there that is no longer found fails the test until it is
+removed. (host.py's and nftables.py's, listed there at first, went with
+their splits into cnm/api/ and cnm/firewall/nftables/.)
 """
 
 from __future__ import annotations
@@ -42,19 +42,7 @@ MAX_LINES = 500
 #: Violations to remove as the modules named are split: remove each entry as
 #: it goes (a stale one fails the test). Entries are findings without their
 #: line number (lines move with every edit), ``path: what``.
-KNOWN_VIOLATIONS_TO_REMOVE: frozenset[str] = frozenset(
-    {
-        # nftables.py is being split into a package on another branch; these go
-        # with it (the undo step reaches into its backend; Netlink._acks wants
-        # a public name in cnm/netlink.py).
-        "cnm/firewall/nftables.py: is over 500 lines and less than half documentation",
-        "cnm/firewall/nftables.py: reads Netlink._acks",
-        "cnm/firewall/nftables.py: reads backend._commit",
-        "cnm/firewall/nftables.py: reads backend._link",
-        "cnm/firewall/nftables.py: reads backend._lock",
-        "cnm/firewall/nftables.py: reads backend._users",
-    }
-)
+KNOWN_VIOLATIONS_TO_REMOVE: frozenset[str] = frozenset()
 
 #: Private attributes of third-party objects that cnm reads on purpose:
 #: (module path, attribute) -> why. Empty today: cnm uses pyroute2's message

@@ -354,6 +354,23 @@ class NftablesFirewall:
                 for element in held.elements:
                     change((version, element[0], element[1]))
 
+    def withdraw(self, step: _Remover) -> None:
+        """Run one of the undo steps this backend handed out (what ``step()`` does)."""
+        with self._lock:
+            if step.done:
+                return
+            self._link()
+            try:
+                self._commit(self._removal([step]), step.what, gone_ok=True)
+            except KernelError as exc:
+                if exc.errno != errno.ENOENT or isinstance(exc, UnknownOutcome):
+                    raise
+                # One missing object aborts the whole batch: delete only what is left.
+                batch = self._removal([step], listed=True)
+                if len(batch):
+                    self._commit(batch, step.what, gone_ok=True)
+            self._forget([step])
+
     def _table_there(self, family: AddressFamily) -> bool:
         return table_exists(self._link(), self.table, family)
 
@@ -379,18 +396,4 @@ class _Remover:
         self.done = False
 
     def __call__(self) -> None:
-        backend = self.backend
-        with backend._lock:
-            if self.done:
-                return
-            backend._link()
-            try:
-                backend._commit(backend._removal([self]), self.what, gone_ok=True)
-            except KernelError as exc:
-                if exc.errno != errno.ENOENT or isinstance(exc, UnknownOutcome):
-                    raise
-                # One missing object aborts the whole batch: delete only what is left.
-                batch = backend._removal([self], listed=True)
-                if len(batch):
-                    backend._commit(batch, self.what, gone_ok=True)
-            backend._forget([self])
+        self.backend.withdraw(self)

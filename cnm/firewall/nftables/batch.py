@@ -255,7 +255,7 @@ def commit(nl: Netlink, batch: Batch, what: str, gone_ok: bool = False) -> dict[
     for raw in replies:
         _length, mtype, _flags, seq, _pid = HEADER.unpack_from(raw)
         if mtype == NLMSG_ERROR:
-            failures += [(s, r) for s, r in Netlink._acks(raw) if r.error]
+            failures += [(s, r) for s, r in Netlink.acks(raw) if r.error]
         elif seq in batch.echoed and mtype == subsystem(NEWRULE):
             # The commit's NEWGEN notice can carry the same sequence number.
             handle = _rule_handle(raw)
