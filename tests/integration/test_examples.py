@@ -42,3 +42,17 @@ def test_many():
     assert "first: node0 10.77.0.2/16 last: node199 10.77.0.201/16" in out
     assert "outside -> 198.18.0.2:30199: hello from node199, you are 198.18.0.1" in out
     assert "sandboxes left: 0" in out
+
+
+def test_dual_stack():
+    out = run_example("dual_stack.py")
+    assert "reached a (server saw 2001:2::1)" in out  # published on IPv6, no source NAT
+    assert "(server saw 2001:2::2, the host's address)" in out  # masquerade over IPv6
+    assert "{'HostIp': '::', 'HostPort': '8080'}" in out
+    assert out.rstrip().endswith("torn down")
+
+
+def test_p2p_driver():
+    out = run_example("p2p_driver.py")
+    assert "b got: hello over p2p from 10.77.0.2" in out
+    assert "host routes: 2 (one /32 per sandbox, no bridge)" in out
