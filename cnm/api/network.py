@@ -56,34 +56,33 @@ class Network:
     @property
     def subnet(self) -> IPv4Network | None:
         """The IPv4 subnet (None on an IPv6-only network)."""
-        pool = self._record.pools.get(4)
-        return pool.subnet if pool is not None else None  # type: ignore[return-value]
+        return self._pool_field(4, "subnet")  # type: ignore[no-any-return]
 
     @property
     def gateway(self) -> IPv4Address | None:
-        pool = self._record.pools.get(4)
-        return pool.gateway if pool is not None else None  # type: ignore[return-value]
+        return self._pool_field(4, "gateway")  # type: ignore[no-any-return]
 
     @property
     def ip_range(self) -> IPv4Network | None:
-        pool = self._record.pools.get(4)
-        return pool.ip_range if pool is not None else None  # type: ignore[return-value]
+        return self._pool_field(4, "ip_range")  # type: ignore[no-any-return]
 
     @property
     def subnet6(self) -> IPv6Network | None:
         """The IPv6 subnet (None on a network without IPv6)."""
-        pool = self._record.pools.get(6)
-        return pool.subnet if pool is not None else None  # type: ignore[return-value]
+        return self._pool_field(6, "subnet")  # type: ignore[no-any-return]
 
     @property
     def gateway6(self) -> IPv6Address | None:
-        pool = self._record.pools.get(6)
-        return pool.gateway if pool is not None else None  # type: ignore[return-value]
+        return self._pool_field(6, "gateway")  # type: ignore[no-any-return]
 
     @property
     def ip_range6(self) -> IPv6Network | None:
-        pool = self._record.pools.get(6)
-        return pool.ip_range if pool is not None else None  # type: ignore[return-value]
+        return self._pool_field(6, "ip_range")  # type: ignore[no-any-return]
+
+    def _pool_field(self, family: int, field: str) -> Any:
+        """*field* of the pool of *family*, or None when the network has no such family."""
+        pool = self._record.pools.get(family)
+        return getattr(pool, field) if pool is not None else None
 
     @property
     def ipv6(self) -> bool:
