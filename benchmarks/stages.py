@@ -82,7 +82,7 @@ def main() -> None:
     timed(host_module, "_open_new_namespace", "namespace thread:   of which lo up and a socket")
     # Calling thread: veth (create, echo, settings), then the sandbox end.
     timed(Rtnl, "add_veth", "calling thread: veth pair on the bridge")
-    timed(Rtnl, "configure_interface", "calling thread: sandbox end (no IPv6, up, address, route)")
+    timed(Rtnl, "configure_link", "calling thread: sandbox end (no IPv6, up, address, route)")
     timed(NftablesFirewall, "add_port_forwards_many", "calling thread: published ports (one transaction)")
     original_pipeline = host_module.pipeline
 

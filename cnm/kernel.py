@@ -5,7 +5,13 @@
 are packed by :mod:`cnm.rtmsg`, answers and dumps are decoded by pyroute2, and
 everything goes through :class:`cnm.netlink.Netlink`. Nothing outside this
 module sends rtnetlink requests. OSErrors from the kernel are mapped to
-:class:`cnm.errors.KernelError` naming the object, here and nowhere else.
+:class:`cnm.errors.KernelError` naming the object, here and nowhere else
+(the refusal of a link's creation through :func:`cnm._newlink.creation_error`).
+
+The values the verbs take and give (:class:`Link`, :class:`Peer`,
+:class:`Route`, ...) live in :mod:`cnm._links`, and the encoding of
+:meth:`Rtnl.add_link`'s request in :mod:`cnm._newlink`; both are imported
+from here.
 
 Undo is *not* registered here: the caller that decides to make a change
 registers its inverse (see :mod:`cnm.undo`), because only the caller knows
@@ -17,13 +23,10 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface, ip_network
-from typing import Any, Literal, Protocol, overload
-
-import attrs
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface, ip_network
+from typing import Any, Literal, overload
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL
 from pyroute2.netlink import rtnl as rt
@@ -32,125 +35,28 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from . import _newlink
 from . import rtmsg as pack
 from ._ip import IPAddress, IPInterface, IPNetwork
-from .errors import InterfaceExistsError, InvalidArgumentError, KernelError, MissingKernelFeatureError, kernel_error
-from .netlink import Netlink, NetlinkReply
+from ._links import Link, LinkInfo, Peer, Route, RouteSpec, check_route, mac_for, random_mac
+from .errors import KernelError, kernel_error
+from .netlink import Netlink
 from .netns import Namespace
 
-__all__ = ["Link", "LinkInfo", "Peer", "Route", "RouteSpec", "Rtnl", "mac_for", "random_mac"]
+__all__ = ["LINKS_GONE_TIMEOUT", "LINKS_STALL", "Link", "LinkInfo", "Peer", "Route", "RouteSpec", "Rtnl", "mac_for", "random_mac"]
+
+# What is imported from cnm._links is public here: named so in reprs, pickles
+# and the docs (which would otherwise see cnm.drivers re-export the same
+# classes under a second, private, name).
+for _public in (Link, LinkInfo, Peer, Route, RouteSpec, mac_for, random_mac):
+    _public.__module__ = __name__
 
 _NETLINK_ROUTE = 0
 _RT_TABLE_MAIN = 254
-_IFF_UP = 0x1
 _CREATE = NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
-_ALIAS_MAX = 255  # IFALIASZ - 1
 #: link look-ups sent in one write while waiting (their answers must fit the receive buffer)
 _LOOKUPS_PER_WRITE = 64
-
-
-class LinkInfo:
-    """What cnm needs to know about a link: index, name, kind, master, alias."""
-
-    __slots__ = ("index", "name", "kind", "master", "alias", "mac", "up")
-
-    def __init__(self, msg: Any) -> None:
-        self.index: int = msg["index"]
-        self.name: str = msg.get_attr("IFLA_IFNAME")
-        info = msg.get_attr("IFLA_LINKINFO")
-        self.kind: str | None = info.get_attr("IFLA_INFO_KIND") if info else None
-        self.master: int | None = msg.get_attr("IFLA_MASTER")
-        self.alias: str | None = msg.get_attr("IFLA_IFALIAS")
-        self.mac: str | None = msg.get_attr("IFLA_ADDRESS")
-        self.up = bool(msg["flags"] & _IFF_UP)
-
-
-class RouteSpec(Protocol):
-    """What :meth:`Rtnl.configure_link` needs of a route: its *destination*
-    and the gateway it goes *via* (None: on the link). :class:`Route` is one;
-    so is any object with these two attributes."""
-
-    @property
-    def destination(self) -> IPNetwork: ...
-    @property
-    def via(self) -> IPAddress | None: ...
-
-
-@attrs.frozen
-class Route:
-    """A route to *destination* via a gateway, or on the link (a device
-    route) with *via* None; both of one family.
-
-    Out of the interface it is given with (:meth:`Rtnl.configure_link`).
-    """
-
-    destination: IPNetwork
-    via: IPAddress | None = None
-
-    def __attrs_post_init__(self) -> None:
-        _check_route(self.destination, self.via)
-
-    @classmethod
-    def default(cls, gateway: IPAddress) -> Route:
-        """The default route of *gateway*'s family, through it."""
-        return cls(pack.default_network(gateway.version), gateway)
-
-    @classmethod
-    def on_link(cls, family: int) -> Route:
-        """The default route of *family* (4 or 6) with no gateway: every
-        destination is reached straight through the interface (for drivers
-        such as ipvlan in L3 mode, whose parent routes)."""
-        return cls(pack.default_network(family))
-
-
-@attrs.frozen
-class Peer:
-    """The other end of a veth made by :meth:`Rtnl.add_link`: its *name*, the
-    *namespace* it is made in (None: the namespace of the :class:`Rtnl`) and
-    its *mac* (None: a random one)."""
-
-    name: str
-    namespace: Namespace | None = None
-    mac: str | None = None
-
-
-@attrs.frozen
-class Link:
-    """A link made by :meth:`Rtnl.add_link`: its *index* in the *namespace* it
-    lives in and, for a veth, the index of the peer in the peer's namespace
-    (None when the kernel did not say: a veth made inside another namespace)."""
-
-    index: int
-    namespace: Namespace
-    peer_index: int | None = None
-
-
-def _check_route(destination: IPNetwork, via: IPAddress | None) -> None:
-    if via is not None and via.version != destination.version:
-        raise InvalidArgumentError(f"route to {destination}: gateway {via} is of another address family")
-
-
-def _index_of(reply: NetlinkReply) -> int:
-    """The ifindex in an RTM_NEWLINK answer (ifinfomsg.ifi_index)."""
-    assert reply.data is not None
-    return int(struct.unpack_from("=i", reply.data, 16 + 4)[0])
-
-
-def _peer_index_of(reply: NetlinkReply) -> int | None:
-    """IFLA_LINK of an RTM_NEWLINK answer: for a veth, the other end's index
-    (in the other end's namespace)."""
-    data = reply.data
-    assert data is not None
-    offset, end = 32, min(len(data), struct.unpack_from("=I", data, 0)[0])
-    while offset + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        if kind & 0x3FFF == 5 and length >= 8:  # IFLA_LINK
-            return int(struct.unpack_from("=I", data, offset + 4)[0])
-        offset += (length + 3) & ~3
-    return None
 
 
 #: How long cnm waits for the host ends of veths to vanish with their
@@ -210,7 +116,7 @@ class Rtnl:
             reply.raise_for()
         except OSError as exc:
             raise kernel_error(exc, f"link {name!r}: look-up") from exc
-        return _index_of(reply)
+        return _newlink.index_of(reply)
 
     def links(self) -> list[LinkInfo]:
         return [LinkInfo(m) for m in self._nl.dump(ifinfmsg(), rt.RTM_GETLINK)]
@@ -266,8 +172,8 @@ class Rtnl:
         The bridge gets a fixed *mac*: otherwise the kernel gives it the
         lowest MAC of its ports, so it would change as sandboxes come and go.
         """
-        body = pack.bridge(name, mac, mtu, multicast_snooping)
-        return _index_of(self._create_link(name, "bridge", body, mac=mac, alias=alias, hairpin=False))
+        create = pack.message(pack.RTM_NEWLINK, _CREATE | NLM_F_ECHO, pack.bridge(name, mac, mtu, multicast_snooping))
+        return self._make_link(create, self, "bridge", name, mac, alias, what=f"link {name!r} (bridge)").index
 
     def add_veth(
         self,
@@ -285,7 +191,7 @@ class Rtnl:
         *master*; *peer_name* directly inside *peer_namespace*, still down (the
         kernel refuses to open a veth end before its pair is complete,
         ENOTCONN, so the peer is brought up from inside its namespace:
-        :meth:`configure_interface`). Return the index of this end and of the
+        :meth:`configure_link`). Return the index of this end and of the
         peer in its namespace (None if the kernel did not say).
 
         One request makes the whole pair, so there is never a half-made pair.
@@ -297,8 +203,10 @@ class Rtnl:
         fd = os.open(peer_namespace.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             body = pack.veth(name, mac, master, mtu, peer_name, fd, peer_mac)
-            reply = self._create_link(name, "veth", body, mac=mac, alias=alias, hairpin=master is not None)
-            return _index_of(reply), _peer_index_of(reply)
+            create = pack.message(pack.RTM_NEWLINK, _CREATE | NLM_F_ECHO, body)
+            what = f"link {name!r} (veth)"
+            link = self._make_link(create, self, "veth", name, mac, alias, hairpin=master is not None, what=what)
+            return link.index, link.peer_index
         finally:
             os.close(fd)
 
@@ -368,71 +276,49 @@ class Rtnl:
         :class:`~cnm.errors.InterfaceExistsError`; bad arguments raise
         :class:`~cnm.errors.InvalidArgumentError` before any request is sent.
         """
-        what = f"link {name!r} ({kind})"
-        _check_ifname(name, what)
-        mac = _check_mac(mac, what) if mac is not None else random_mac()
-        if alias is not None and (not isinstance(alias, str) or len(alias.encode()) > _ALIAS_MAX):
-            raise InvalidArgumentError(f"{what}: alias {alias!r} is longer than the kernel keeps ({_ALIAS_MAX} bytes)")
-        if (peer is not None) != (kind == "veth"):
-            raise InvalidArgumentError(f"{what}: a peer is given for a veth, and only for a veth")
-        info: list[tuple[str, Any]] = [("IFLA_INFO_KIND", kind)]
-        fds: list[int] = []
-        try:
-            attrs: list[tuple[str, Any]] = [("IFLA_IFNAME", name), ("IFLA_ADDRESS", mac)]
-            if mtu is not None:
-                attrs.append(("IFLA_MTU", mtu))
-            if parent is not None:
-                attrs.append(("IFLA_LINK", parent))
-            if master is not None:
-                attrs.append(("IFLA_MASTER", master))
-            if namespace is not None and namespace.path == self.namespace.path:
-                namespace = None
-            if namespace is not None:
-                fds.append(os.open(namespace.path, os.O_RDONLY | os.O_CLOEXEC))
-                attrs.append(("IFLA_NET_NS_FD", fds[-1]))
-            settings = _info_data(kind, data, what)
-            if peer is not None:
-                _check_ifname(peer.name, f"{what}: peer")
-                end: list[tuple[str, Any]] = [("IFLA_IFNAME", peer.name)]
-                if peer.mac is not None:
-                    end.append(("IFLA_ADDRESS", _check_mac(peer.mac, f"{what}: peer")))
-                if mtu is not None:
-                    end.append(("IFLA_MTU", mtu))
-                if peer.namespace is not None:
-                    fds.append(os.open(peer.namespace.path, os.O_RDONLY | os.O_CLOEXEC))
-                    end.append(("IFLA_NET_NS_FD", fds[-1]))
-                settings.append(("VETH_INFO_PEER", {"attrs": end}))
-            if settings:
-                info.append(("IFLA_INFO_DATA", {"attrs": settings}))
-            attrs.append(("IFLA_LINKINFO", {"attrs": info}))
-            msg = ifinfmsg()
-            msg["index"] = msg["flags"] = msg["change"] = 0
-            msg["attrs"] = attrs
-            try:
-                create = Netlink.encode(msg, pack.RTM_NEWLINK, _CREATE | NLM_F_ECHO)
-            except Exception as exc:  # pyroute2 refusing a value: bad input, nothing sent
-                raise InvalidArgumentError(f"{what}: cannot encode its settings: {exc}") from exc
+        with _newlink.request(
+            kind, name, here=self.namespace, data=data, parent=parent, namespace=namespace,
+            peer=peer, mac=mac, mtu=mtu, alias=alias, master=master,
+        ) as new:
             # Follow-up requests go where the link lives; opened before the
             # creation so that failing to open it changes nothing.
-            there = Rtnl(namespace) if namespace is not None else self
+            there = Rtnl(new.namespace) if new.namespace is not None else self
             try:
-                return self._make_link(create, there, kind, name, mac, alias, up, what)
+                return self._make_link(new.create, there, kind, name, new.mac, alias, up=up, what=new.what)
             finally:
                 if there is not self:
                     there.close()
-        finally:
-            for fd in fds:
-                os.close(fd)
 
     def _make_link(
-        self, create: tuple[int, bytes], there: Rtnl, kind: str, name: str, mac: str, alias: str | None, up: bool, what: str
+        self,
+        create: tuple[int, bytes],
+        there: Rtnl,
+        kind: str,
+        name: str,
+        mac: str,
+        alias: str | None,
+        *,
+        up: bool = False,
+        hairpin: bool = False,
+        what: str,
     ) -> Link:
-        """Send *create*; find the new link in *there* (its namespace); mark it and bring it up.
+        """Send the RTM_NEWLINK *create* (which gives the link *mac*); find the
+        new link in *there* (its namespace); mark it with *alias* (cnm's owner
+        mark), with *hairpin* set its bridge port to hairpin mode, and with
+        *up* bring it up.
 
-        The kernel echoes a link made in this socket's namespace, but not one
-        made in another namespace, nor a vxlan (it announces itself before the
+        The creation asks the kernel to echo the new link back (NLM_F_ECHO:
+        its index, and a veth's peer index, without a look-up). The kernel
+        echoes a link made in this socket's namespace, but not one made in
+        another namespace, nor a vxlan (it announces itself before the
         creation request is done with it; measured): those are looked up by
         name in their namespace, and must carry the *mac* they were given.
+        The kernel ignores an alias (and bridge-port settings) in a creation
+        request, so they follow in a second write, by index, once the link
+        is known to be ours (sent by name, they would change a same-named
+        link of someone else's when the creation fails with EEXIST). If the
+        link was made but a later step fails, it is deleted again before the
+        error is raised: callers register undo steps only for what succeeded.
         """
         try:
             replies = self._nl.transact([create], echoed=[create[0]])
@@ -442,27 +328,20 @@ class Rtnl:
         try:
             replies[create[0]].raise_for()
         except OSError as exc:
-            if exc.errno == errno.EOPNOTSUPP:
-                module = _MODULES.get(kind, kind)
-                raise MissingKernelFeatureError(
-                    exc.errno, f"{what}: this kernel has no {kind!r} link type (module {module!r} not available)"
-                ) from exc
-            if exc.errno == errno.EEXIST:
-                raise InterfaceExistsError(exc.errno, f"{what}: create: an interface of that name exists") from exc
-            raise kernel_error(exc, f"{what}: create") from exc
+            raise _newlink.creation_error(exc, kind, what) from exc
         made = replies[create[0]].data
         try:
             peer_index = None
             if made is not None and there is self:
-                index = _index_of(replies[create[0]])
+                index = _newlink.index_of(replies[create[0]])
                 if kind == "veth":
-                    peer_index = _peer_index_of(replies[create[0]])
+                    peer_index = _newlink.peer_index_of(replies[create[0]])
             else:
                 found = there.link(name=name)
                 if found is None or found.mac != mac:
                     raise KernelError(errno.ENODEV, f"{what}: made, but gone (or changed) before it could be marked")
                 index = found.index
-            requests = [(pack.RTM_NEWLINK, NLM_F_ACK, pack.link_settings(index, alias, False), "mark")]
+            requests = [(pack.RTM_NEWLINK, NLM_F_ACK, pack.link_settings(index, alias, hairpin), "mark")]
             if up:
                 requests.append((pack.RTM_NEWLINK, NLM_F_ACK, pack.set_up(index), "set up"))
             there._apply(requests, what)
@@ -502,51 +381,6 @@ class Rtnl:
             delay = min(delay * 2, 0.02)
         return pending
 
-    def _create_link(self, name: str, kind: str, body: bytes, *, mac: str, alias: str, hairpin: bool) -> NetlinkReply:
-        """Create a link from the RTM_NEWLINK *body* (which gives it *mac*),
-        then mark it with *alias* (cnm's owner mark) and, with *hairpin*, set
-        its bridge port to hairpin mode. Returns the kernel's description of
-        the new link (RTM_NEWLINK).
-
-        The creation asks the kernel to echo the new link back (NLM_F_ECHO:
-        its index, and a veth's peer index, without a look-up); the kernel
-        ignores an alias (and bridge-port settings) in a creation request, so
-        they follow in a second write, by index, once the link is known to be
-        ours (sent by name, they would change a same-named link of someone
-        else's when the creation fails with EEXIST). If the link was made but
-        a later step fails, it is deleted again before the error is raised:
-        callers register undo steps only for what succeeded.
-        """
-        create = pack.message(pack.RTM_NEWLINK, _CREATE | NLM_F_ECHO, body)
-        try:
-            replies = self._nl.transact([create], echoed=[create[0]])
-        except BaseException:
-            # The exchange broke after the request was written: the kernel may
-            # have made the link. Remove it if it has the MAC we gave it.
-            self._delete_if_ours(name, mac)
-            raise
-        try:
-            replies[create[0]].raise_for()
-        except OSError as exc:
-            if exc.errno == errno.EOPNOTSUPP:
-                raise MissingKernelFeatureError(
-                    exc.errno, f"link {name!r}: this kernel has no {kind!r} link type (module not available)"
-                ) from exc
-            raise kernel_error(exc, f"link {name!r} ({kind}): create") from exc
-        made = replies[create[0]]
-        try:
-            if made.data is None:
-                raise KernelError(errno.EPROTO, f"link {name!r} ({kind}): the kernel did not echo the new link")
-            index = _index_of(made)
-            settings = pack.message(pack.RTM_NEWLINK, NLM_F_ACK, pack.link_settings(index, alias, hairpin))
-            self._nl.transact([settings])[settings[0]].raise_for()
-            return made
-        except BaseException as exc:
-            self._delete_if_ours(name, mac)
-            if isinstance(exc, OSError) and not isinstance(exc, KernelError):
-                raise kernel_error(exc, f"link {name!r} ({kind}): configure") from exc
-            raise
-
     def _delete_if_ours(self, name: str, mac: str) -> None:
         """Best-effort removal of a link this process just made, while already failing.
 
@@ -569,16 +403,9 @@ class Rtnl:
 
     def add_route(self, destination: IPNetwork, gateway: IPAddress | None, what: str, *, oif: int | None = None) -> None:
         """Add a route of either family to *destination* through *gateway* (None: on-link, out of *oif*)."""
-        _check_route(destination, gateway)  # before the kernel sees it
+        check_route(destination, gateway)  # before the kernel sees it
         body = pack.route(destination, gateway, oif)
         self._apply([(pack.RTM_NEWROUTE, _CREATE, body, f"add route {destination} via {gateway}")], what)
-
-    def configure_interface(
-        self, name: str, address: IPv4Interface, gateway: IPv4Address | None, what: str, *, index: int | None = None
-    ) -> None:
-        """Bring link *name* up, give it an address and, with *gateway*, the
-        default route through it (:meth:`configure_link` with one address)."""
-        self.configure_link(name, [address], [Route.default(gateway)] if gateway is not None else [], what, index=index)
 
     def configure_link(
         self,
@@ -613,7 +440,7 @@ class Rtnl:
             body = pack.address(index, address.ip, address.network)
             requests.append((pack.RTM_NEWADDR, _CREATE, body, f"add address {address}"))
         for route in routes:
-            _check_route(route.destination, route.via)
+            check_route(route.destination, route.via)
             if route.destination.prefixlen == 0:
                 label = f"add default route via {route.via}" if route.via is not None else "add default route"
             else:
@@ -636,76 +463,3 @@ class Rtnl:
                 replies[seq].raise_for()
             except OSError as exc:
                 raise kernel_error(exc, f"{what}: {label}") from exc
-
-
-#: The kernel module behind each link kind whose module is not named after it.
-_MODULES = {
-    "vlan": "8021q",
-    "bond": "bonding",
-    "gre": "ip_gre",
-    "gretap": "ip_gre",
-    "ip6gre": "ip6_gre",
-    "ip6gretap": "ip6_gre",
-    "ip6tnl": "ip6_tunnel",
-    "vti": "ip_vti",
-    "vti6": "ip6_vti",
-    "xfrm": "xfrm_interface",
-}
-#: Names cnm accepts for the values of attributes pyroute2 only takes as numbers.
-_VALUE_NAMES: dict[str, dict[str, int]] = {"IFLA_IPVLAN_MODE": {"l2": 0, "l3": 1, "l3s": 2}}
-
-
-def _info_data(kind: str, data: Mapping[str, Any] | None, what: str) -> list[tuple[str, Any]]:
-    """*data* as pyroute2's IFLA_INFO_DATA attribute list for *kind*."""
-    if not data:
-        return []
-    spec = ifinfmsg.ifinfo.data_map.get(kind)
-    if spec is None:
-        raise InvalidArgumentError(f"{what}: no settings are known for links of kind {kind!r}")
-    prefix = getattr(spec, "prefix", None) or "IFLA_"
-    names = {}
-    for entry in spec.nla_map:
-        full = entry[-2]
-        names[full.upper()] = full
-        names[full[len(prefix) :].upper() if full.startswith(prefix) else full.upper()] = full
-    out: list[tuple[str, Any]] = []
-    for key, value in data.items():
-        full = names.get(str(key).upper())
-        if full is None or full.endswith("_UNSPEC"):
-            raise InvalidArgumentError(f"{what}: {key!r} is not a setting of {kind} links")
-        if isinstance(value, str) and full in _VALUE_NAMES:
-            if value.lower() not in _VALUE_NAMES[full]:
-                choices = ", ".join(_VALUE_NAMES[full])
-                raise InvalidArgumentError(f"{what}: {key} {value!r} is not one of {choices}")
-            value = _VALUE_NAMES[full][value.lower()]
-        out.append((full, value))
-    return out
-
-
-def _check_ifname(name: object, what: str) -> None:
-    """The kernel's rules for an interface name (dev_valid_name), checked before it sees one."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or len(name.encode()) > 15
-        or name in (".", "..")
-        or any(c in name for c in "/:") or any(c.isspace() for c in name)
-    ):
-        raise InvalidArgumentError(f"{what}: {name!r} is not a valid interface name (1-15 bytes, no '/', ':' or spaces)")
-
-
-def _check_mac(mac: object, what: str) -> str:
-    parts = mac.split(":") if isinstance(mac, str) else []
-    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
-        raise InvalidArgumentError(f"{what}: {mac!r} is not a MAC address (six hex octets with ':')")
-    assert isinstance(mac, str)
-    return mac.lower()
-
-def mac_for(address: IPv4Address) -> str:
-    """A locally administered MAC derived from an IPv4 address (as Docker did: 02:42:ac:11:00:02)."""
-    return "02:42:" + ":".join(f"{b:02x}" for b in address.packed)
-
-
-def random_mac() -> str:
-    """A random locally administered unicast MAC (02:xx:xx:xx:xx:xx)."""
-    return "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))

@@ -240,11 +240,6 @@ class FakeRtnl:
         ns.addresses += [(index, a) for a in addresses]
         ns.routes += [(r.destination, r.via, index) for r in routes]
 
-    def configure_interface(self, name, address, gateway, what, *, index=None):
-        from cnm.kernel import Route
-
-        self.configure_link(name, [address], [Route.default(gateway)] if gateway is not None else [], what, index=index)
-
     def _get(self, index, what):
         try:
             return self._ns().links[index]

@@ -71,7 +71,7 @@ def make_namespaces(
 
     Both start with IPv6 off for the interfaces to come. Every interface cnm
     configures without an IPv6 address is told to make none (see
-    :meth:`cnm.kernel.Rtnl.configure_interface`), but IPv6 would still give
+    :meth:`cnm.kernel.Rtnl.configure_link`), but IPv6 would still give
     each host end of a veth a multicast route: the host's IPv6 routing table
     would grow with the number of sandboxes, and the kernel walks all of it
     on every link change (O(N^2) for N sandboxes, measured; see the docs'

@@ -18,7 +18,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6
 import pytest
 
 from cnm.errors import CNMError, InterfaceExistsError, InvalidArgumentError, KernelError, MissingKernelFeatureError
-from cnm.kernel import Link, Peer, Route, Rtnl, _info_data
+from cnm._newlink import info_data
+from cnm.kernel import Link, Peer, Route, Rtnl
 from cnm.netlink import Netlink
 from cnm.netns import Namespace
 from tests.kernelstate import diff, snapshot
@@ -92,10 +93,12 @@ def test_configure_link_gives_addresses_and_default_routes_of_both_families(rtnl
     assert IPv6Network("fd00:1::/64") in routes6 and all(r.version == 6 for r in routes6)
 
 
-def test_configure_interface_of_ipv4_keeps_the_interface_free_of_ipv6(rtnl, sandbox):
+def test_configure_link_of_ipv4_keeps_the_interface_free_of_ipv6(rtnl, sandbox):
     _, eth0 = wire(rtnl, sandbox)
     with Rtnl(sandbox) as inside:
-        inside.configure_interface("eth0", IPv4Interface("10.2.0.2/24"), IPv4Address("10.2.0.1"), "test", index=eth0)
+        inside.configure_link(
+            "eth0", [IPv4Interface("10.2.0.2/24")], [Route.default(IPv4Address("10.2.0.1"))], "test", index=eth0
+        )
     assert ip(sandbox, "-6", "addr", "show", "dev", "eth0").strip() == ""
     assert "default via 10.2.0.1 dev eth0" in ip(sandbox, "-4", "route")
 
@@ -276,14 +279,14 @@ def test_bad_arguments_are_refused_before_any_change(host, rtnl, kind, name, kwa
 
 
 def test_value_names_and_key_spellings_of_link_settings():
-    assert _info_data("ipvlan", {"ipvlan_mode": "L3"}, "x") == [("IFLA_IPVLAN_MODE", 1)]
-    assert _info_data("vxlan", {"IFLA_VXLAN_ID": 1, "vxlan_port": 4789}, "x") == [
+    assert info_data("ipvlan", {"ipvlan_mode": "L3"}, "x") == [("IFLA_IPVLAN_MODE", 1)]
+    assert info_data("vxlan", {"IFLA_VXLAN_ID": 1, "vxlan_port": 4789}, "x") == [
         ("IFLA_VXLAN_ID", 1),
         ("IFLA_VXLAN_PORT", 4789),
     ]
-    assert _info_data("macvlan", {"MACVLAN_MODE": "bridge"}, "x") == [("IFLA_MACVLAN_MODE", "bridge")]
-    assert _info_data("vlan", {"vlan_id": 10}, "x") == [("IFLA_VLAN_ID", 10)]
-    assert _info_data("dummy", None, "x") == []
+    assert info_data("macvlan", {"MACVLAN_MODE": "bridge"}, "x") == [("IFLA_MACVLAN_MODE", "bridge")]
+    assert info_data("vlan", {"vlan_id": 10}, "x") == [("IFLA_VLAN_ID", 10)]
+    assert info_data("dummy", None, "x") == []
 
 
 class _Injected(OSError):

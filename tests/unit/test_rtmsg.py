@@ -195,7 +195,7 @@ def _captured_configure(call):
 def test_ipv4_configure_sends_the_requests_it_always_sent():
     gateway = IPv4Address("172.17.0.1")
     sent = _captured_configure(
-        lambda r: r.configure_interface("eth0", IPv4Interface("172.17.0.2/16"), gateway, "w", index=7)
+        lambda r: r.configure_link("eth0", [IPv4Interface("172.17.0.2/16")], [Route.default(gateway)], "w", index=7)
     )
     assert sent == [
         (16, 4, pack.no_ipv6_addresses(7), "no IPv6 addresses on eth0"),
