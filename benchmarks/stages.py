@@ -25,6 +25,7 @@ from typing import Any
 
 import cnm
 import cnm.api.bulk as host_module
+import cnm.facade as facade
 from cnm.firewall.nftables import NftablesFirewall
 from cnm.kernel import Rtnl
 from cnm.netns import Namespace
@@ -79,7 +80,7 @@ def main() -> None:
     # Namespace thread: the namespace itself (unshare, bind mount; its setup,
     # lo up and a socket, is timed apart).
     timed(Namespace, "create", "namespace thread: namespace with lo up")
-    timed(host_module, "_open_new_namespace", "namespace thread:   of which lo up and a socket")
+    timed(facade, "_new_namespace_socket", "namespace thread:   of which lo up and a socket")
     # Calling thread: veth (create, echo, settings), then the sandbox end.
     timed(Rtnl, "add_veth", "calling thread: veth pair on the bridge")
     timed(Rtnl, "configure_link", "calling thread: sandbox end (no IPv6, up, address, route)")

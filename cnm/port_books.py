@@ -27,6 +27,8 @@ def _describe(published: PublishedPort) -> str:
 
 
 def _check_families(owner: str, families: object) -> tuple[Family, ...]:
+    if families in _FAMILY_SETS:  # what cnm itself passes, on every join: no more to check
+        return families
     if isinstance(families, (str, bytes, Mapping)) or not isinstance(families, Iterable):
         raise InvalidArgumentError(f"endpoint {owner!r}: families must be a collection of 4 and/or 6, not {describe(families)}")
     chosen = list(families)
@@ -34,6 +36,8 @@ def _check_families(owner: str, families: object) -> tuple[Family, ...]:
         raise InvalidArgumentError(f"endpoint {owner!r}: families {chosen!r} must be 4, 6 or both")
     return tuple(f for f in FAMILIES if f in chosen)
 
+
+_FAMILY_SETS: tuple[tuple[Family, ...], ...] = ((4,), (6,), (4, 6))
 
 # (protocol, host port, family) -> host address (None: every address) -> (publication, owner)
 _Held = dict[tuple[str, int, Family], dict[IPAddress | None, tuple[PublishedPort, str]]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from typing import TYPE_CHECKING, Any
 
 from .._checks import check_mac, check_name
@@ -167,7 +167,8 @@ def create(
                 f"endpoint {name!r}: address {allocated}",
                 lambda pool=pool, allocated=allocated: dying.release(lambda: pool.release(allocated)),  # type: ignore[misc]
             )
-            addresses.append(ip_interface(f"{allocated}/{pool.subnet.prefixlen}"))
+            interface = IPv4Interface if allocated.version == 4 else IPv6Interface
+            addresses.append(interface((allocated, pool.subnet.prefixlen)))
         v4 = next((a.ip for a in addresses if isinstance(a, IPv4Interface)), None)
         record = EndpointRecord(
             handle=None,  # type: ignore[arg-type]  # set just below: the handle needs its record

@@ -32,6 +32,7 @@ from .._ip import IPAddress
 from ..drivers import EndpointSpec, SandboxLink
 from ..firewall import PortForward
 from ..kernel import Rtnl
+from ..ports import PublishedPort
 from ..netns import Namespace
 from ..undo import Undo
 from . import routing
@@ -81,8 +82,10 @@ class Join:
 
 def prepare(services: Services, endpoint: EndpointRecord, sandbox: SandboxRecord, undo: Undo) -> Join:
     """The bookkeeping of a join: host ports, interface name, the join recorded as in progress."""
-    families = [a.version for a in endpoint.addresses]
-    published = services.dying.retrying(lambda: services.ports.reserve(endpoint.name, endpoint.ports, families=families))
+    published: list[PublishedPort] = []
+    if endpoint.ports:
+        families = tuple(a.version for a in endpoint.addresses)
+        published = services.dying.retrying(lambda: services.ports.reserve(endpoint.name, endpoint.ports, families=families))
     endpoint.published = published
 
     def release() -> None:
