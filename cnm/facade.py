@@ -14,6 +14,7 @@ without root and without a kernel, beside the real-kernel tests.
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Callable
 from typing import TypeVar
@@ -94,9 +95,10 @@ class Kernel:
         return OwnerRecord.claim(token, kind, netns_path, firewall)
 
     def machine_id(self) -> str:
-        """Stable text naming this machine (``/etc/machine-id``, else this boot's id):
-        what the machine's own host derives its IPv6 prefix from, so that it
-        survives restarts as Docker's does."""
+        """Stable text naming this machine for cnm: what the machine's own host
+        derives its IPv6 prefix from, so that it survives restarts as Docker's
+        does. A keyed hash of ``/etc/machine-id`` (else of this boot's id), as
+        systemd asks of applications, since every sandbox sees the prefix."""
         for path in ("/etc/machine-id", "/proc/sys/kernel/random/boot_id"):
             try:
                 with open(path) as f:
@@ -104,7 +106,7 @@ class Kernel:
             except OSError:
                 continue
             if text:
-                return text
+                return hmac.new(text.encode(), b"cnm: the IPv6 prefix of the machine's host", "sha256").hexdigest()
         return "cnm"
 
     def watch(self, host: object, record: OwnerRecord, what: str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from ._ip import FAMILIES, Family, IPAddress, family_name
 from ._lowest_free import LowestFree
 from ._checks import describe
-from ._transport import DEFAULT_EPHEMERAL_PORTS, FIRST_PORT, LAST_PORT, PROTOCOLS, check_port
+from ._transport import DEFAULT_EPHEMERAL_PORTS, PROTOCOLS, check_port
 from .errors import ConflictError, ExhaustedError, InvalidArgumentError
 from .ports import PortMapping, PublishedPort, host_text
 

@@ -44,16 +44,15 @@ separate spaces, and so are TCP, UDP and SCTP.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import attrs
 
 from ._checks import describe
 from ._ip import FAMILIES, Family, IPAddress, family_name
-from ._lowest_free import LowestFree
 from ._transport import DEFAULT_EPHEMERAL_PORTS, FIRST_PORT, LAST_PORT, PROTOCOLS, check_port, check_protocol
-from .errors import ConflictError, ExhaustedError, InvalidArgumentError
+from .errors import InvalidArgumentError
 
 __all__ = [
     "DEFAULT_EPHEMERAL_PORTS",

@@ -3,8 +3,12 @@
 A driver returns a :class:`~cnm.drivers.SandboxLink` for each join; this
 module applies it inside the sandbox (interface up, addresses, routes) and
 elects, per address family, which of a sandbox's endpoints gives its default
-route: the first joined endpoint that offers a gateway of that family, as in
-Docker. When that endpoint leaves, the next one that offers one gives it.
+route: the first joined endpoint that offers a gateway of that family. When
+that endpoint leaves, the next one that offers one gives it. (Docker orders
+its candidates by the ``gw-priority`` of their connection, then by network
+name, and elects again on every connect; cnm keeps join order and elects
+only when the route's giver leaves, so a later connect never moves a
+running sandbox's default route.)
 """
 
 from __future__ import annotations
@@ -45,20 +49,22 @@ def apply(rtnl: Rtnl, link: SandboxLink, gateways: dict[int, IPAddress], what: s
 def reelect(kernel: Kernel, sandbox: SandboxRecord, gone: set[int]) -> list[Exception]:
     """After an endpoint that gave the default routes of the families *gone* left:
     give each of them to the first endpoint that offers a gateway of that family."""
+    failures: list[Exception] = []
     for family in sorted(gone):
         if any(family in e.routes_given for e in sandbox.endpoints):
             continue
         for endpoint in sandbox.endpoints:
             gateway = next((g for g in endpoint.gateways if g.version == family), None)
-            if gateway is None or endpoint.interface is None:
+            if gateway is None or endpoint.interface is None or not endpoint.joined:
                 continue
             try:
                 _add_default(kernel, sandbox, endpoint, gateway)
-            except Exception as exc:  # noqa: BLE001 - reported with the leave
-                return [exc]
+            except Exception as exc:  # noqa: BLE001 - reported with the leave; the other family still goes on
+                failures.append(exc)
+                break
             endpoint.routes_given.add(family)  # the route goes with its interface; leave resets the set
             break
-    return []
+    return failures
 
 
 def _add_default(kernel: Kernel, sandbox: SandboxRecord, endpoint: EndpointRecord, gateway: IPAddress) -> None:

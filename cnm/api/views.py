@@ -63,9 +63,10 @@ def network_inspect(network: NetworkRecord) -> dict[str, Any]:
 def endpoint_settings(endpoint: EndpointRecord) -> dict[str, Any]:
     network = endpoint.network
     v4, v6 = endpoint.address(4), endpoint.address(6)
-    gateways: dict[int, IPAddress] = {}
-    if not network.spec.internal:
-        gateways = {pool.subnet.version: pool.gateway for pool in network.pools.values()}
+    # What the driver offers as next hops: what its join returned, or before
+    # a join what its network offers (none on an internal network).
+    offered = endpoint.gateways if endpoint.joined else network.plumbing.gateways
+    gateways: dict[int, IPAddress] = {g.version: g for g in reversed(offered)}
     static = {}
     if 4 in endpoint.static and v4 is not None:
         static["IPv4Address"] = str(v4.ip)

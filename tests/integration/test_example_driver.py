@@ -56,6 +56,7 @@ def test_sandboxes_on_the_example_driver_reach_each_other_and_the_host(host, p2p
     assert _talk(host, a, str(a.address(net).ip), 7001) == b"ping"
     routes = a.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
     assert "default via 169.254.1.1 dev eth0" in routes
+    assert a.inspect()["Networks"]["routed"]["Gateway"] == "169.254.1.1", "inspect shows the gateway the driver gave"
     assert not [l for l in host._services.rtnl.links() if l.kind == "bridge"], "no bridge: every link is a veth of its own"
 
 
