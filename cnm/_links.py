@@ -9,6 +9,7 @@ callers import it from; this module holds no socket and sends nothing.
 from __future__ import annotations
 
 import os
+import re
 from ipaddress import IPv4Address
 from typing import Any, Protocol
 
@@ -107,17 +108,31 @@ def check_route(destination: IPNetwork, via: IPAddress | None) -> None:
         raise InvalidArgumentError(f"route to {destination}: gateway {via} is of another address family")
 
 
+# An interface name: 1-15 printable ASCII characters but '/', ':' and '%'.
+# The kernel counts bytes (15 and a NUL), refuses '/', ':' and whitespace,
+# and takes byte 0xa0 for whitespace, so a non-ASCII name may be refused
+# even when short enough; ASCII keeps characters and bytes the same. A '%'
+# makes the name a pattern ("br%d" becomes "br0"), so the link cnm made
+# would not have the name it asked for.
+_IFNAME = re.compile(r"[!-$&-.0-9;-~]{1,15}")
+# Names the kernel refuses (EINVAL): "." and ".." would be directories of
+# their own in sysfs; "all" and "default" are the sysctl directories
+# net/ipv4/conf/all and .../default.
+_RESERVED_NAMES = (".", "..", "all", "default")
+#: What every message about a bad interface name says the rule is.
+IFNAME_RULE = "1-15 printable ASCII characters, no '/', ':', '%' or space"
+
+
+def valid_ifname(name: object) -> bool:
+    """Whether *name* is an interface name cnm makes links with: one the kernel
+    takes as it is (see the comment above for the rule and why)."""
+    return isinstance(name, str) and _IFNAME.fullmatch(name) is not None and name not in _RESERVED_NAMES
+
+
 def check_ifname(name: object, what: str) -> None:
-    """The kernel's rules for an interface name (dev_valid_name), checked before it sees one."""
-    if (
-        not isinstance(name, str)
-        or not name
-        or len(name.encode()) > 15
-        or name in (".", "..")
-        or any(c in name for c in "/:")
-        or any(c.isspace() for c in name)
-    ):
-        raise InvalidArgumentError(f"{what}: {name!r} is not a valid interface name (1-15 bytes, no '/', ':' or spaces)")
+    """:func:`valid_ifname`, raising InvalidArgumentError naming *what* before the kernel sees *name*."""
+    if not valid_ifname(name):
+        raise InvalidArgumentError(f"{what}: {name!r} is not a valid interface name ({IFNAME_RULE})")
 
 
 def check_mac(mac: object, what: str) -> str:

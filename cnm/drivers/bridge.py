@@ -9,10 +9,10 @@ firewall's job; this driver only marks the network as routed).
 from __future__ import annotations
 
 import errno
-import re
 from ipaddress import IPv6Interface
 
 from ..errors import InterfaceExistsError, InvalidArgumentError, KernelError
+from .._links import IFNAME_RULE, valid_ifname
 from ..kernel import Rtnl
 from ..undo import UndoLog
 from . import Capabilities, EndpointSpec, NetworkPlumbing, NetworkSpec, SandboxLink, SandboxPort
@@ -28,17 +28,6 @@ OPT_MTU = "com.docker.network.driver.mtu"
 OPT_MULTICAST_SNOOPING = "cnm.bridge.multicast_snooping"
 _KNOWN = {OPT_NAME, OPT_MTU, OPT_MULTICAST_SNOOPING}
 _BOOLEANS = {"true": True, "false": False}
-# An interface name: 1-15 printable ASCII characters but '/', ':' and '%'.
-# The kernel counts bytes (15 and a NUL), refuses '/', ':' and whitespace,
-# and takes byte 0xa0 for whitespace, so a non-ASCII name may be refused
-# even when short enough; ASCII keeps characters and bytes the same. A '%'
-# makes the name a pattern ("br%d" becomes "br0"), so the link cnm made
-# would not have the name it asked for.
-_IFNAME = re.compile(r"[!-$&-.0-9;-~]{1,15}")
-# Names the kernel refuses (EINVAL): "." and ".." would be directories of
-# their own in sysfs; "all" and "default" are the sysctl directories
-# net/ipv4/conf/all and .../default.
-_RESERVED_NAMES = (".", "..", "all", "default")
 
 
 def host_end_name(endpoint_id: str) -> str:
@@ -70,10 +59,9 @@ class BridgeDriver:
                 f"network {spec.name!r}: unknown bridge option(s) {', '.join(unknown)} (known: {', '.join(sorted(_KNOWN))})"
             )
         name = _bridge_name(spec)
-        if not _IFNAME.fullmatch(name) or name in _RESERVED_NAMES:
+        if not valid_ifname(name):
             raise InvalidArgumentError(
-                f"network {spec.name!r}: bridge name {name!r} is not a valid interface name "
-                "(1-15 printable ASCII characters, no '/', ':', '%' or space)"
+                f"network {spec.name!r}: bridge name {name!r} is not a valid interface name ({IFNAME_RULE})"
             )
         if spec.options.get(OPT_MULTICAST_SNOOPING, "false") not in _BOOLEANS:
             raise InvalidArgumentError(
