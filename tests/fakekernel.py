@@ -14,7 +14,7 @@ is faithful where the orchestration depends on the kernel's behaviour:
 
 Every change is counted; ``fail_at = k`` makes the k-th change fail before it
 happens (the fault injection of the real-kernel tests, without a kernel), and
-``log`` keeps the changes in order.
+``log`` keeps the changes in order; ``fail_on(verb, what)`` fails the changes it picks.
 """
 
 from __future__ import annotations
@@ -280,12 +280,14 @@ class FakeKernel:
         self.dying: set[tuple[FakeNamespace, int]] = set()
         self.count = 0
         self.fail_at: int | None = None
+        #: fails every change for which fail_on(verb, what) is true
+        self.fail_on: Callable[[str, str], bool] | None = None
         self.log: list[tuple[str, str]] = []
 
     def change(self, verb: str, what: str) -> None:
         """Every change comes here first: counted, logged, and failed when told."""
         self.count += 1
-        if self.fail_at is not None and self.count == self.fail_at:
+        if (self.fail_at is not None and self.count == self.fail_at) or (self.fail_on is not None and self.fail_on(verb, what)):
             raise Injected(errno.EPERM, f"injected: {verb} {what}")
         self.log.append((verb, what))
 

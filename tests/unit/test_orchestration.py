@@ -162,3 +162,31 @@ def test_a_failed_teardown_step_is_retried_by_the_next_delete(host, kernel):
     assert not any(l.kind == "veth" and l.master for l in host_ns.links.values()), "the retry deleted the veth too"
     b = host.create_sandbox("b")
     assert net.connect(b).ip == held, "and gave the address back"
+
+
+def test_each_family_elects_its_default_route_on_its_own(host, kernel):
+    dual = host.create_network("dual", ipv6=True, subnet=["10.1.0.0/24", "fd00:1::/64"])
+    four = host.create_network("four", subnet="10.2.0.0/24")
+    six = host.create_network("six", ipv4=False, ipv6=True, subnet="fd00:3::/64")
+    a = host.create_sandbox("a")
+    four.connect(a)
+    six.connect(a)
+    assert _default_routes(kernel, a) == [("10.2.0.1", "eth0"), ("fd00:3::1", "eth1")], "the first of each family"
+    dual.connect(a)
+    assert _default_routes(kernel, a) == [("10.2.0.1", "eth0"), ("fd00:3::1", "eth1")]
+    six.disconnect(a)
+    assert _default_routes(kernel, a) == [("10.2.0.1", "eth0"), ("fd00:1::1", "eth2")], "IPv6 moves, IPv4 stays"
+
+
+def test_a_failed_reelection_of_one_family_does_not_stop_the_other(host, kernel):
+    first = host.create_network("first", ipv6=True, subnet=["10.1.0.0/24", "fd00:1::/64"])
+    second = host.create_network("second", ipv6=True, subnet=["10.2.0.0/24", "fd00:2::/64"])
+    a = host.create_sandbox("a")
+    first.connect(a)
+    second.connect(a)
+    kernel.fail_on = lambda verb, what: verb == "add route" and "0.0.0.0/0" in what
+    with pytest.raises(cnm.TeardownError) as caught:
+        first.disconnect(a)
+    kernel.fail_on = None
+    assert "injected: add route" in str(caught.value.exceptions[0])
+    assert _default_routes(kernel, a) == [("fd00:2::1", "eth1")], "the IPv6 route was still given"
