@@ -186,9 +186,10 @@ class Rtnl:
         peer_namespace: Namespace,
         peer_mac: str | None = None,
         mtu: int | None = None,
+        group: int = 0,
     ) -> tuple[int, int | None]:
-        """Create a veth pair: *name* here, with *mac*, up and enslaved to
-        *master*; *peer_name* directly inside *peer_namespace*, still down (the
+        """Create a veth pair: *name* here, with *mac*, up, enslaved to
+        *master* and in device *group*; *peer_name* directly inside *peer_namespace*, still down (the
         kernel refuses to open a veth end before its pair is complete,
         ENOTCONN, so the peer is brought up from inside its namespace:
         :meth:`configure_link`). Return the index of this end and of the
@@ -202,7 +203,7 @@ class Rtnl:
         """
         fd = os.open(peer_namespace.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            body = pack.veth(name, mac, master, mtu, peer_name, fd, peer_mac)
+            body = pack.veth(name, mac, master, mtu, peer_name, fd, peer_mac, group)
             create = pack.message(pack.RTM_NEWLINK, _CREATE | NLM_F_ECHO, body)
             what = f"link {name!r} (veth)"
             link = self._make_link(create, self, "veth", name, mac, alias, hairpin=master is not None, what=what)

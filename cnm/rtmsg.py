@@ -49,6 +49,7 @@ _IFF_UP = 0x1
 
 # attribute numbers (linux/if_link.h, if_addr.h, rtnetlink.h, veth.h)
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
+_IFLA_GROUP = 27
 _IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_NET_NS_FD = 18, 20, 28
 _IFLA_NUM_TX_QUEUES, _IFLA_NUM_RX_QUEUES = 31, 32
 _IFLA_AF_SPEC, _IFLA_INET6_ADDR_GEN_MODE, _IN6_ADDR_GEN_MODE_NONE = 26, 8, 1
@@ -136,9 +137,11 @@ def veth(
     peer_name: str,
     peer_netns_fd: int | None,
     peer_mac: str | None,
+    group: int = 0,
 ) -> bytes:
-    """RTM_NEWLINK body creating veth *name* (up, enslaved to *master*) with
-    its peer *peer_name* (down) in the namespace behind *peer_netns_fd*.
+    """RTM_NEWLINK body creating veth *name* (up, enslaved to *master*, in
+    device *group*) with its peer *peer_name* (down) in the namespace behind
+    *peer_netns_fd*.
 
     Both ends get one transmit and one receive queue. The kernel's default
     is one of each per CPU, and every queue is a sysfs object made and
@@ -165,6 +168,8 @@ def veth(
     attrs += _attr(_IFLA_LINKINFO, info)
     if master is not None:
         attrs += _u32(_IFLA_MASTER, master)
+    if group:
+        attrs += _u32(_IFLA_GROUP, group)
     return _ifinfo(up=True) + attrs
 
 

@@ -175,7 +175,7 @@ class FakeRtnl:
         link.up = True
         return link.index
 
-    def add_veth(self, name, *, mac, alias, master, peer_name, peer_namespace, peer_mac=None, mtu=None):
+    def add_veth(self, name, *, mac, alias, master, peer_name, peer_namespace, peer_mac=None, mtu=None, group=0):
         ns = self._ns()
         ns.kernel.change("add veth", f"{ns.name} {name} / {peer_namespace.name} {peer_name}")
         if not peer_namespace.alive:

@@ -13,6 +13,7 @@ from ipaddress import IPv6Interface
 
 from ..errors import InterfaceExistsError, InvalidArgumentError, KernelError
 from .._links import IFNAME_RULE, valid_ifname
+from ..firewall import SANDBOX_PORT_GROUP
 from ..kernel import Rtnl
 from ..undo import UndoLog
 from . import Capabilities, EndpointSpec, NetworkPlumbing, NetworkSpec, SandboxLink, SandboxPort
@@ -132,6 +133,8 @@ class BridgeDriver:
             peer_namespace=sandbox.namespace,
             peer_mac=endpoint.mac,
             mtu=network.mtu,
+            # What the firewall knows sandbox ports by (bridged frames carry no bridge name it can read).
+            group=SANDBOX_PORT_GROUP,
         )
         undo.push(what, lambda: sandbox.release_link(index, what))
         return SandboxLink(endpoint.interface, peer_index, endpoint.addresses, gateways=network.gateways)

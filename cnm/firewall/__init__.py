@@ -74,9 +74,20 @@ __all__ = [
     "FirewallBackend",
     "FirewallFactory",
     "NetworkRules",
+    "SANDBOX_PORT_GROUP",
     "PortForward",
     "firewall_backend",
 ]
+
+#: The device group (``ip link set ... group``) of the host end of every
+#: sandbox's veth on a bridge network. Frames a bridge passes on never reach
+#: the ``ip``/``ip6`` hooks, and this kernel's nftables cannot name the bridge
+#: a frame entered (``meta ibrname`` needs ``CONFIG_NFT_BRIDGE_META``), so a
+#: backend that filters what sandboxes send their neighbours (router
+#: advertisements) recognises their ports by this group: one attribute set
+#: in the request that makes the veth, no rule or set element per sandbox.
+#: A host's own bridges keep the default group 0 and are left alone.
+SANDBOX_PORT_GROUP = 0x636E6D  # "cnm"
 
 _IFNAMSIZ = 16  # the kernel's limit on interface names, including the NUL
 

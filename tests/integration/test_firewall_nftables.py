@@ -23,7 +23,14 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 import pytest
 
 from cnm.errors import ClosedError, InvalidArgumentError, KernelError, NotFoundError
-from cnm.firewall import FIREWALL_BACKENDS, FirewallBackend, NetworkRules, PortForward, firewall_backend
+from cnm.firewall import (
+    FIREWALL_BACKENDS,
+    SANDBOX_PORT_GROUP,
+    FirewallBackend,
+    NetworkRules,
+    PortForward,
+    firewall_backend,
+)
 from cnm.firewall.nftables import NftablesFirewall
 from cnm.firewall.nftables.batch import Batch
 from cnm.firewall.nftables.expressions import IPV4, IPV6
@@ -150,7 +157,8 @@ POSTROUTING_HEAD = "type nat hook postrouting priority srcnat; policy accept;"
 FORWARD_HEAD = "type filter hook forward priority filter; policy accept;"
 ISOLATE = "iifname @bridges oifname @bridges iifname . oifname != @same_bridge jump isolation"
 GUARD = "oifname @guarded iifname . oifname != @same_bridge jump direct"
-FORWARD = [FORWARD_HEAD, ISOLATE, GUARD]
+UNADDRESSED = ["iifname @unaddressed drop", "oifname @unaddressed drop"]
+FORWARD = [FORWARD_HEAD, *UNADDRESSED, ISOLATE, GUARD]
 WEB_POSTROUTING = [
     'ip saddr 10.1.0.0/24 oifname != "br-web" masquerade comment "web"',
     'ct status dnat ip saddr 10.1.0.0/24 oifname "br-web" masquerade comment "web"',
@@ -166,13 +174,17 @@ DB_FORWARD = [
 ]
 
 
-def bridge_sets(*bridges: str, unguarded: tuple[str, ...] = ()) -> dict[str, dict[str, object]]:
+def bridge_sets(
+    *bridges: str, unguarded: tuple[str, ...] = (), unaddressed: tuple[str, ...] = ()
+) -> dict[str, dict[str, object]]:
     """The sets ``bridges``, ``same_bridge`` and ``guarded`` holding *bridges*
-    (less *unguarded* in the last), as parse() reads them."""
+    (less *unguarded* in the last), and ``unaddressed`` holding *unaddressed*,
+    as parse() reads them."""
     return {
         "bridges": {"type": "ifname", "elements": {f'"{b}"' for b in bridges}},
         "same_bridge": {"type": "ifname . ifname", "elements": {f'"{b}" . "{b}"' for b in bridges}},
         "guarded": {"type": "ifname", "elements": {f'"{b}"' for b in bridges if b not in unguarded}},
+        "unaddressed": {"type": "ifname", "elements": {f'"{b}"' for b in unaddressed}},
     }
 
 
@@ -600,7 +612,7 @@ def test_a_dual_stack_network_has_the_same_rules_in_both_tables(fw):
     undo = UndoLog()
     fw.add_network(DUAL, undo)
     assert len(undo) == 1
-    assert tables(fw.namespace) == [f"ip {fw.table}", f"ip6 {fw.table}"]
+    assert tables(fw.namespace) == [f"ip {fw.table}", f"ip6 {fw.table}", f"bridge {fw.table}"]
     ip = table_of(fw, "ip")  # exactly what an IPv4-only network has
     for name, lines in SKELETON.items():
         assert ip["chains"][name] == lines
@@ -619,15 +631,21 @@ def test_a_dual_stack_network_has_the_same_rules_in_both_tables(fw):
 
 
 @needs_kernel
-def test_ipv6_only_networks_have_no_ipv4_table(fw):
-    """Internal, direct access, a prefix that is not whole bytes: all as in IPv4."""
+def test_ipv6_only_networks_are_unaddressed_in_the_ipv4_table(fw):
+    """Internal, direct access, a prefix that is not whole bytes: all as in
+    IPv4. IPv4 cannot be turned off on their bridges: the ip table forwards
+    nothing from or to them, and masquerades nothing for them."""
     subprocess.run(["ip", "netns", "exec", fw.namespace.name, "ip", "link", "add", "br-v6", "type", "bridge"], check=True)
     undo = UndoLog()
     fw.add_network(V6, undo)
     fw.add_network(ODD, undo)
     assert len(undo) == 2  # no route_localnet step: there is no such thing for IPv6
     assert fw.namespace.read_sysctl("net/ipv4/conf/br-v6/route_localnet") == "0"
-    assert tables(fw.namespace) == [f"ip6 {fw.table}"]
+    assert tables(fw.namespace) == [f"ip {fw.table}", f"ip6 {fw.table}", f"bridge {fw.table}"]
+    ip = table_of(fw, "ip")
+    assert ip["chains"]["postrouting"] == [POSTROUTING_HEAD]
+    assert ip["chains"]["forward"] == FORWARD
+    assert ip["sets"] == bridge_sets(unaddressed=("br-v6", "br-odd"))
     ip6 = table_of(fw, "ip6")
     assert ip6["chains"]["postrouting"] == [POSTROUTING_HEAD, *V6_POSTROUTING, *ODD_POSTROUTING]
     assert ip6["chains"]["forward"] == [*FORWARD, *V6_FORWARD]
@@ -664,18 +682,18 @@ def test_the_ip6_table_comes_with_the_first_ipv6_user_and_goes_with_the_last(fw)
     v4, dual, ports6 = UndoLog(), UndoLog(), UndoLog()
     fw.add_network(WEB, v4)
     fw.add_port_forwards(WEB, [PortForward("tcp", None, 8080, A("10.1.0.2"), 80)], v4)
-    assert tables(fw.namespace) == [f"ip {fw.table}"]  # an IPv4-only host has no IPv6 rules
+    assert tables(fw.namespace) == [f"ip {fw.table}", f"bridge {fw.table}"]  # an IPv4-only host has no IPv6 rules
     ip_before = table_of(fw, "ip")
     other = NetworkRules("v6web", "br-v6web", (IPv4Network("10.5.0.0/24"), IPv6Network("fd00:5::/64")))
     fw.add_network(other, dual)
-    assert tables(fw.namespace) == [f"ip {fw.table}", f"ip6 {fw.table}"]
+    assert tables(fw.namespace) == [f"ip {fw.table}", f"bridge {fw.table}", f"ip6 {fw.table}"]
     fw.add_port_forwards(other, [PortForward("tcp", None, 8443, A6("fd00:5::2"), 443)], ports6)
     assert dual.unwind() == []  # out of order: the forward keeps the ip6 table alive
     ip6 = table_of(fw, "ip6")
     assert ip6["chains"]["postrouting"] == [POSTROUTING_HEAD]
     assert ip6["maps"]["ports"]["elements"] == {"tcp . 8443 : fd00:5::2 . 443"}
     assert ports6.unwind() == []
-    assert tables(fw.namespace) == [f"ip {fw.table}"]
+    assert tables(fw.namespace) == [f"ip {fw.table}", f"bridge {fw.table}"]
     assert table_of(fw, "ip") == ip_before
     assert v4.unwind() == []
     assert ruleset(fw.namespace) == ""
@@ -770,31 +788,67 @@ def test_undo_goes_on_when_the_ip6_table_is_gone_already(fw):
     outsider = Batch(fw.table)
     outsider.table_delete(IPV6)
     fw._commit(outsider, "test: outsider")
-    assert tables(fw.namespace) == [f"ip {fw.table}"]
+    assert tables(fw.namespace) == [f"ip {fw.table}", f"bridge {fw.table}"]
     assert undo.unwind() == []
     assert ruleset(fw.namespace) == ""
 
 
+BRIDGE_CHAINS = {
+    "forward": [
+        "type filter hook forward priority filter; policy accept;",
+        f"meta protocol ip6 iifgroup {SANDBOX_PORT_GROUP} jump from_sandbox",
+    ],
+    "from_sandbox": [
+        "icmpv6 type nd-router-advert drop",
+        "icmpv6 type nd-redirect drop",
+        "udp sport 547 udp dport 546 drop",
+    ],
+}
+
+
 @needs_kernel
-def test_sweep_removes_both_tables(netns):
+@pytest.mark.parametrize("first", [WEB, DUAL, V6], ids=["ipv4", "dual", "ipv6"])
+def test_the_bridge_table_comes_with_the_first_network_and_goes_with_the_last(fw, first):
+    """Whatever the families, every network holds the bridge table, which
+    names no network: it guards the ports of sandboxes (their device group)."""
+    one, two = UndoLog(), UndoLog()
+    fw.add_network(first, one)
+    assert f"bridge {fw.table}" in tables(fw.namespace)
+    table = table_of(fw, "bridge")
+    assert table == {"chains": BRIDGE_CHAINS, "maps": {}, "sets": {}}
+    fw.add_network(DB, two)
+    assert table_of(fw, "bridge") == table
+    assert one.unwind() == []
+    assert table_of(fw, "bridge") == table  # DB still uses it
+    assert two.unwind() == []
+    assert ruleset(fw.namespace) == ""
+
+
+@needs_kernel
+def test_sweep_removes_every_table(netns):
     owner = secrets.token_hex(3)
     fw = NftablesFirewall(netns, owner)
     fw.add_network(DUAL, UndoLog())
     fw.add_network(DB, UndoLog())
     fw.close()  # the host died: its rules stay
-    assert tables(netns) == [f"ip cnm-{owner}", f"ip6 cnm-{owner}"]
-    assert NftablesFirewall.sweep(netns, owner) == [f"nftables table ip cnm-{owner}", f"nftables table ip6 cnm-{owner}"]
+    every = [f"ip cnm-{owner}", f"ip6 cnm-{owner}", f"bridge cnm-{owner}"]
+    assert tables(netns) == every
+    assert NftablesFirewall.sweep(netns, owner) == [f"nftables table {t}" for t in every]
     assert ruleset(netns) == ""
     assert NftablesFirewall.sweep(netns, owner) == []
-    # An IPv6-only leftover, and someone else's table, which stays.
+    # A leftover whose ip tables someone else removed already, and someone else's tables, which stay.
     fw = NftablesFirewall(netns, owner)
     fw.add_network(V6, UndoLog())
+    outsider = Batch(fw.table)
+    outsider.table_delete(IPV4)
+    outsider.table_delete(IPV6)
+    fw._commit(outsider, "test: outsider")
     fw.close()
     keep = NftablesFirewall(netns, "someone-else")
     keep.add_network(WEB, UndoLog())
     keep.close()
-    assert NftablesFirewall.sweep(netns, owner) == [f"nftables table ip6 cnm-{owner}"]
-    assert tables(netns) == ["ip cnm-someone-else"]
+    assert NftablesFirewall.sweep(netns, owner) == [f"nftables table bridge cnm-{owner}"]
+    assert tables(netns) == ["ip cnm-someone-else", "bridge cnm-someone-else"]
 
 
 # ---- IPv6 traffic at the backend level ----------------------------------------------

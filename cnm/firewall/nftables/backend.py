@@ -3,8 +3,10 @@
 Each call is one batch (:mod:`.batch`) built from the policy
 (:mod:`.ruleset`): the first call that needs a family's table creates it in
 the same batch as its own rules, and the undo of the last call that used it
-deletes it. A call that touches both families (a dual-stack network, a group
-of forwards of both) is still one batch, and counts as a user of each table.
+deletes it. A call that touches several tables (every network is in the
+``ip`` and ``bridge`` ones, a dual-stack one in ``ip6`` too; a group of
+forwards of both address families) is still one batch, and counts as a user
+of each table.
 
 Rules are removed by handle. Each network rule is sent with ``NLM_F_ECHO``;
 the kernel echoes it back with the handle it assigned, and the undo step
@@ -42,7 +44,7 @@ from ...netlink import Netlink
 from .. import NetworkRules, PortForward
 from ._pyroute2 import marshal
 from .batch import Batch, UnknownOutcome, commit, elements_listed, rules_listed, table_exists
-from .expressions import IPV4, IPV6, AddressFamily, comment_udata
+from .expressions import BRIDGE, IPV4, IPV6, Family, comment_udata
 from .ruleset import Element, RuleSpec, add_skeleton, element_label, forward_element, network_members, network_rules
 
 if TYPE_CHECKING:
@@ -52,11 +54,11 @@ if TYPE_CHECKING:
 __all__ = ["NETLINK_NETFILTER", "NftablesFirewall"]
 
 NETLINK_NETFILTER = 12
-_FAMILIES = (IPV4, IPV6)
+_FAMILIES: tuple[Family, ...] = (IPV4, IPV6, BRIDGE)
 _OWNER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 #: What one call asks for in each family's table: rules and elements.
-_Plan = dict[AddressFamily, tuple[list[RuleSpec], list[Element]]]
+_Plan = dict[Family, tuple[list[RuleSpec], list[Element]]]
 
 
 class _Holding:
@@ -111,11 +113,13 @@ class NftablesFirewall:
 
     def add_network(self, rules: NetworkRules, undo: UndoLog) -> None:
         what = f"firewall {self.table}: network {rules.name!r}"
-        plan: _Plan = {
-            f: (network_rules(rules, f), network_members(rules, f))
-            for f in _FAMILIES
-            if rules.subnet_for(f.version) is not None
-        }
+        # Every network is in the ip table (a bridge without an IPv4 subnet
+        # in ``unaddressed``) and holds the bridge table; the ip6 table only
+        # for an IPv6 subnet. See the ruleset's documentation.
+        plan: _Plan = {IPV4: (network_rules(rules, IPV4), network_members(rules, IPV4))}
+        if rules.subnet_for(6) is not None:
+            plan[IPV6] = (network_rules(rules, IPV6), network_members(rules, IPV6))
+        plan[BRIDGE] = ([], [])
         (holding,) = self._install(what, [plan], rules.name)
         undo.push(f"{what}: remove firewall rules", _Remover(self, what, holding))
         if rules.subnet_for(4) is not None:
@@ -191,10 +195,10 @@ class NftablesFirewall:
 
     @classmethod
     def sweep(cls, namespace: Namespace, owner: str) -> list[str]:
-        """Delete tables ``ip cnm-OWNER`` and ``ip6 cnm-OWNER`` in *namespace*, left by a host that is gone.
+        """Delete tables ``ip``, ``ip6`` and ``bridge cnm-OWNER`` in *namespace*, left by a host that is gone.
 
         For :func:`cnm.gc`: the backend's whole state is those tables, so one
-        transaction removes it. Returns what was removed (nothing if neither
+        transaction removes it. Returns what was removed (nothing if no such
         table is there).
         """
         backend = cls(namespace, owner)
@@ -227,7 +231,7 @@ class NftablesFirewall:
         """:func:`.batch.commit` on this backend's socket (one place to watch in tests)."""
         return commit(self._link(), batch, what, gone_ok)
 
-    def _install(self, what: str, plans: Sequence[_Plan], comment: str | None) -> list[dict[AddressFamily, _Holding]]:
+    def _install(self, what: str, plans: Sequence[_Plan], comment: str | None) -> list[dict[Family, _Holding]]:
         """Install *plans* (one per call or group) in one batch; return what each installed.
 
         Rules are labelled with *comment* (a network's name), so that the
@@ -239,7 +243,7 @@ class NftablesFirewall:
             for family in _FAMILIES:
                 if self._users[family] == 0 and any(family in plan for plan in plans):
                     add_skeleton(batch, family)
-            holdings: list[dict[AddressFamily, _Holding]] = []
+            holdings: list[dict[Family, _Holding]] = []
             echoed: list[tuple[_Holding, str, int, str]] = []  # holding, chain, seq, label
             for plan in plans:
                 holding = {}
@@ -309,7 +313,7 @@ class NftablesFirewall:
         naming something already gone was refused).
         """
         batch = Batch(self.table)
-        by_family: dict[AddressFamily, list[_Holding]] = {}
+        by_family: dict[Family, list[_Holding]] = {}
         for step in steps:
             for family, holding in step.holdings.items():
                 by_family.setdefault(family, []).append(holding)
@@ -339,7 +343,7 @@ class NftablesFirewall:
             step.done = True
         self._live([step.holdings for step in steps], False)
 
-    def _live(self, holdings: Iterable[dict[AddressFamily, _Holding]], adding: bool) -> None:
+    def _live(self, holdings: Iterable[dict[Family, _Holding]], adding: bool) -> None:
         """Add *holdings* to the live rules and elements, or take them out."""
         change = self._live_elements.add if adding else self._live_elements.discard
         for holding in holdings:
@@ -371,13 +375,13 @@ class NftablesFirewall:
                     self._commit(batch, step.what, gone_ok=True)
             self._forget([step])
 
-    def _table_there(self, family: AddressFamily) -> bool:
+    def _table_there(self, family: Family) -> bool:
         return table_exists(self._link(), self.table, family)
 
-    def _rules_listed(self, family: AddressFamily) -> list[tuple[str, int, bytes | None]]:
+    def _rules_listed(self, family: Family) -> list[tuple[str, int, bytes | None]]:
         return rules_listed(self._link(), self.table, family)
 
-    def _elements_listed(self, family: AddressFamily, names: Iterable[str]) -> set[tuple[str, bytes]]:
+    def _elements_listed(self, family: Family, names: Iterable[str]) -> set[tuple[str, bytes]]:
         return elements_listed(self._link(), self.table, family, names)
 
 
@@ -391,7 +395,7 @@ class _Remover:
 
     __slots__ = ("backend", "what", "holdings", "done")
 
-    def __init__(self, backend: NftablesFirewall, what: str, holdings: dict[AddressFamily, _Holding]) -> None:
+    def __init__(self, backend: NftablesFirewall, what: str, holdings: dict[Family, _Holding]) -> None:
         self.backend, self.what, self.holdings = backend, what, holdings
         self.done = False
 

@@ -37,7 +37,7 @@ from pyroute2.netlink.nfnetlink import nftsocket as nft
 from ...errors import KernelError, kernel_error
 from ...netlink import Netlink, NetlinkReply, next_seq, nla, nla_string
 from ._pyroute2 import rule_msg, set_msg
-from .expressions import NF_ACCEPT, AddressFamily, Expr, comment_udata
+from .expressions import NF_ACCEPT, Family, Expr, comment_udata
 
 __all__ = ["Batch", "SetSpec", "UnknownOutcome", "commit", "elements_listed", "rules_listed", "subsystem", "table_exists"]
 
@@ -92,13 +92,13 @@ class Batch:
         self.labels: dict[int, str] = {}
         self.echoed: list[int] = []
         #: The families whose table this batch creates, or deletes (seq: family).
-        self.creates: set[AddressFamily] = set()
-        self.deletes: dict[int, AddressFamily] = {}
+        self.creates: set[Family] = set()
+        self.deletes: dict[int, Family] = {}
 
     def __len__(self) -> int:
         return len(self.messages)
 
-    def _add(self, family: AddressFamily, msg: Any, mtype: int, flags: int, label: str) -> int:
+    def _add(self, family: Family, msg: Any, mtype: int, flags: int, label: str) -> int:
         msg["nfgen_family"] = family.nfproto
         seq, packed = Netlink.encode(msg, subsystem(mtype), flags)
         self.messages.append((seq, packed))
@@ -112,19 +112,19 @@ class Batch:
         self.labels[seq] = label
         return seq
 
-    def table_add(self, family: AddressFamily) -> None:
+    def table_add(self, family: Family) -> None:
         msg = nft.nft_table_msg()
         msg["attrs"] = [("NFTA_TABLE_NAME", self.table)]
         self._add(family, msg, NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, f"create table {family.keyword} {self.table}")
         self.creates.add(family)
 
-    def table_delete(self, family: AddressFamily) -> None:
+    def table_delete(self, family: Family) -> None:
         msg = nft.nft_table_msg()
         msg["attrs"] = [("NFTA_TABLE_NAME", self.table)]
         seq = self._add(family, msg, DELTABLE, 0, f"delete table {family.keyword} {self.table}")
         self.deletes[seq] = family
 
-    def set_add(self, family: AddressFamily, name: str, spec: SetSpec, set_id: int) -> None:
+    def set_add(self, family: Family, name: str, spec: SetSpec, set_id: int) -> None:
         msg = set_msg()
         attrs_: list[tuple[str, object]] = [
             ("NFTA_SET_TABLE", self.table),
@@ -142,7 +142,7 @@ class Batch:
         kind = "set" if spec.data_type is None else "map"
         self._add(family, msg, _NEWSET, NLM_F_CREATE | NLM_F_EXCL, f"create {kind} {family.keyword} {name}")
 
-    def chain_add(self, family: AddressFamily, name: str, hook: tuple[int, int, str] | None = None) -> None:
+    def chain_add(self, family: Family, name: str, hook: tuple[int, int, str] | None = None) -> None:
         """A chain; a base chain with *hook* = (hook number, priority, type), policy accept."""
         msg = nft.nft_chain_msg()
         attrs_: list[tuple[str, object]] = [("NFTA_CHAIN_TABLE", self.table), ("NFTA_CHAIN_NAME", name)]
@@ -158,7 +158,7 @@ class Batch:
 
     def rule_add(
         self,
-        family: AddressFamily,
+        family: Family,
         chain: str,
         exprs: list[Expr],
         label: str,
@@ -181,12 +181,12 @@ class Batch:
             self.echoed.append(seq)
         return seq
 
-    def rule_delete(self, family: AddressFamily, chain: str, handle: int, label: str) -> None:
+    def rule_delete(self, family: Family, chain: str, handle: int, label: str) -> None:
         msg = nft.nft_rule_msg()
         msg["attrs"] = [("NFTA_RULE_TABLE", self.table), ("NFTA_RULE_CHAIN", chain), ("NFTA_RULE_HANDLE", handle)]
         self._add(family, msg, _DELRULE, 0, f"delete rule {handle} from {family.keyword} {chain}: {label}")
 
-    def element(self, adding: bool, family: AddressFamily, set_name: str, key: bytes, data: bytes | None, label: str) -> None:
+    def element(self, adding: bool, family: Family, set_name: str, key: bytes, data: bytes | None, label: str) -> None:
         """Add an element to set or map *set_name* (*data*: a map's value), or remove it.
 
         Packed by hand: this is the per-port hot path, and pyroute2's encoder
@@ -292,7 +292,7 @@ def _rule_handle(raw: bytes) -> int | None:
     return None
 
 
-def table_exists(nl: Netlink, table: str, family: AddressFamily) -> bool:
+def table_exists(nl: Netlink, table: str, family: Family) -> bool:
     """Whether *family*'s table *table* exists (a dump of a missing table's rules is just empty)."""
     msg = nft.nft_table_msg()
     msg["nfgen_family"] = family.nfproto
@@ -303,7 +303,7 @@ def table_exists(nl: Netlink, table: str, family: AddressFamily) -> bool:
         raise kernel_error(exc, f"firewall {table}: look up table {family.keyword}") from exc
 
 
-def rules_listed(nl: Netlink, table: str, family: AddressFamily) -> list[tuple[str, int, bytes | None]]:
+def rules_listed(nl: Netlink, table: str, family: Family) -> list[tuple[str, int, bytes | None]]:
     """(chain, handle, user data) of every rule in *family*'s table *table*."""
     msg = rule_msg()
     msg["nfgen_family"] = family.nfproto
@@ -314,7 +314,7 @@ def rules_listed(nl: Netlink, table: str, family: AddressFamily) -> list[tuple[s
     ]
 
 
-def elements_listed(nl: Netlink, table: str, family: AddressFamily, names: Iterable[str]) -> set[tuple[str, bytes]]:
+def elements_listed(nl: Netlink, table: str, family: Family, names: Iterable[str]) -> set[tuple[str, bytes]]:
     """(set, key) of every element in the sets or maps *names* of *family*'s table *table*."""
     keys: set[tuple[str, bytes]] = set()
     for name in names:

@@ -11,7 +11,9 @@ something else), so every builder here is exercised against ``nft list`` by
 
 What differs between IPv4 and IPv6 is gathered in one :class:`AddressFamily`
 value (:data:`IPV4`, :data:`IPV6`); the builders take it as a parameter, so
-the rules of both families come from the same code.
+the rules of both families come from the same code. The third table, of the
+``bridge`` family (:data:`BRIDGE`, a :class:`Family` without addresses),
+sees the frames a bridge passes from port to port.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import attrs
 from ..._ip import IPNetwork
 
 __all__ = [
+    "BRIDGE",
     "IPV4",
     "IPV6",
     "AddressFamily",
     "Expr",
+    "Family",
     "address_family",
     "addr_in",
     "comment_udata",
@@ -41,6 +45,8 @@ __all__ = [
     "ifname_in",
     "ifname_pair_not_in",
     "masquerade",
+    "meta_is",
+    "transport_is",
     "verdict",
 ]
 
@@ -52,7 +58,7 @@ IFNAMSIZ = 16
 _REG_VERDICT, REG_1, REG_2, _REG32_00 = 0, 1, 2, 8
 CMP_EQ, CMP_NEQ = 0, 1
 _PAYLOAD_NETWORK, _PAYLOAD_TRANSPORT = 1, 2
-META_IIFNAME, META_OIFNAME, _META_L4PROTO = 6, 7, 16
+META_PROTOCOL, META_IIFNAME, META_OIFNAME, META_L4PROTO, META_IIFGROUP = 1, 6, 7, 16, 21
 _CT_STATE, _CT_STATUS = 0, 2
 _CT_ESTABLISHED, _CT_RELATED = 1 << 1, 1 << 2
 _IPS_DST_NAT = 0x20
@@ -67,20 +73,27 @@ TYPE_IPADDR, TYPE_IP6ADDR, TYPE_INET_PROTO, TYPE_INET_SERVICE, TYPE_IFNAME = 7, 
 
 
 @attrs.frozen(eq=False)
-class AddressFamily:
-    """Everything the rules of one address family differ in.
+class Family:
+    """An nf_tables family cnm has a table in: what every message names.
 
-    There are two, :data:`IPV4` and :data:`IPV6`, compared and hashed by
-    identity: they key the backend's per-family state on the per-port path,
-    where hashing nine fields each time would show.
+    There are three, :data:`IPV4`, :data:`IPV6` and :data:`BRIDGE`,
+    compared and hashed by identity: they key the backend's per-family state
+    on the per-port path, where hashing nine fields each time would show.
     """
 
-    #: 4 or 6, as ``ipaddress`` numbers it.
+    #: 4 or 6, as ``ipaddress`` numbers it; 0 for the bridge family.
     version: int
-    #: nft's name of the family, and of its tables: ``ip`` or ``ip6``.
-    keyword: Literal["ip", "ip6"]
-    #: NFPROTO_IPV4 or NFPROTO_IPV6 (nfgenmsg's family, the nat expression's).
+    #: nft's name of the family, and of its tables: ``ip``, ``ip6`` or ``bridge``.
+    keyword: Literal["ip", "ip6", "bridge"]
+    #: NFPROTO_IPV4, NFPROTO_IPV6 or NFPROTO_BRIDGE (nfgenmsg's family, the
+    #: nat expression's).
     nfproto: int
+
+
+@attrs.frozen(eq=False)
+class AddressFamily(Family):
+    """Everything the rules of one address family differ in: :data:`IPV4` or :data:`IPV6`."""
+
     #: Offsets of the source and destination addresses in the network header.
     saddr: int
     daddr: int
@@ -103,6 +116,7 @@ class AddressFamily:
 
 IPV4 = AddressFamily(4, "ip", 2, 12, 16, 4, TYPE_IPADDR, IPv4Network("127.0.0.0/8"), True)
 IPV6 = AddressFamily(6, "ip6", 10, 8, 24, 16, TYPE_IP6ADDR, IPv6Network("::1/128"), False)
+BRIDGE = Family(0, "bridge", 7)
 
 
 def address_family(version: int) -> AddressFamily:
@@ -174,6 +188,21 @@ def ifname_pair_not_in(set_name: str) -> list[Expr]:
     ]
 
 
+def meta_is(key: int, value: bytes) -> list[Expr]:
+    """``meta KEY VALUE`` (``meta protocol ip6``, ``meta l4proto udp``,
+    ``meta iifgroup N``): *value* as the kernel stores the key, in its length."""
+    return [expr("meta", key=key, dreg=REG_1), expr("cmp", sreg=REG_1, op=CMP_EQ, data=data(value))]
+
+
+def transport_is(offset: int, value: bytes) -> list[Expr]:
+    """The transport header holds *value* at *offset* (``icmpv6 type``,
+    ``udp sport``, once ``meta l4proto`` has said which header it is)."""
+    return [
+        expr("payload", dreg=REG_1, base=_PAYLOAD_TRANSPORT, offset=offset, len=len(value)),
+        expr("cmp", sreg=REG_1, op=CMP_EQ, data=data(value)),
+    ]
+
+
 def _ct_bits(key: int, bits: int) -> list[Expr]:
     """``ct status``/``ct state`` has any of *bits* (both are host-endian bit fields)."""
     return [
@@ -214,7 +243,7 @@ def dnat_through(family: AddressFamily, map_name: str, with_daddr: bool) -> list
     if with_daddr:
         key.append(expr("payload", dreg=REG_1, base=_PAYLOAD_NETWORK, offset=family.daddr, len=family.addr_len))
         proto_reg += family.registers
-    key.append(expr("meta", key=_META_L4PROTO, dreg=proto_reg))
+    key.append(expr("meta", key=META_L4PROTO, dreg=proto_reg))
     key.append(expr("payload", dreg=proto_reg + 1, base=_PAYLOAD_TRANSPORT, offset=2, len=2))
     return key + [
         expr("lookup", set=map_name, sreg=REG_1, dreg=REG_1),
