@@ -146,7 +146,7 @@ def check_mac(mac: object, what: str) -> str:
 
 def mac_for(address: IPv4Address) -> str:
     """A locally administered MAC derived from an IPv4 address (as Docker did: 02:42:ac:11:00:02)."""
-    return "02:42:" + ":".join(f"{b:02x}" for b in address.packed)
+    return "02:42:" + address.packed.hex(":")
 
 
 def random_mac() -> str:

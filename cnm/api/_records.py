@@ -143,6 +143,8 @@ class SandboxRecord:
             self.socket = None
 
     def next_interface(self) -> str:
+        if not self.endpoints:
+            return "eth0"  # the common case, on every bulk join
         used = {e.interface for e in self.endpoints}
         n = 0
         while f"eth{n}" in used:

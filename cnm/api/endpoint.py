@@ -164,7 +164,7 @@ def create(
             pool = network.pools[family]
             allocated = dying.retrying(lambda: pool.allocate(address))
             undo.books.push(
-                f"endpoint {name!r}: address {allocated}",
+                f"endpoint {name!r}: its IPv{family} address",
                 lambda pool=pool, allocated=allocated: dying.release(lambda: pool.release(allocated)),  # type: ignore[misc]
             )
             interface = IPv4Interface if allocated.version == 4 else IPv6Interface
@@ -180,11 +180,11 @@ def create(
             mac=mac or (mac_for(v4) if v4 is not None else random_mac()),
             ports=mappings,
             static=frozenset(f for f, a in wanted.items() if a is not None),
+            undo=undo,
         )
         record.handle = Endpoint(services, network.handle, record)
         network.endpoints[name] = record
         undo.books.push(f"forget endpoint {name!r}", lambda: network.endpoints.pop(name, None))
-    record.undo = undo
     return record
 
 
