@@ -202,8 +202,11 @@ CNM_TOOLS = {
     "cnm-dual": {"ipv6": True},
     "cnm-loop-dual": {"bulk": False, "ipv6": True},
 }
-#: the suffix of a tool run from the --baseline checkout
-BASE = "@base"
+#: the suffix of a tool run from the --baseline checkout, and of the same
+#: tool of this checkout run the same way (in a fresh process: a run in this
+#: long-lived process measured ~6% slower than the same code run so, so the
+#: two are compared like with like)
+BASE, HEAD = "@base", "@head"
 
 
 def baseline_run(tree: Path, tool: str, n: int) -> tuple[float, float, float | None]:
@@ -229,6 +232,8 @@ def run_tool(tool: str, n: int, baseline: Path | None = None) -> tuple[float, fl
     if tool.endswith(BASE):
         assert baseline is not None
         return baseline_run(baseline, tool.removesuffix(BASE), n)
+    if tool.endswith(HEAD):
+        return baseline_run(REPO, tool.removesuffix(HEAD), n)
     return (*peer_run(tool, n), None)
 
 
@@ -315,7 +320,8 @@ def main() -> None:
         type=Path,
         metavar="DIR",
         help="also run cnm and cnm-loop as another checkout (DIR, e.g. a git worktree of an older commit) "
-        "has them, with its own bench.py, interleaved with this one's runs (tools cnm@base, cnm-loop@base)",
+        "has them, with its own bench.py, interleaved with this one's runs (tools cnm@base, cnm-loop@base), "
+        "and this checkout's the same way, each run in a fresh process (cnm@head, cnm-loop@head): compare those two",
     )
     parser.add_argument(
         "--json", type=Path, metavar="FILE", help="write every run's figures and the conditions to FILE"
@@ -355,7 +361,8 @@ def main() -> None:
         else:
             others.append(name)
     if args.baseline is not None:
-        others += ["cnm" + BASE] + ["cnm-loop" + BASE] * ("cnm-loop" in others)
+        for suffix in (HEAD, BASE):
+            others += ["cnm" + suffix] + ["cnm-loop" + suffix] * ("cnm-loop" in others)
     tools = ["cnm", *sorted(others, key=lambda tool: not tool.startswith("cnm"))]
 
     def runs_of(tool: str) -> int:
