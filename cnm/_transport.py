@@ -9,9 +9,19 @@ from __future__ import annotations
 
 from typing import Final
 
+from ._ip import IPAddress
 from .errors import InvalidArgumentError
 
-__all__ = ["DEFAULT_EPHEMERAL_PORTS", "FIRST_PORT", "LAST_PORT", "PROTOCOLS", "check_port", "check_protocol"]
+__all__ = [
+    "DEFAULT_EPHEMERAL_PORTS",
+    "FIRST_PORT",
+    "LAST_PORT",
+    "PROTOCOLS",
+    "address_text",
+    "check_not_ipv6_loopback",
+    "check_port",
+    "check_protocol",
+]
 
 #: The transport protocols a port can be published for.
 PROTOCOLS: Final = ("tcp", "udp", "sctp")
@@ -40,3 +50,21 @@ def check_protocol(what: str, value: object) -> str:
     if not isinstance(value, str) or value not in PROTOCOLS:
         raise InvalidArgumentError(f"{what} {value!r} is not one of {', '.join(PROTOCOLS)}")
     return value
+
+
+def address_text(ip: IPAddress | None, family: int) -> str:
+    """An address as written before ``:port``: IPv6 in brackets, and None as
+    every address of *family* (``0.0.0.0``, ``[::]``), as Docker shows it."""
+    shown = str(ip) if ip is not None else ("0.0.0.0" if family == 4 else "::")
+    return f"[{shown}]" if family == 6 else shown
+
+
+def check_not_ipv6_loopback(what: str, ip: IPAddress | None) -> None:
+    """Refuse ``::1`` as the host address of a published port: the kernel never
+    lets ::1 traffic leave the loopback interface (IPv6 has no
+    ``route_localnet``), so it cannot be forwarded to a sandbox."""
+    if ip is not None and ip.version == 6 and ip.is_loopback:
+        raise InvalidArgumentError(
+            f"{what} '::1' cannot be published on: the kernel never lets ::1 traffic leave the"
+            " loopback interface, so it cannot be forwarded to a sandbox (publish on 127.0.0.1 or [::])"
+        )

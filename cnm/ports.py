@@ -51,7 +51,7 @@ import attrs
 
 from ._checks import describe
 from ._ip import FAMILIES, Family, IPAddress, family_name
-from ._transport import DEFAULT_EPHEMERAL_PORTS, FIRST_PORT, LAST_PORT, PROTOCOLS, check_port, check_protocol
+from ._transport import address_text, check_not_ipv6_loopback, check_port, check_protocol, DEFAULT_EPHEMERAL_PORTS, FIRST_PORT, LAST_PORT, PROTOCOLS
 from .errors import InvalidArgumentError
 
 __all__ = [
@@ -64,7 +64,6 @@ __all__ = [
 ]
 
 _ANY_IPV4 = IPv4Address("0.0.0.0")
-_LOOPBACK_IPV6 = IPv6Address("::1")
 _PORT_TEXT = re.compile(r"[0-9]+")  # not str.isdigit(), which accepts non-ASCII digits
 
 
@@ -103,11 +102,7 @@ def _check_host_ip(value: object) -> IPAddress | None:
             raise InvalidArgumentError(
                 f"host address {shown} is an IPv4-mapped IPv6 address; give it as {value.ipv4_mapped}"
             )
-        if value == _LOOPBACK_IPV6:
-            raise InvalidArgumentError(
-                f"host address {shown} cannot be published on: the kernel never lets ::1 traffic leave the"
-                " loopback interface, so it cannot be forwarded to a sandbox (publish on 127.0.0.1 or [::])"
-            )
+        check_not_ipv6_loopback("host address", value)
     return value
 
 
@@ -356,7 +351,7 @@ class PublishedPort:
 
 def host_text(published: PublishedPort) -> str:
     """The host address as written before ``:port`` (IPv6 in brackets)."""
-    return f"[{published.shown_ip}]" if published.family == 6 else published.shown_ip
+    return address_text(published.host_ip, published.family)
 
 
 def docker_ports_view(published: Iterable[PublishedPort]) -> dict[str, list[dict[str, str]]]:

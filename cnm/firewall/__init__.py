@@ -62,7 +62,7 @@ import attrs
 
 from .._ip import IPAddress, IPNetwork, family_name
 from .._plugins import Registry
-from .._transport import PROTOCOLS, check_port, check_protocol
+from .._transport import PROTOCOLS, address_text, check_not_ipv6_loopback, check_port, check_protocol
 from ..errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -126,9 +126,7 @@ def _check_host_ip(instance: PortForward, attribute: attrs.Attribute[IPAddress |
         return
     if not isinstance(value, (IPv4Address, IPv6Address)):
         raise InvalidArgumentError(f"port forward: host_ip {value!r} is not an IPv4Address, IPv6Address or None")
-    if value.version == 6 and value.is_loopback:
-        # No route_localnet for IPv6: the kernel drops ::1 leaving by any interface but lo.
-        raise InvalidArgumentError("port forward: host_ip ::1 cannot be forwarded to a sandbox (IPv6 has no route_localnet)")
+    check_not_ipv6_loopback("port forward: host_ip", value)
 
 
 @attrs.frozen
@@ -252,11 +250,9 @@ class PortForward:
 
     def __str__(self) -> str:
         # On the per-port path (labels of batch messages): kept short.
-        if self.container_ip.version == 4:
-            host = self.host_ip if self.host_ip is not None else "0.0.0.0"
-            return f"{self.protocol} {host}:{self.host_port} -> {self.container_ip}:{self.container_port}"
-        host = self.host_ip if self.host_ip is not None else "::"
-        return f"{self.protocol} [{host}]:{self.host_port} -> [{self.container_ip}]:{self.container_port}"
+        family = self.container_ip.version
+        host, container = address_text(self.host_ip, family), address_text(self.container_ip, family)
+        return f"{self.protocol} {host}:{self.host_port} -> {container}:{self.container_port}"
 
 
 @runtime_checkable
