@@ -19,17 +19,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._checks import check_instance
 from ..dying import DyingLinks
-from ..errors import ClosedError, InvalidArgumentError, NotFoundError
+from ..errors import ClosedError, InvalidArgumentError
 from ..firewall import FirewallBackend
 from ..kernel import LINKS_GONE_TIMEOUT, Rtnl
 from ..netns import MountDir, Namespace
 from ..port_books import HostPortAllocator
 from ..undo import Undo, UndoLog
-from ._records import EndpointRecord, NetworkRecord, SandboxRecord
+from ._records import NetworkRecord, SandboxRecord
 
 if TYPE_CHECKING:
     from ..facade import Kernel
-    from .endpoint import Endpoint
     from .host import Host
     from .network import Network
     from .sandbox import Sandbox
@@ -160,13 +159,6 @@ class Services:
         assert record is not None
         if record.deleted:
             raise ClosedError(f"sandbox {record.name!r} was deleted")
-        return record
-
-    def endpoint(self, endpoint: Endpoint) -> EndpointRecord:
-        network = self.networks.get(endpoint.network.name)
-        record = network.endpoints.get(endpoint.name) if network is not None else None
-        if record is None or record.handle is not endpoint:
-            raise NotFoundError(f"endpoint {endpoint.name!r} was deleted")
         return record
 
     def _mine(self, where: str, what: str, value: object, cls: type[Any]) -> Any:

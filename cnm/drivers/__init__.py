@@ -46,6 +46,7 @@ entry point names a zero-argument factory); they subclass nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from ipaddress import ip_interface
 from typing import Protocol
 
 import attrs
@@ -102,8 +103,6 @@ class NetworkSpec:
 
     def interfaces(self) -> tuple[IPInterface, ...]:
         """Each gateway with its subnet's prefix length (what a bridge carries)."""
-        from ipaddress import ip_interface
-
         return tuple(ip_interface(f"{g}/{s.prefixlen}") for s, g in zip(self.subnets, self.gateways))
 
 
