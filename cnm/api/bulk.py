@@ -4,7 +4,8 @@
 ``network.connect`` run (:func:`cnm.api.sandbox.make_namespace` and the
 join protocol of :mod:`cnm.api.join`), arranged for speed: namespaces are
 made on a thread of their own while this thread plumbs the ones that are
-ready, and the port forwards of all sandboxes go in one firewall transaction.
+ready, and adds the port forwards of every :data:`PUBLISH_BATCH` sandboxes
+in one firewall transaction, in time it would otherwise spend waiting.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ._services import Services
 if TYPE_CHECKING:
     from .host import Host
 
-__all__ = ["PIPELINE_DEPTH", "SandboxRequest", "create_sandboxes"]
+__all__ = ["PIPELINE_DEPTH", "PUBLISH_BATCH", "SandboxRequest", "create_sandboxes"]
 
 
 @attrs.frozen(init=False)
@@ -112,23 +113,37 @@ def create_sandboxes(
             """Runs in a namespace thread: sandbox *i*'s namespace, lo up, a socket in it."""
             sandboxes_.make_namespace(services, made[i], made[i].undo.kernel, here=True)
 
+        unpublished: list[joining.Join] = []
+
         def plumb(i: int) -> None:
-            """Runs in this thread, as namespaces become ready: sandbox *i*'s interface."""
+            """Runs in this thread, as namespaces become ready: sandbox *i*'s
+            interface, and every PUBLISH_BATCH joins their port forwards (this
+            thread would otherwise wait for namespaces meanwhile)."""
             try:
                 step = joins[i]
                 if step is not None:
                     joining.plumb(services, services.rtnl, step)
+                    unpublished.append(step)
+                    if len(unpublished) == PUBLISH_BATCH:
+                        joining.publish(services, unpublished)
+                        unpublished.clear()
             finally:
                 made[i].cool()  # descriptors stay bounded however many sandboxes
 
         pipeline(len(made), make_namespace, plumb)
-        steps = [j for j in joins if j is not None]
-        if steps:
-            joining.publish(services, steps)
-        for step in steps:
-            joining.commit(step)
+        if unpublished:
+            joining.publish(services, unpublished)
+        for step in joins:
+            if step is not None:
+                joining.commit(step)
     return made
 
+
+#: How many joins' port forwards the bulk path adds in one firewall
+#: transaction while it goes on plumbing: large enough that the transactions'
+#: fixed cost is small, small enough that the last one, which nothing
+#: overlaps, is short.
+PUBLISH_BATCH = 128
 
 #: How many sandboxes may wait between the two stages of pipeline, each
 #: holding one socket: bounds the descriptors in use whatever the number of

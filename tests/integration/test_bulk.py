@@ -115,6 +115,33 @@ def test_create_sandboxes_is_all_or_nothing(host, monkeypatch, after):
     assert [str(s.address(net).ip) for s in host.sandboxes] == [f"10.43.0.{i}" for i in range(2, 7)]
 
 
+@pytest.mark.parametrize("after", [False, True], ids=["refused", "failed-after"])
+def test_ports_published_in_several_batches_are_all_or_nothing(host, monkeypatch, after):
+    """The bulk path adds port forwards every PUBLISH_BATCH joins while it
+    goes on plumbing: with batches of 2, five sandboxes take three firewall
+    transactions, all of which are there when it succeeds and none of which
+    is left when any later step fails (the sweep fails each in turn)."""
+    from cnm.api import bulk
+    from cnm.firewall.nftables import NftablesFirewall
+
+    net = host.create_network("web", subnet="10.45.0.0/24")
+    host.create_sandboxes([cnm.SandboxRequest("first", ports=["30000:80"])], network=net)  # the firewall table exists
+    monkeypatch.setattr(bulk, "PUBLISH_BATCH", 2)
+    commits: list[str] = []
+    real_commit = NftablesFirewall._commit
+    monkeypatch.setattr(NftablesFirewall, "_commit", lambda self, *a, **k: commits.append(a[1]) or real_commit(self, *a, **k))
+    made = host.create_sandboxes(_requests(5), network=net)
+    assert len(commits) == 3
+    assert _published_elements(host) == 6
+    with Server(made[4], 80):
+        assert tcp_hello(host.outside, host.address, 20004) == b"hello"
+    host.delete_sandboxes(made)
+    monkeypatch.setattr(NftablesFirewall, "_commit", real_commit)
+    _sweep(host, monkeypatch, lambda: host.create_sandboxes(_requests(5), network=net), after)
+    assert _published_elements(host) == 6
+    assert [s.name for s in host.sandboxes] == ["first", "s0", "s1", "s2", "s3", "s4"]
+
+
 def test_delete_sandboxes_leaves_the_host_as_it_was(host):
     net = host.create_network("web", subnet="10.44.0.0/24")
     keep = host.create_sandbox("keep")
