@@ -72,6 +72,8 @@ class NetworkRecord:
     endpoints: dict[str, EndpointRecord] = attrs.Factory(dict)
     undo: Undo = attrs.Factory(Undo)
     deleted: bool = False
+    #: one of the networks every host has (``host``, ``none``): never deleted by hand
+    predefined: bool = False
 
     @property
     def name(self) -> str:
@@ -135,6 +137,19 @@ class SandboxRecord:
     dying_links: list[int] | None = None
     #: links that went with the namespace, whose addresses and ports are not yet released
     went_with_namespace: list[int] = attrs.Factory(list)
+    #: as Docker writes it (``host``, ``none``, ``container:NAME``, a network's
+    #: name), or None for a sandbox made without one (see cnm.api.modes)
+    network_mode: str | None = None
+    #: the sandbox whose namespace this one shares (network mode ``container:``)
+    shares: SandboxRecord | None = None
+    #: the sandboxes sharing this one's namespace
+    sharers: list[SandboxRecord] = attrs.Factory(list)
+
+    @property
+    def own_stack(self) -> bool:
+        """Whether the namespace is this sandbox's own to connect (not the
+        host's, not another sandbox's, not one of loopback only)."""
+        return self.shares is None and self.network_mode not in ("host", "none")
 
     def cool(self) -> None:
         """Close the kept socket (another sandbox is newer, or this one goes)."""

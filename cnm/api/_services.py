@@ -94,6 +94,13 @@ class Services:
         self.firewall = firewall
 
     @property
+    def host(self) -> Host:
+        host = self._host()
+        if host is None:
+            raise ClosedError(f"host {self.name!r} is gone")
+        return host
+
+    @property
     def where(self) -> str:
         return f"host {self.name!r}"
 

@@ -94,6 +94,7 @@ def create_sandboxes(
         )
         for request in wanted:
             record = sandboxes_.new_record(services, host, request.name)
+            record.network_mode = network.name if network is not None else None
             services.adopt(services.sandboxes, record, record.undo.books)
             made.append(record)
             step = None

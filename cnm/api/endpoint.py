@@ -14,7 +14,7 @@ from ..kernel import mac_for, random_mac
 from ..ports import PortMapping, PublishedPort, normalize_ports
 from ..undo import Undo, raise_collected, transaction
 from . import join as joining
-from . import routing, views
+from . import modes, routing, views
 from ._common import new_id
 from ._records import EndpointRecord, NetworkRecord, SandboxRecord
 from ._services import Services, serialized
@@ -85,6 +85,7 @@ class Endpoint:
     def join(self, sandbox: Sandbox) -> None:
         """Attach this endpoint to *sandbox*: interface, addresses, routes, published ports."""
         self._check_open()
+        modes.check_not_predefined(self._record.network, "be joined")
         target = self._services.live_sandbox(f"endpoint {self.name!r}: join", sandbox)
         join(self._services, self._record, target)
 
@@ -95,6 +96,7 @@ class Endpoint:
         If this endpoint gave the sandbox its default route, the next network
         that can (not internal) gives it instead, as in Docker.
         """
+        modes.check_not_predefined(self._record.network, "be left")
         if self._record.sandbox is None and not len(self._record.join):
             raise StateError(f"endpoint {self.name!r} is not joined to a sandbox")
         raise_collected(f"endpoint {self.name!r}: leave", leave(self._services, self._record))
@@ -106,6 +108,8 @@ class Endpoint:
         After a failed step, calling it again retries what is left; the
         address stays reserved until the interface is really gone.
         """
+        if not self._record.deleted:
+            modes.check_not_predefined(self._record.network, "be deleted")
         raise_collected(f"endpoint {self.name!r}", teardown(self._services, self._record))
 
     @serialized
@@ -138,6 +142,7 @@ def create(
     ports: Iterable[str | PortMapping] = (),
 ) -> EndpointRecord:
     """An endpoint with an address from each of the network's pools, not yet joined."""
+    modes.check_not_predefined(network, "have endpoints made")
     check_name("endpoint", name)
     if name in network.endpoints:
         raise ConflictError(f"network {network.name!r}: an endpoint named {name!r} already exists")
@@ -193,6 +198,7 @@ def join(services: Services, endpoint: EndpointRecord, sandbox: SandboxRecord) -
     network = endpoint.network
     if endpoint.sandbox is not None and endpoint.joined:
         raise StateError(f"endpoint {endpoint.name!r} is already joined to sandbox {endpoint.sandbox.name!r}")
+    modes.check_own_stack(sandbox, f"join network {network.name!r}")
     # What an earlier failed join could not roll back is cleaned up first.
     raise_collected(f"endpoint {endpoint.name!r}: cleaning up an earlier join", endpoint.join.unwind())
     for other in sandbox.endpoints:

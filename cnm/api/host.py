@@ -29,9 +29,8 @@ from ..facade import Kernel
 from ..netns import Namespace
 from ..owner import OwnerRecord
 from ..undo import Undo, raise_collected, transaction
-from . import bulk, isolated, teardown
+from . import bulk, isolated, modes, teardown
 from . import network as networks
-from . import sandbox as sandboxes_
 from ._common import InNamespace, collect
 from ._records import NetworkRecord, Processes, SandboxRecord
 from ._services import Services, serialized
@@ -39,6 +38,7 @@ from .network import AddressArgument, Network
 from .sandbox import Sandbox
 
 if TYPE_CHECKING:
+    from ..ports import PortMapping
     from .bulk import SandboxRequest
     from .isolated import Outside
 
@@ -89,6 +89,7 @@ class Host(InNamespace):
         backend = firewall(namespace, token)
         undo.books.push(f"host {name!r}: firewall", backend.close)
         services.attach(rtnl, mounts, backend)
+        modes.add_predefined(services, self)
 
     @classmethod
     def isolated(cls, name: str | None = None, *, firewall: str = "nftables", kernel: Kernel | None = None) -> Host:
@@ -211,10 +212,28 @@ class Host(InNamespace):
         return record.handle
 
     @serialized
-    def create_sandbox(self, name: str) -> Sandbox:
-        """A sandbox: its own network namespace with loopback up."""
+    def create_sandbox(
+        self,
+        name: str,
+        network_mode: str | Network | Sandbox | None = None,
+        *,
+        ip: str | IPv4Address | None = None,
+        ip6: str | IPv6Address | None = None,
+        mac: str | None = None,
+        ports: Iterable[str | PortMapping] | str = (),
+    ) -> Sandbox:
+        """A sandbox: a network namespace with loopback up, by default its own.
+
+        *network_mode* is Docker's ``--network`` (see :mod:`cnm.api.modes`):
+        a network (or its name) to connect to in the same call, with *ip*,
+        *ip6*, *mac* and *ports* as for :meth:`Network.connect`; ``"host"``,
+        the host's own namespace; ``"none"``, loopback only for good;
+        ``"container:NAME"`` or a Sandbox, that sandbox's namespace, shared.
+        """
         self._check_open()
-        return sandboxes_.create(self._services, self, name).handle
+        return modes.create_sandbox(
+            self._services, self, name, network_mode, ip=ip, ip6=ip6, mac=mac, ports=ports
+        ).handle
 
     @serialized
     def create_sandboxes(
@@ -245,6 +264,9 @@ class Host(InNamespace):
         where = f"host {self.name!r}: delete_sandboxes"
         doomed = [services.sandbox(where, s, gone=True) for s in check_collection(where, "sandboxes", sandboxes, "Sandbox objects")]
         records = [r for r in doomed if r is not None]
+        for record in records:
+            modes.check_deletable(record, records)
+        records.sort(key=lambda r: r.shares is None)  # sharers before the namespaces they share
         raise_collected(f"host {self.name!r}: delete sandboxes", teardown.delete_sandboxes(services, records, wait=True))
 
     @serialized

@@ -15,7 +15,7 @@ from ..ipam import AddressPool, ipam_driver, parse_address, parse_subnet
 from ..ports import PortMapping
 from ..undo import Undo, raise_collected, transaction
 from . import endpoint as endpoints
-from . import views
+from . import modes, views
 from ._common import new_id, now
 from ._records import NetworkRecord
 from ._services import Services, serialized
@@ -36,10 +36,15 @@ class Network:
     def __init__(self, services: Services, host: Host, record: NetworkRecord) -> None:
         self._services = services
         self._record = record
-        self.host = host
         self.name = record.name
         self.id = record.spec.id
         self.created = record.created
+
+    @property
+    def host(self) -> Host:
+        # Through the services' weak reference: a host's own networks
+        # (the predefined ones) must not keep it alive (see cnm.leftovers).
+        return self._services.host
 
     def __repr__(self) -> str:
         return f"<Network {self.name!r} {' '.join(map(str, self.subnets))} on {self.interface}>"
@@ -145,8 +150,10 @@ class Network:
         sandbox delete it.
         """
         self._check_open()
+        modes.check_not_predefined(self._record, "be connected to")
         services = self._services
         target = services.live_sandbox(f"network {self.name!r}: connect", sandbox)
+        modes.check_own_stack(target, f"join network {self.name!r}")
         with transaction(keep=services.keep) as undo:
             record = endpoints.create(
                 services, self._record, sandbox.name if name is None else name, ip=ip, ip6=ip6, mac=mac, ports=ports
@@ -159,6 +166,7 @@ class Network:
     @serialized
     def disconnect(self, sandbox: Sandbox) -> None:
         """Make *sandbox* leave this network (``docker network disconnect``)."""
+        modes.check_not_predefined(self._record, "be disconnected from")
         target = self._services.sandbox(f"network {self.name!r}: disconnect", sandbox, gone=True)
         for record in self._record.endpoints.values():
             if target is not None and record.sandbox is target:
@@ -176,6 +184,8 @@ class Network:
         """
         check_flag(f"network {self.name!r}: delete", "force", force)
         record = self._record
+        if not record.deleted:  # (closing the host deletes it, and then this does nothing)
+            modes.check_not_predefined(record, "be deleted")
         if record.endpoints and not force and not record.deleted:
             names = ", ".join(sorted(record.endpoints))
             raise StateError(f"network {self.name!r} has active endpoints ({names}); disconnect them or use force=True")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from ipaddress import IPv4Interface, IPv6Interface
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from .._checks import check_name
+from .._checks import check_flag, check_name
 from ..errors import ClosedError, ConflictError, InvalidArgumentError, NotFoundError
 from ..netns import Namespace
 from ..undo import UndoLog, raise_collected, transaction
-from . import teardown, views
+from . import modes, teardown, views
 from ._common import InNamespace, new_id
 from ._records import Processes, SandboxRecord
 from ._services import Services, serialized
@@ -42,8 +42,17 @@ class Sandbox(InNamespace):
 
     @property
     def key(self) -> str:
-        """The namespace's path (Docker's SandboxKey): ``nsenter --net=KEY`` enters it."""
+        """The namespace's path (Docker's SandboxKey): ``nsenter --net=KEY`` enters it.
+
+        For a sandbox sharing another's namespace, that one's path (where
+        Docker's inspect shows an empty SandboxKey)."""
         return self._record.namespace.path
+
+    @property
+    def network_mode(self) -> str | None:
+        """As Docker writes it (``host``, ``none``, ``container:NAME``, a
+        network's name), or None for a sandbox made without one."""
+        return self._record.network_mode
 
     @property
     @serialized
@@ -78,18 +87,28 @@ class Sandbox(InNamespace):
         return views.sandbox_inspect(self._record)
 
     @serialized
-    def delete(self) -> None:
+    def delete(self, *, sharers: bool = False) -> None:
         """Delete the sandbox: its processes, its namespace and its interfaces.
 
         Endpoints made by ``network.connect`` are deleted; endpoints that were
         created separately and joined are left (they keep their address).
         Idempotent; after a failed step, calling it again retries what is left.
 
+        A sandbox sharing another's namespace (network mode ``container:``)
+        leaves the namespace; one in mode ``host`` leaves the host's alone. A
+        sandbox whose namespace others share is refused
+        (:class:`~cnm.errors.StateError`) unless *sharers* is true, which
+        deletes them first.
+
         Returns once the kernel has been told: it removes the sandbox's
         interfaces a little later, and until it has, their addresses and
         host ports are not given to anyone else (:meth:`Host.settle` waits).
         """
-        raise_collected(f"sandbox {self.name!r}", teardown.delete_sandboxes(self._services, [self._record], wait=False))
+        check_flag(f"sandbox {self.name!r}: delete", "sharers", sharers)
+        record = self._record
+        doomed = [s for s in record.sharers if not s.deleted] if sharers else []
+        modes.check_deletable(record, doomed)
+        raise_collected(f"sandbox {self.name!r}", teardown.delete_sandboxes(self._services, [*doomed, record], wait=False))
 
     def _check_open(self) -> None:
         if self._record.deleted:
@@ -100,7 +119,7 @@ class Sandbox(InNamespace):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.delete()
+        self.delete(sharers=True)
 
 
 def new_record(services: Services, host: Host, name: str) -> SandboxRecord:

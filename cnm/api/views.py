@@ -34,7 +34,8 @@ def network_inspect(network: NetworkRecord) -> dict[str, Any]:
         "Created": network.created,
         "Scope": "local",
         "Driver": network.driver.name,
-        "EnableIPv4": 4 in families,
+        # Docker's predefined networks show IPv4 enabled, with no IPAM config.
+        "EnableIPv4": 4 in families or network.predefined,
         "EnableIPv6": 6 in families,
         "IPAM": {
             "Driver": network.ipam,
@@ -92,6 +93,9 @@ def endpoint_settings(endpoint: EndpointRecord) -> dict[str, Any]:
 
 def sandbox_inspect(sandbox: SandboxRecord) -> dict[str, Any]:
     joined = [e for e in sandbox.endpoints if e.joined]
+    if sandbox.shares is not None:
+        # Docker shows a sharer with no sandbox and no networks of its own.
+        return {"SandboxID": "", "SandboxKey": "", "Ports": {}, "Networks": {}}
     return {
         "SandboxID": sandbox.id,
         "SandboxKey": sandbox.namespace.path,

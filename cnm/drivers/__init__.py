@@ -180,8 +180,9 @@ class NetworkDriver(Protocol):
 
 def _builtin() -> dict[str, Callable[[], NetworkDriver]]:
     from .bridge import BridgeDriver
+    from .predefined import HostDriver, NullDriver
 
-    return {"bridge": BridgeDriver}
+    return {"bridge": BridgeDriver, "host": HostDriver, "null": NullDriver}
 
 
 #: The network drivers by name (zero-argument factories): the built-ins, then

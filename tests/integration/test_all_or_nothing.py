@@ -116,7 +116,7 @@ def test_create_network_is_all_or_nothing(host, monkeypatch, after):
     host.create_network("first")  # so the firewall table exists, and again without it below
     steps = _sweep(host, monkeypatch, lambda: host.create_network("web", subnet="10.10.0.0/24"), after)
     assert steps >= 3  # bridge, address, sysctl, firewall at least
-    assert [n.name for n in host.networks] == ["first", "web"]
+    assert [n.name for n in host.networks] == ["host", "none", "first", "web"]
 
 
 @pytest.mark.parametrize("after", [False, True], ids=["refused", "failed-after"])

@@ -238,6 +238,20 @@ row("sandbox lookup unknown", lambda w: w.host.sandbox("nope"), cnm.NotFoundErro
 row("endpoint lookup by int", lambda w: w.base.endpoint(5), cnm.InvalidArgumentError, "network 'base': endpoint name must be a string")
 row("endpoint lookup unknown", lambda w: w.base.endpoint("nope"), cnm.NotFoundError, "network 'base': no endpoint named 'nope'")
 
+# ---- network modes ------------------------------------------------------------------------
+row("network_mode an int", lambda w: w.host.create_sandbox("q1", network_mode=5), cnm.InvalidArgumentError, "sandbox 'q1': network_mode must be 'host', 'none', 'container:NAME', a network's name, a Network or a Sandbox, not int 5")
+row("network_mode an unknown network", lambda w: w.host.create_sandbox("q1", network_mode="nope"), cnm.NotFoundError, "sandbox 'q1': network_mode: no network named 'nope'")
+row("network_mode container of nobody", lambda w: w.host.create_sandbox("q1", network_mode="container:nope"), cnm.NotFoundError, "no sandbox named 'nope' to share")
+row("network_mode a sandbox of another host", lambda w: w.host.create_sandbox("q1", network_mode=w.far_sandbox), cnm.InvalidArgumentError, "belongs to another host")
+row("network_mode host with ports", lambda w: w.host.create_sandbox("q1", network_mode="host", ports=["8081:80"]), cnm.InvalidArgumentError, "sandbox 'q1': ip, ip6, mac and ports need a network to connect to (in network mode host)")
+row("network_mode none with an ip", lambda w: w.host.create_sandbox("q1", network_mode="none", ip="10.77.0.9"), cnm.InvalidArgumentError, "(in network mode none)")
+row("network_mode container with a mac", lambda w: w.host.create_sandbox("q1", network_mode=w.s0, mac="02:00:00:00:00:01"), cnm.InvalidArgumentError, "(in network mode container:s0)")
+row("network_mode a network, ip outside it", lambda w: w.host.create_sandbox("q1", network_mode=w.base, ip="10.99.0.5"), cnm.InvalidArgumentError, "10.99.0.5")
+row("network_mode a network, port taken", lambda w: w.host.create_sandbox("q1", network_mode="base", ports="8080:80"), cnm.ConflictError, "8080")
+row("network_mode a name in use", lambda w: w.host.create_sandbox("s0", network_mode="none"), cnm.ConflictError, "sandbox 's0': a sandbox with that name already exists")
+row("connect to the predefined host network", lambda w: w.host.network("host").connect(w.s0), cnm.InvalidArgumentError, "network 'host' is predefined and cannot be connected to")
+row("create a second null network", lambda w: w.host.create_network("q1", driver="null"), cnm.InvalidArgumentError, "driver 'null' is only for the predefined network 'none'")
+
 # ---- bulk ---------------------------------------------------------------------------------
 row("create_sandboxes of an int", lambda w: w.host.create_sandboxes(5), cnm.InvalidArgumentError, "create_sandboxes: requests must be a list (or other iterable) of sandbox names or SandboxRequests, not int 5")
 row("create_sandboxes of one string", lambda w: w.host.create_sandboxes("abc"), cnm.InvalidArgumentError, "not str 'abc'")

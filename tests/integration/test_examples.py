@@ -56,3 +56,14 @@ def test_p2p_driver():
     out = run_example("p2p_driver.py")
     assert "b got: hello over p2p from 10.77.0.2" in out
     assert "host routes: 2 (one /32 per sandbox, no bridge)" in out
+
+
+def test_network_modes():
+    out = run_example("network_modes.py")
+    assert "networks: [('host', 'host'), ('none', 'null')]" in out
+    assert "pod -> 127.0.0.1:9000: hello over the pod's loopback" in out  # container: shares loopback
+    assert "outside -> host:8080: hello from app, through the pod's port" in out
+    assert "outside -> host:7000: hello from the host network" in out  # host mode, nothing published
+    assert "none -> outside: failed: Network is unreachable" in out
+    assert out.count("Error: sandbox") == 2
+    assert "sandboxes left: ['h', 'n']" in out and out.rstrip().endswith("torn down")

@@ -119,7 +119,7 @@ def test_connect_rolls_back_at_every_change(host, kernel):
 
 def test_create_network_rolls_back_at_every_change(host, kernel):
     steps = _sweep(kernel, lambda: host.create_network("web", subnet="10.1.0.0/24"))
-    assert steps > 2 and [n.name for n in host.networks] == ["web"]
+    assert steps > 2 and [n.name for n in host.networks] == ["host", "none", "web"]
 
 
 def test_bulk_creation_rolls_back_at_every_change(host, kernel):
