@@ -130,6 +130,12 @@ class Host(InNamespace):
         return isolated.HOST_ADDRESS.ip if self.outside is not None else None
 
     @property
+    def uplink(self) -> str | None:
+        """The name of the host's uplink towards its outside (isolated hosts
+        only): the parent for macvlan and ipvlan networks, on 198.18.0.0/24."""
+        return isolated.UPLINK if self.outside is not None else None
+
+    @property
     def outside_address(self) -> IPv4Address | None:
         return self.outside.address if self.outside is not None else None
 

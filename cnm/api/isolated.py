@@ -25,6 +25,7 @@ __all__ = [
     "HOST_ADDRESS6",
     "OUTSIDE_ADDRESS",
     "OUTSIDE_ADDRESS6",
+    "UPLINK",
     "UPLINK_SUBNET",
     "UPLINK_SUBNET6",
     "Outside",
@@ -36,6 +37,9 @@ __all__ = [
 #: The link between an isolated host and its "outside": a /24 from the range
 #: reserved for benchmarking network devices (RFC 2544), so it never collides
 #: with Docker's default pools or with real networks.
+#: The name of the uplink, on the host's side and on the outside's: the
+#: parent to give macvlan and ipvlan networks (``host.uplink``).
+UPLINK = "eth0"
 UPLINK_SUBNET = IPv4Network("198.18.0.0/24")
 OUTSIDE_ADDRESS = IPv4Interface("198.18.0.1/24")
 HOST_ADDRESS = IPv4Interface("198.18.0.2/24")
@@ -97,24 +101,24 @@ def wire_uplink(services: Services, outside: Outside) -> None:
     label = services.name
     rtnl = services.rtnl
     uplink, outside_end = rtnl.add_veth(
-        "eth0",
+        UPLINK,
         mac=random_mac(),
         alias=f"cnm:{services.token}:uplink",
         master=None,
-        peer_name="eth0",
+        peer_name=UPLINK,
         peer_namespace=outside.namespace,
     )
     # Both ends carry IPv6 too (the namespaces start with it off, see
     # make_namespaces): once per host, so that networks with IPv6 reach the
     # outside; networks without it add nothing of IPv6 to the kernel.
-    services.namespace.write_sysctl("net/ipv6/conf/eth0/disable_ipv6", "0")
+    services.namespace.write_sysctl(f"net/ipv6/conf/{UPLINK}/disable_ipv6", "0")
     defaults = [Route.default(OUTSIDE_ADDRESS.ip), Route.default(OUTSIDE_ADDRESS6.ip)]
-    rtnl.configure_link("eth0", [HOST_ADDRESS, HOST_ADDRESS6], defaults, f"host {label!r}: uplink", index=uplink)
-    outside.namespace.write_sysctl("net/ipv6/conf/eth0/disable_ipv6", "0")
+    rtnl.configure_link(UPLINK, [HOST_ADDRESS, HOST_ADDRESS6], defaults, f"host {label!r}: uplink", index=uplink)
+    outside.namespace.write_sysctl(f"net/ipv6/conf/{UPLINK}/disable_ipv6", "0")
     services.kernel.inside(
         outside.namespace,
         lambda outside_rtnl: outside_rtnl.configure_link(
-            "eth0", [OUTSIDE_ADDRESS, OUTSIDE_ADDRESS6], [], "outside: uplink", index=outside_end
+            UPLINK, [OUTSIDE_ADDRESS, OUTSIDE_ADDRESS6], [], "outside: uplink", index=outside_end
         ),
     )
     services.forwarding_always_on()

@@ -55,13 +55,17 @@ class SandboxEnd:
 
     def release_link(self, index: int, what: str, *, inside: bool = False) -> None:
         dying = self._sandbox.dying_links
-        if dying is not None:
-            # The namespace is being deleted: the link goes with it. A veth's
+        if dying is not None and not inside:
+            # The namespace is being deleted: the veth goes with it, and its
             # host end is watched until it has (see cnm.dying).
-            if not inside:
-                dying.append(index)
+            dying.append(index)
             return
         if inside:
+            # Even from a namespace being deleted: a link made on a host
+            # interface (macvlan, ipvlan) would keep its address on the
+            # parent's wire, and the parent promiscuous, until the kernel
+            # dismantles the namespace later on; gone now, its address can
+            # be given again at once.
             self._services.kernel.inside(self._sandbox.namespace, lambda rtnl: rtnl.delete_link(index, what))
         else:
             self._services.rtnl.delete_link(index, what)

@@ -252,9 +252,13 @@ def create(
         raise InvalidArgumentError(f"{where}: driver {drv.name!r} does not carry {family_name(missing[0])}")
     ipam_drv = ipam_driver(check_text(where, "ipam", ipam))
     in_use = [s for n in services.networks.values() for s in n.subnets]
-    in_use += services.rtnl.routes(4)
-    if 6 in families:
-        in_use += services.rtnl.routes(6)
+    # The host routes what its routed networks carry, so their subnets must
+    # be new to its routing table; a macvlan or ipvlan network's subnet is
+    # normally the parent's own, already routed to the parent.
+    if drv.capabilities.routed:
+        in_use += services.rtnl.routes(4)
+        if 6 in families:
+            in_use += services.rtnl.routes(6)
     pools: dict[int, AddressPool] = {}
     for family in families:
         pools[family] = ipam_drv.request_pool(

@@ -36,8 +36,11 @@ Contract:
     with the public verb :meth:`cnm.kernel.Rtnl.add_link` (the veth has a fast
     path of its own, :meth:`~cnm.kernel.Rtnl.add_veth`). A link with an end in
     the sandbox is undone with ``sandbox.release_link(index, what, inside=...)``:
-    the sandbox knows whether its namespace is about to disappear (taking the
-    link with it, which is ~50x cheaper than deleting the link) or not.
+    for a veth (the host end's index) the sandbox knows whether its namespace
+    is about to disappear (taking the link with it, which is ~50x cheaper
+    than deleting the link) or not; a link made inside on a host interface
+    (macvlan, ipvlan: its index in the sandbox, ``inside=True``) is deleted
+    at once either way, so that its address leaves the parent's wire.
 
 Third-party drivers register under the entry-point group ``cnm.drivers`` (the
 entry point names a zero-argument factory); they subclass nothing.
@@ -148,6 +151,8 @@ class NetworkPlumbing:
     mtu: int | None = None
     #: what the driver's joins offer as default-route next hops (one per family)
     gateways: tuple[IPAddress, ...] = ()
+    #: the driver's mode of the network, for its joins (macvlan_mode, ipvlan_mode)
+    mode: str = ""
 
 
 class SandboxPort(Protocol):
@@ -180,9 +185,17 @@ class NetworkDriver(Protocol):
 
 def _builtin() -> dict[str, Callable[[], NetworkDriver]]:
     from .bridge import BridgeDriver
+    from .ipvlan import IpvlanDriver
+    from .macvlan import MacvlanDriver
     from .predefined import HostDriver, NullDriver
 
-    return {"bridge": BridgeDriver, "host": HostDriver, "null": NullDriver}
+    return {
+        "bridge": BridgeDriver,
+        "host": HostDriver,
+        "ipvlan": IpvlanDriver,
+        "macvlan": MacvlanDriver,
+        "null": NullDriver,
+    }
 
 
 #: The network drivers by name (zero-argument factories): the built-ins, then

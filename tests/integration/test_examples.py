@@ -67,3 +67,10 @@ def test_network_modes():
     assert "none -> outside: failed: Network is unreachable" in out
     assert out.count("Error: sandbox") == 2
     assert "sandboxes left: ['h', 'n']" in out and out.rstrip().endswith("torn down")
+
+
+def test_macvlan():
+    out = run_example("macvlan.py")
+    assert "a: 198.18.0.128/24 MAC" in out and "on eth0" in out
+    assert "a -> outside: the outside saw 198.18.0.128 (its own address: no NAT)" in out
+    assert out.rstrip().endswith("torn down")
