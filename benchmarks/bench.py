@@ -81,7 +81,9 @@ DEFAULT_PEERS = ["ipbatch", "cni"]
 MAX_N = 1000
 
 
-def cnm_run(n: int, *, bulk: bool = True, ipv6: bool = False) -> tuple[float, float, float | None]:
+def cnm_run(
+    n: int, *, bulk: bool = True, ipv6: bool = False, driver: str = "bridge", mode: str | None = None
+) -> tuple[float, float, float | None]:
     """One cnm run: (setup, teardown, delete calls) in ms per sandbox.
 
     *bulk*: one ``host.create_sandboxes`` call, and ``host.close()``;
@@ -90,33 +92,50 @@ def cnm_run(n: int, *, bulk: bool = True, ipv6: bool = False) -> tuple[float, fl
     whose loop is timed by itself too (the third figure; None for *bulk*).
     *ipv6*: the network is dual-stack, so every sandbox gets an IPv6 address
     and route too, and its port is published on both families.
+    *driver*: the network's (``macvlan`` on the host's uplink, ``ipvlan``
+    likewise, ``p2p`` the example driver of ``examples/p2p_driver.py``):
+    their sandboxes publish no port, which only bridge networks can.
+    *mode*: instead of a network, each sandbox made by
+    ``create_sandbox(name, network_mode=mode)`` (``host``, ``none``, or
+    ``container``: sharing the first sandbox's namespace).
     """
     # Setup includes making the host and its network, as the peer scripts'
     # setup includes their host namespace, bridge and NAT table (cnm's host
     # does more: an outside namespace and an uplink too).
     start = time.perf_counter()
-    host = cnm.Host.isolated("bench")
+    host = cnm.Host.isolated("bench", drivers=_example_drivers() if driver == "p2p" else None)
     try:
-        if ipv6:
-            net = host.create_network("bench", ipv6=True, subnet=["10.88.0.0/16", "fd00:88::/64"])
+        ports = driver == "bridge"
+        if mode is not None:
+            net = None
+        elif driver in ("macvlan", "ipvlan"):
+            net = host.create_network("bench", driver, subnet="198.18.0.0/24", gateway="198.18.0.1",
+                                      ip_range="198.18.0.128/25", options={"parent": host.uplink or ""})  # fmt: skip
+        elif ipv6:
+            net = host.create_network("bench", driver, ipv6=True, subnet=["10.88.0.0/16", "fd00:88::/64"])
         else:
-            net = host.create_network("bench", subnet="10.88.0.0/16")
-        if bulk:  # building the requests is part of what a user pays
-            requests = [cnm.SandboxRequest(f"s{i}", ports=[f"{20000 + i}:80"]) for i in range(n)]
+            net = host.create_network("bench", driver, subnet="10.88.0.0/16")
+        if mode is not None:
+            first = host.create_sandbox("s0")
+            shared = first if mode == "container" else mode
+            sandboxes = [first, *(host.create_sandbox(f"s{i}", network_mode=shared) for i in range(1, n))]
+        elif bulk:  # building the requests is part of what a user pays
+            requests = [cnm.SandboxRequest(f"s{i}", ports=[f"{20000 + i}:80"] if ports else ()) for i in range(n)]
             sandboxes = host.create_sandboxes(requests, network=net)
         else:
+            assert net is not None
             sandboxes = []
             for i in range(n):
                 sandbox = host.create_sandbox(f"s{i}")
-                net.connect(sandbox, ports=[f"{20000 + i}:80"])
+                net.connect(sandbox, ports=[f"{20000 + i}:80"] if ports else ())
                 sandboxes.append(sandbox)
         setup = time.perf_counter() - start
     except BaseException:
         host.close()
         raise
     # Like the peers' scripts, teardown lasts until the kernel has really taken
-    # the sandboxes apart: until no veth is left on the bridge. A socket
-    # opened inside the host namespace keeps it readable after close().
+    # the sandboxes apart: until no veth of theirs is left in the host. A
+    # socket opened inside the host namespace keeps it readable after close().
     try:
         watcher = Rtnl(host.namespace)
     except BaseException:
@@ -126,12 +145,17 @@ def cnm_run(n: int, *, bulk: bool = True, ipv6: bool = False) -> tuple[float, fl
     try:
         start = time.perf_counter()
         if not bulk:
-            for sandbox in sandboxes:
+            for sandbox in reversed(sandboxes):  # sharers before the namespace they share
                 sandbox.delete()
             calls = (time.perf_counter() - start) * 1000 / n
         host.close()
         deadline = start + 120  # as long as the peer scripts wait
-        while any(link.kind == "veth" and link.master for link in watcher.links()):
+        # A macvlan parent is promiscuous until the last macvlan on it is gone
+        # (they go with the sandboxes' namespaces, which no veth shows).
+        while any(
+            (link.kind == "veth" and link.name != host.uplink) or (link.name == host.uplink and link.promiscuity)
+            for link in watcher.links()
+        ):
             if time.perf_counter() > deadline:
                 raise RuntimeError("the kernel did not take the sandboxes' veths apart within 120 s")
             # Every 5 ms, as the peer scripts poll: each look is a dump of
@@ -141,6 +165,22 @@ def cnm_run(n: int, *, bulk: bool = True, ipv6: bool = False) -> tuple[float, fl
     finally:
         watcher.close()
     return setup * 1000 / n, teardown * 1000 / n, calls
+
+
+def _example_drivers() -> dict[str, Any]:
+    """The example driver of examples/p2p_driver.py, as a host's own."""
+    spec = importlib.util.spec_from_file_location("p2p_driver", REPO / "examples" / "p2p_driver.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {"p2p": module.PointToPointDriver}
+
+
+def cnm_missing(tool: str) -> str | None:
+    """Why *tool* cannot run on this kernel, or None."""
+    if tool == "cnm-ipvlan" and not (os.path.exists("/sys/module/ipvlan") or os.path.isdir(f"/lib/modules/{os.uname().release}")):
+        return "this kernel has no ipvlan module"
+    return None
 
 
 def _busy_ticks() -> tuple[int, int]:
@@ -196,11 +236,19 @@ def peer_run(name: str, n: int) -> tuple[float, float]:
 
 
 #: cnm's own variants: the bulk API and the loop, on an IPv4 network and a dual-stack one
-CNM_TOOLS = {
+CNM_TOOLS: dict[str, dict[str, Any]] = {
     "cnm": {},
     "cnm-loop": {"bulk": False},
     "cnm-dual": {"ipv6": True},
     "cnm-loop-dual": {"bulk": False, "ipv6": True},
+    # One line per driver and mode (at N <= 126 for macvlan and ipvlan: they
+    # take the addresses of the uplink's /24).
+    "cnm-macvlan": {"driver": "macvlan"},
+    "cnm-ipvlan": {"driver": "ipvlan"},
+    "cnm-p2p": {"driver": "p2p"},
+    "cnm-host": {"bulk": False, "mode": "host"},
+    "cnm-none": {"bulk": False, "mode": "none"},
+    "cnm-container": {"bulk": False, "mode": "container"},
 }
 #: the suffix of a tool run from the --baseline checkout, and of the same
 #: tool of this checkout run the same way (in a fresh process: a run in this
@@ -354,7 +402,7 @@ def main() -> None:
     for name in ["cnm-loop", *DEFAULT_PEERS] if args.peers is None else args.peers:
         if name in others:
             continue
-        why = None if name in CNM_TOOLS else peer_missing(name)
+        why = cnm_missing(name) if name in CNM_TOOLS else peer_missing(name)
         if why:
             print(f"# skipping {name}: {why}", flush=True)
             skipped[name] = why

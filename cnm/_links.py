@@ -28,7 +28,7 @@ _IFF_UP = 0x1
 class LinkInfo:
     """What cnm needs to know about a link: index, name, kind, master, alias."""
 
-    __slots__ = ("index", "name", "kind", "master", "alias", "mac", "up")
+    __slots__ = ("index", "name", "kind", "master", "alias", "mac", "up", "promiscuity")
 
     def __init__(self, msg: Any) -> None:
         self.index: int = msg["index"]
@@ -39,6 +39,8 @@ class LinkInfo:
         self.alias: str | None = msg.get_attr("IFLA_IFALIAS")
         self.mac: str | None = msg.get_attr("IFLA_ADDRESS")
         self.up = bool(msg["flags"] & _IFF_UP)
+        #: how many users put it in promiscuous mode (a parent with macvlans on it: 1 while any is there)
+        self.promiscuity: int = msg.get_attr("IFLA_PROMISCUITY") or 0
 
 
 class RouteSpec(Protocol):

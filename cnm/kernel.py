@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface, ip_network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_address, ip_interface, ip_network
 from typing import Any, Literal, overload
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL
@@ -128,14 +128,21 @@ class Rtnl:
     def routes(self, family: int = 4) -> list[IPv4Network] | list[IPv6Network]:
         """Destinations of the unicast routes of *family* (4 or 6) in the main
         table (default route excluded)."""
+        return [dst for dst, _, _ in self.route_table(family) if dst.prefixlen]  # type: ignore[return-value]
+
+    def route_table(self, family: int = 4) -> list[tuple[IPNetwork, IPAddress | None, int | None]]:
+        """Every unicast route of *family* (4 or 6) in the main table, the
+        default route too: (destination, gateway or None, out interface's index)."""
         msg = rtmsg()
         msg["family"] = _AF[family]
-        out = []
+        out: list[tuple[IPNetwork, IPAddress | None, int | None]] = []
         for m in self._nl.dump(msg, rt.RTM_GETROUTE):
-            if m["table"] != _RT_TABLE_MAIN or m["dst_len"] == 0 or m["type"] != 1:
+            if m["table"] != _RT_TABLE_MAIN or m["type"] != 1:
                 continue
-            out.append(ip_network(f"{m.get_attr('RTA_DST')}/{m['dst_len']}", strict=False))
-        return out  # type: ignore[return-value]  # one family, as asked
+            dst = m.get_attr("RTA_DST") or ("0.0.0.0" if family == 4 else "::")
+            via = m.get_attr("RTA_GATEWAY")
+            out.append((ip_network(f"{dst}/{m['dst_len']}", strict=False), ip_address(via) if via else None, m.get_attr("RTA_OIF")))
+        return out
 
     @overload
     def addresses(self, family: Literal[4] = 4) -> list[tuple[int, IPv4Interface]]: ...

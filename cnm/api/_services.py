@@ -28,6 +28,7 @@ from ..undo import Undo, UndoLog
 from ._records import NetworkRecord, SandboxRecord
 
 if TYPE_CHECKING:
+    from ..drivers import NetworkDriver
     from ..facade import Kernel
     from .host import Host
     from .network import Network
@@ -80,6 +81,8 @@ class Services:
         self._forwarding_was: dict[int, str | None] = {4: None, 6: None}
         #: stable text naming this host, from which IPAM derives its IPv6 prefix
         self.seed = token
+        #: network drivers of this host's own, by name (before cnm.drivers.DRIVERS)
+        self.drivers: dict[str, Callable[[], NetworkDriver]] = {}
         # Set by attach(), once the host's kernel side exists.
         self.rtnl: Rtnl
         self.dying: DyingLinks
@@ -111,6 +114,13 @@ class Services:
     def keep(self, leftover: Undo) -> None:
         """Keep what a failed operation could not roll back, for close() to retry."""
         self.leftovers.append(leftover)
+
+    def driver(self, name: str) -> NetworkDriver:
+        """A new instance of the network driver *name*: this host's own, else the registry's."""
+        from ..drivers import network_driver
+
+        own = self.drivers.get(name)
+        return own() if own is not None else network_driver(name)
 
     def sandbox_path(self, name: str) -> str:
         return os.path.join(self.mounts.path, f"sb-{name}")

@@ -17,12 +17,13 @@ order, collects every failure, and raises them together as one
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING
 
-from .._checks import check_collection, check_name, check_text
-from ..errors import ConflictError, ExhaustedError, NotFoundError
+from .._checks import check_collection, check_name, check_text, describe
+from ..drivers import NetworkDriver
+from ..errors import ConflictError, ExhaustedError, InvalidArgumentError, NotFoundError
 from ..firewall import FirewallFactory, firewall_backend
 from ..interrupts import deferred_interrupts, uninterruptible
 from ..facade import Kernel
@@ -57,17 +58,27 @@ class Host(InNamespace):
 
     outside: Outside | None
 
-    def __init__(self, *, firewall: str = "nftables", kernel: Kernel | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        firewall: str = "nftables",
+        kernel: Kernel | None = None,
+        drivers: Mapping[str, Callable[[], NetworkDriver]] | None = None,
+    ) -> None:
         """The machine's own namespace. *kernel* replaces the real kernel
-        (:class:`cnm.facade.Kernel`), for tests of the orchestration."""
+        (:class:`cnm.facade.Kernel`), for tests of the orchestration.
+        *drivers* are network drivers of this host's own, by name (a
+        zero-argument factory each), found before :data:`cnm.drivers.DRIVERS`."""
         factory = firewall_factory(firewall)
         kernel = check_kernel(kernel)
+        own = check_drivers("host", drivers)
         namespace = kernel.current_namespace()
         record = claim_token(kernel, "machine", namespace.path, firewall)
         with transaction() as undo:
             undo.books.push(f"host {namespace.name!r}: owner record", record.remove)
             self._setup(kernel, namespace, namespace.name, factory, record.token, undo)
             self._services.seed = kernel.machine_id()
+            self._services.drivers = own
         kernel.watch(self, record, f"host {self.name!r}")
 
     def _setup(
@@ -92,16 +103,24 @@ class Host(InNamespace):
         modes.add_predefined(services, self)
 
     @classmethod
-    def isolated(cls, name: str | None = None, *, firewall: str = "nftables", kernel: Kernel | None = None) -> Host:
+    def isolated(
+        cls,
+        name: str | None = None,
+        *,
+        firewall: str = "nftables",
+        kernel: Kernel | None = None,
+        drivers: Mapping[str, Callable[[], NetworkDriver]] | None = None,
+    ) -> Host:
         """A fresh host namespace, with ``host.outside`` linked to it by a veth.
 
         The host has ``address`` 198.18.0.2/24 on its ``eth0``, the outside has
         ``outside_address`` 198.18.0.1 and is the host's default gateway.
-        *kernel* replaces the real kernel, as for ``Host()``.
+        *kernel* and *drivers* are as for ``Host()``.
         """
         label = check_name("host", name) if name is not None else "host"
         factory = firewall_factory(firewall)
         kernel = check_kernel(kernel)
+        own = check_drivers(f"host {label!r}", drivers)
         record = claim_token(kernel, "isolated", kernel.current_namespace().path, firewall)
         token = record.token
         host = cls.__new__(cls)
@@ -110,6 +129,7 @@ class Host(InNamespace):
                 undo.books.push(f"host {label!r}: owner record", record.remove)
                 host_ns, outside_ns = isolated.make_namespaces(kernel, token, name, label, undo.kernel)
                 host._setup(kernel, host_ns, label, factory, token, undo)
+                host._services.drivers = own
                 host._outside_processes = Processes()
                 host.outside = isolated.Outside(outside_ns, host._outside_processes, host._services)
                 isolated.wire_uplink(host._services, host.outside)
@@ -367,6 +387,19 @@ def claim_token(kernel: Kernel, kind: str, netns_path: str, firewall: str) -> Ow
         except ConflictError:
             continue
     raise ExhaustedError("cnm: no free host token after 8 draws (run cnm.gc() to collect dead hosts' records)")
+
+
+def check_drivers(where: str, drivers: object) -> dict[str, Callable[[], NetworkDriver]]:
+    """A host's own drivers, checked: names (strings) to zero-argument factories."""
+    if drivers is None:
+        return {}
+    if not isinstance(drivers, Mapping):
+        raise InvalidArgumentError(f"{where}: drivers must be a mapping of names to driver factories, not {describe(drivers)}")
+    for name, factory in drivers.items():
+        check_text(where, "driver name", name)
+        if not callable(factory):
+            raise InvalidArgumentError(f"{where}: driver {name!r} must be a zero-argument factory, not {describe(factory)}")
+    return dict(drivers)
 
 
 def check_kernel(kernel: Kernel | None) -> Kernel:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._checks import check_collection, check_flag, check_name, check_text, describe, string_map
 from .._ip import Family, IPAddress, IPNetwork, family_name
-from ..drivers import NetworkSpec, network_driver
+from ..drivers import NetworkSpec
 from ..errors import ClosedError, ConflictError, InvalidArgumentError, NotFoundError, StateError
 from ..firewall import NetworkRules
 from ..ipam import AddressPool, ipam_driver, parse_address, parse_subnet
@@ -246,7 +246,7 @@ def create(
     )
     options = string_map(f"{where}: options", options)
     labels = string_map(f"{where}: labels", labels)
-    drv = network_driver(check_text(where, "driver", driver))
+    drv = services.driver(check_text(where, "driver", driver))
     missing = [f for f in families if f not in drv.capabilities.families]
     if missing:
         raise InvalidArgumentError(f"{where}: driver {drv.name!r} does not carry {family_name(missing[0])}")

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import attrs
 
+from .._ip import IPAddress
 from .._links import IFNAME_RULE, valid_ifname
 from ..errors import InvalidArgumentError, NotFoundError
 from ..kernel import Rtnl
 from ..undo import UndoLog
-from . import NetworkPlumbing, NetworkSpec
+from . import Capabilities, EndpointSpec, NetworkPlumbing, NetworkSpec, SandboxPort
 
-__all__ = ["OPT_PARENT", "Parent", "check_parent", "make_parent"]
+__all__ = ["OPT_PARENT", "OnParent", "Parent", "check_parent", "make_parent"]
 
 OPT_PARENT = "parent"
 
@@ -75,3 +76,59 @@ def make_parent(host: Rtnl, spec: NetworkSpec, driver: str, undo: UndoLog) -> Ne
     # up; cnm changes nothing of the host's own that it would not undo).
     gateways = () if spec.internal or parent.dummy else spec.gateways
     return NetworkPlumbing(interface=parent.name, index=index, owner=spec.owner, gateways=gateways)
+
+
+class OnParent:
+    """What macvlan and ipvlan share: options ``parent`` and ``<name>_mode``
+    (the first of *modes* by default), checked; the parent, made or found."""
+
+    name: str
+    #: the modes the kind takes, the default first
+    modes: tuple[str, ...]
+    capabilities = Capabilities(families=frozenset({4, 6}), routed=False)
+
+    @property
+    def mode_option(self) -> str:
+        return f"{self.name}_mode"
+
+    def validate(self, spec: NetworkSpec) -> None:
+        unknown = sorted(set(spec.options) - {OPT_PARENT, self.mode_option})
+        if unknown:
+            raise InvalidArgumentError(
+                f"network {spec.name!r}: unknown {self.name} option(s) {', '.join(unknown)} "
+                f"(known: {self.mode_option}, {OPT_PARENT})"
+            )
+        mode = spec.options.get(self.mode_option, self.modes[0])
+        if mode not in self.modes:
+            raise InvalidArgumentError(
+                f"network {spec.name!r}: {self.mode_option} {mode!r} is not one of {', '.join(self.modes)}"
+            )
+        check_parent(spec, self.name)
+
+    def create_network(self, host: Rtnl, spec: NetworkSpec, undo: UndoLog) -> NetworkPlumbing:
+        plumbing = make_parent(host, spec, self.name, undo)
+        mode = spec.options.get(self.mode_option, self.modes[0])
+        return attrs.evolve(plumbing, mode=mode, gateways=self.gateways(mode, plumbing.gateways))
+
+    def add_sandbox_link(
+        self, host: Rtnl, network: NetworkPlumbing, endpoint: EndpointSpec, sandbox: SandboxPort, undo: UndoLog,
+        *, mac: str | None,
+    ) -> int:  # fmt: skip
+        """The endpoint's link of this kind on the parent, made straight inside
+        the sandbox (with its undo step); its index there."""
+        what = f"endpoint {endpoint.name!r}: {self.name} on {network.interface!r}"
+        link = host.add_link(
+            self.name,
+            endpoint.interface,
+            data={self.mode_option: network.mode},
+            parent=network.index,
+            namespace=sandbox.namespace,
+            mac=mac,
+            alias=f"cnm:{network.owner}:endpoint/{endpoint.name}",
+        )
+        undo.push(what, lambda: sandbox.release_link(link.index, what, inside=True))
+        return link.index
+
+    def gateways(self, mode: str, offered: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
+        """The next hops the joins of a network in *mode* offer (those of its subnets by default)."""
+        return offered

@@ -11,12 +11,19 @@ from __future__ import annotations
 import errno
 from ipaddress import IPv6Interface
 
-from ..errors import InterfaceExistsError, InvalidArgumentError, KernelError
 from .._links import IFNAME_RULE, valid_ifname
+from ..errors import InterfaceExistsError, InvalidArgumentError, KernelError
 from ..firewall import SANDBOX_PORT_GROUP
 from ..kernel import Rtnl
 from ..undo import UndoLog
-from . import Capabilities, EndpointSpec, NetworkPlumbing, NetworkSpec, SandboxLink, SandboxPort
+from . import (
+    Capabilities,
+    EndpointSpec,
+    NetworkPlumbing,
+    NetworkSpec,
+    SandboxLink,
+    SandboxPort,
+)
 
 __all__ = ["BridgeDriver", "host_end_name"]
 

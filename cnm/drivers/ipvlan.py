@@ -15,61 +15,32 @@ from __future__ import annotations
 
 from ipaddress import ip_network
 
-from ..errors import InvalidArgumentError
+from .._ip import IPAddress
 from ..kernel import Route, Rtnl
 from ..undo import UndoLog
-from . import Capabilities, EndpointSpec, NetworkPlumbing, NetworkSpec, SandboxLink, SandboxPort
-from ._parent import OPT_PARENT, check_parent, make_parent
+from . import EndpointSpec, NetworkPlumbing, SandboxLink, SandboxPort
+from ._parent import OnParent
 
 __all__ = ["IpvlanDriver"]
 
-OPT_MODE = "ipvlan_mode"
-MODES = ("l2", "l3", "l3s")
 _DEFAULTS = {4: ip_network("0.0.0.0/0"), 6: ip_network("::/0")}
 
 
-class IpvlanDriver:
+class IpvlanDriver(OnParent):
     name = "ipvlan"
-    capabilities = Capabilities(families=frozenset({4, 6}), routed=False)
+    modes = ("l2", "l3", "l3s")
 
-    def validate(self, spec: NetworkSpec) -> None:
-        unknown = sorted(set(spec.options) - {OPT_PARENT, OPT_MODE})
-        if unknown:
-            raise InvalidArgumentError(
-                f"network {spec.name!r}: unknown ipvlan option(s) {', '.join(unknown)} (known: {OPT_MODE}, {OPT_PARENT})"
-            )
-        mode = spec.options.get(OPT_MODE, "l2")
-        if mode not in MODES:
-            raise InvalidArgumentError(f"network {spec.name!r}: {OPT_MODE} {mode!r} is not one of {', '.join(MODES)}")
-        check_parent(spec, self.name)
-
-    def create_network(self, host: Rtnl, spec: NetworkSpec, undo: UndoLog) -> NetworkPlumbing:
-        plumbing = make_parent(host, spec, self.name, undo)
-        mode = spec.options.get(OPT_MODE, "l2")
-        return NetworkPlumbing(
-            interface=plumbing.interface,
-            index=plumbing.index,
-            owner=plumbing.owner,
-            # In l3 modes the parent routes: no next hop to offer.
-            gateways=plumbing.gateways if mode == "l2" else (),
-            mode=mode,
-        )
+    def gateways(self, mode: str, offered: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]:
+        # In l3 modes the parent routes: no next hop to offer.
+        return offered if mode == "l2" else ()
 
     def join(
         self, host: Rtnl, network: NetworkPlumbing, endpoint: EndpointSpec, sandbox: SandboxPort, undo: UndoLog
     ) -> SandboxLink:
-        what = f"endpoint {endpoint.name!r}: ipvlan on {network.interface!r}"
-        link = host.add_link(
-            "ipvlan",
-            endpoint.interface,
-            data={"ipvlan_mode": network.mode},
-            parent=network.index,
-            namespace=sandbox.namespace,
-            alias=f"cnm:{network.owner}:endpoint/{endpoint.name}",
-        )
-        undo.push(what, lambda: sandbox.release_link(link.index, what, inside=True))
+        # The kernel gives an ipvlan its parent's MAC, whatever the request says.
+        index = self.add_sandbox_link(host, network, endpoint, sandbox, undo, mac=None)
         routes: tuple[Route, ...] = ()
         if network.mode != "l2":
             # The default route is the interface itself (Docker's l3 mode), per family it has.
             routes = tuple(Route(_DEFAULTS[a.version]) for a in endpoint.addresses)
-        return SandboxLink(endpoint.interface, link.index, endpoint.addresses, routes=routes, gateways=network.gateways)
+        return SandboxLink(endpoint.interface, index, endpoint.addresses, routes=routes, gateways=network.gateways)

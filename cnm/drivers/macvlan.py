@@ -19,55 +19,20 @@ give ``ip_range`` (or each sandbox's ``ip``) outside them.
 
 from __future__ import annotations
 
-from ..errors import InvalidArgumentError
 from ..kernel import Rtnl
 from ..undo import UndoLog
-from . import Capabilities, EndpointSpec, NetworkPlumbing, NetworkSpec, SandboxLink, SandboxPort
-from ._parent import OPT_PARENT, check_parent, make_parent
+from . import EndpointSpec, NetworkPlumbing, SandboxLink, SandboxPort
+from ._parent import OnParent
 
 __all__ = ["MacvlanDriver"]
 
-OPT_MODE = "macvlan_mode"
-MODES = ("bridge", "private", "vepa", "passthru")
 
-
-class MacvlanDriver:
+class MacvlanDriver(OnParent):
     name = "macvlan"
-    capabilities = Capabilities(families=frozenset({4, 6}), routed=False)
-
-    def validate(self, spec: NetworkSpec) -> None:
-        unknown = sorted(set(spec.options) - {OPT_PARENT, OPT_MODE})
-        if unknown:
-            raise InvalidArgumentError(
-                f"network {spec.name!r}: unknown macvlan option(s) {', '.join(unknown)} (known: {OPT_MODE}, {OPT_PARENT})"
-            )
-        mode = spec.options.get(OPT_MODE, "bridge")
-        if mode not in MODES:
-            raise InvalidArgumentError(f"network {spec.name!r}: {OPT_MODE} {mode!r} is not one of {', '.join(MODES)}")
-        check_parent(spec, self.name)
-
-    def create_network(self, host: Rtnl, spec: NetworkSpec, undo: UndoLog) -> NetworkPlumbing:
-        plumbing = make_parent(host, spec, self.name, undo)
-        return NetworkPlumbing(
-            interface=plumbing.interface,
-            index=plumbing.index,
-            owner=plumbing.owner,
-            gateways=plumbing.gateways,
-            mode=spec.options.get(OPT_MODE, "bridge"),
-        )
+    modes = ("bridge", "private", "vepa", "passthru")
 
     def join(
         self, host: Rtnl, network: NetworkPlumbing, endpoint: EndpointSpec, sandbox: SandboxPort, undo: UndoLog
     ) -> SandboxLink:
-        what = f"endpoint {endpoint.name!r}: macvlan on {network.interface!r}"
-        link = host.add_link(
-            "macvlan",
-            endpoint.interface,
-            data={"macvlan_mode": network.mode},
-            parent=network.index,
-            namespace=sandbox.namespace,
-            mac=endpoint.mac,
-            alias=f"cnm:{network.owner}:endpoint/{endpoint.name}",
-        )
-        undo.push(what, lambda: sandbox.release_link(link.index, what, inside=True))
-        return SandboxLink(endpoint.interface, link.index, endpoint.addresses, gateways=network.gateways)
+        index = self.add_sandbox_link(host, network, endpoint, sandbox, undo, mac=endpoint.mac)
+        return SandboxLink(endpoint.interface, index, endpoint.addresses, gateways=network.gateways)

@@ -1,6 +1,7 @@
 """Behaviour 5: a failing operation leaves the kernel exactly as it was.
 
-The fault injector makes the k-th kernel change of an operation fail, for
+The fault injector (:class:`cnm.testing.FaultInjector`, which
+:func:`cnm.testing.check_driver` uses too) makes the k-th kernel change of an operation fail, for
 every k until the operation gets through, and compares the kernel state of the
 host namespace (and the list of namespaces) before and after each attempt.
 Kernel changes are: every netlink request that expects an acknowledgement
@@ -15,57 +16,11 @@ once, so for those both flavours refuse the step.
 
 from __future__ import annotations
 
-import errno
-import threading
-
 import pytest
 
 import cnm
-from cnm.netlink import Netlink
-from cnm.netns import Namespace
+from cnm.testing import FaultInjector, Injected
 from tests.kernelstate import diff, namespaces, snapshot
-
-
-class Injected(OSError):
-    pass
-
-
-class FaultInjector:
-    """Fails the k-th kernel change (1-based) once; counts changes otherwise."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: int | None, after: bool) -> None:
-        self.count = 0
-        self.fail_at = fail_at
-        self.after = after
-        self.fired = False
-        # Host.create_sandboxes makes kernel changes from several threads.
-        self._lock = threading.Lock()
-        for cls, name, netlink in [
-            (Netlink, "transact", True),
-            (Netlink, "fenced", True),
-            (Namespace, "create", False),
-            (Namespace, "write_sysctl", False),
-        ]:
-            original = getattr(cls, name)
-            monkeypatch.setattr(cls, name, self._wrap(original, isinstance(cls.__dict__[name], classmethod), netlink))
-
-    def _wrap(self, original, is_classmethod, netlink):
-        injector = self
-
-        def step(*args, **kwargs):
-            with injector._lock:
-                injector.count += 1
-                fire = not injector.fired and injector.count == injector.fail_at
-                if fire:
-                    injector.fired = True
-            if fire and not (injector.after and netlink):
-                raise Injected(errno.EPERM, "injected failure before the step")
-            result = original(*args[1:], **kwargs) if is_classmethod else original(*args, **kwargs)
-            if fire:
-                raise Injected(errno.EIO, "injected failure after the step")
-            return result
-
-        return classmethod(step) if is_classmethod else step
 
 
 def _host_state(host: cnm.Host, *sandboxes: cnm.Sandbox) -> dict[str, object]:
@@ -85,8 +40,7 @@ def _sweep(host, monkeypatch, operation, after: bool, sandboxes=()) -> int:
     k = 1
     while True:
         before = _host_state(host, *sandboxes)
-        with monkeypatch.context() as m:
-            injector = FaultInjector(m, k, after)
+        with FaultInjector(k, after=after) as injector:
             try:
                 operation()
             except cnm.CNMError as exc:
@@ -151,8 +105,7 @@ def test_isolated_host_creation_is_all_or_nothing(monkeypatch):
     k = 1
     while True:
         before = namespaces()
-        with monkeypatch.context() as m:
-            injector = FaultInjector(m, k, after=True)
+        with FaultInjector(k, after=True) as injector:
             try:
                 host = cnm.Host.isolated()
             except (cnm.CNMError, Injected):

@@ -18,7 +18,13 @@ import cnm
 from cnm.errors import MissingKernelFeatureError
 from cnm.kernel import Rtnl
 from tests.integration.test_all_or_nothing import _host_state, _sweep
-from tests.integration.traffic import REFUSED_TIMEOUT, Server, assert_unreachable, tcp_hello, udp_ping
+from tests.integration.traffic import (
+    REFUSED_TIMEOUT,
+    Server,
+    assert_unreachable,
+    tcp_hello,
+    udp_ping,
+)
 from tests.kernelstate import diff
 
 SUBNET = {"subnet": "198.18.0.0/24", "gateway": "198.18.0.1", "ip_range": "198.18.0.128/25"}
