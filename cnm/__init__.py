@@ -25,7 +25,7 @@ from .errors import (
     StateError,
     TeardownError,
 )
-from .api import Endpoint, Host, Network, Outside, Sandbox, SandboxRequest
+from .api import Endpoint, Host, Lab, Network, Outside, Sandbox, SandboxRequest
 from .leftovers import CollectedHost, GCReport, gc
 from .ports import PortMapping, PublishedPort
 
@@ -43,6 +43,7 @@ __all__ = [
     "InterfaceExistsError",
     "InvalidArgumentError",
     "KernelError",
+    "Lab",
     "MissingKernelFeatureError",
     "Network",
     "NotFoundError",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from typing import TYPE_CHECKING
 
 from .._checks import check_collection, check_name, check_text, describe
@@ -41,7 +41,7 @@ from .sandbox import Sandbox
 if TYPE_CHECKING:
     from ..ports import PortMapping
     from .bulk import SandboxRequest
-    from .isolated import Outside
+    from .isolated import Outside, Underlay
 
 __all__ = ["Host"]
 
@@ -86,6 +86,8 @@ class Host(InNamespace):
     ) -> None:
         self.namespace = namespace
         self.outside = None
+        #: its addresses on the uplink (isolated hosts only)
+        self._uplink: tuple[IPv4Interface, IPv6Interface] | None = None
         self.name = name
         self.token = token
         self._processes = Processes()
@@ -117,6 +119,21 @@ class Host(InNamespace):
         ``outside_address`` 198.18.0.1 and is the host's default gateway.
         *kernel* and *drivers* are as for ``Host()``.
         """
+        return cls.on_underlay(None, name, firewall=firewall, kernel=kernel, drivers=drivers)
+
+    @classmethod
+    def on_underlay(
+        cls,
+        underlay: Underlay | None,
+        name: str | None = None,
+        *,
+        firewall: str = "nftables",
+        kernel: Kernel | None = None,
+        drivers: Mapping[str, Callable[[], NetworkDriver]] | None = None,
+    ) -> Host:
+        """An isolated host whose uplink is a port of *underlay*'s bridge, with
+        no outside of its own (what :class:`cnm.Lab` makes its hosts with); with
+        None, ``Host.isolated``."""
         label = check_name("host", name) if name is not None else "host"
         factory = firewall_factory(firewall)
         kernel = check_kernel(kernel)
@@ -127,12 +144,18 @@ class Host(InNamespace):
         try:
             with transaction() as undo:
                 undo.books.push(f"host {label!r}: owner record", record.remove)
-                host_ns, outside_ns = isolated.make_namespaces(kernel, token, name, label, undo.kernel)
+                host_ns, outside_ns = isolated.make_namespaces(kernel, token, name, label, undo.kernel, outside=underlay is None)
                 host._setup(kernel, host_ns, label, factory, token, undo)
                 host._services.drivers = own
                 host._outside_processes = Processes()
+                if underlay is None:
+                    assert outside_ns is not None
+                    host._uplink = (isolated.HOST_ADDRESS, isolated.HOST_ADDRESS6)
+                else:
+                    outside_ns = underlay.namespace
+                    host._uplink = (underlay.address, underlay.address6)
                 host.outside = isolated.Outside(outside_ns, host._outside_processes, host._services)
-                isolated.wire_uplink(host._services, host.outside)
+                isolated.wire_uplink(host._services, host.outside, underlay)
         except BaseException:
             with deferred_interrupts():
                 # Whatever the rollback could not remove carries the token: sweep it.
@@ -142,12 +165,13 @@ class Host(InNamespace):
         kernel.watch(host, record, f"host {label!r}")
         return host
 
+
     # ---- properties ------------------------------------------------------------
 
     @property
     def address(self) -> IPv4Address | None:
         """The host's address on its uplink (isolated hosts only)."""
-        return isolated.HOST_ADDRESS.ip if self.outside is not None else None
+        return self._uplink[0].ip if self._uplink is not None else None
 
     @property
     def uplink(self) -> str | None:
@@ -162,7 +186,7 @@ class Host(InNamespace):
     @property
     def address6(self) -> IPv6Address | None:
         """The host's IPv6 address on its uplink (isolated hosts only)."""
-        return isolated.HOST_ADDRESS6.ip if self.outside is not None else None
+        return self._uplink[1].ip if self._uplink is not None else None
 
     @property
     def outside_address6(self) -> IPv6Address | None:

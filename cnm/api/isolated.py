@@ -7,8 +7,11 @@ can be swept), and the uplink between them.
 
 from __future__ import annotations
 
+import threading
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
 
 from ..kernel import Route, random_mac
 from ..netns import Namespace
@@ -49,17 +52,37 @@ OUTSIDE_ADDRESS6 = IPv6Interface("2001:2::1/64")
 HOST_ADDRESS6 = IPv6Interface("2001:2::2/64")
 
 
+@attrs.frozen
+class Underlay:
+    """Where a lab's host plugs its uplink in (see :mod:`cnm.api.lab`): the
+    lab's outside namespace, the bridge there, and the host's addresses on it."""
+
+    namespace: Namespace
+    bridge: int
+    address: IPv4Interface
+    address6: IPv6Interface
+
+
+class Owner(Protocol):
+    """What an Outside asks of the host (or lab) it belongs to: its lock, and whether it is open."""
+
+    @property
+    def lock(self) -> threading.RLock: ...
+
+    def check_open(self) -> None: ...
+
+
 class Outside(InNamespace):
     """The "internet" of an isolated host: a namespace linked to the host's uplink."""
 
     name = "outside"
 
-    def __init__(self, namespace: Namespace, processes: Processes, services: Services) -> None:
+    def __init__(self, namespace: Namespace, processes: Processes, services: Owner) -> None:
         self.namespace = namespace
         self.address: IPv4Address = OUTSIDE_ADDRESS.ip
         self.address6: IPv6Address = OUTSIDE_ADDRESS6.ip
         self._processes = processes
-        self._services = services
+        self._services = services  # type: ignore[assignment]  # a host's Services, or a lab's Owner
 
     def _check_open(self) -> None:
         self._services.check_open()
@@ -69,9 +92,10 @@ class Outside(InNamespace):
 
 
 def make_namespaces(
-    kernel: Kernel, token: str, name: str | None, label: str, undo: UndoLog
-) -> tuple[Namespace, Namespace]:
-    """The host's namespace and the outside's, each with its undo step on *undo*.
+    kernel: Kernel, token: str, name: str | None, label: str, undo: UndoLog, *, outside: bool = True
+) -> tuple[Namespace, Namespace | None]:
+    """The host's namespace and (unless not *outside*: a lab's host uses the
+    lab's) the outside's, each with its undo step on *undo*.
 
     Both start with IPv6 off for the interfaces to come. Every interface cnm
     configures without an IPv6 address is told to make none (see
@@ -87,17 +111,24 @@ def make_namespaces(
     host_ns, socket = kernel.create_namespace(f"cnm-{token}-host" + (f"-{name}" if name else ""), ipv6_off=True)
     socket.close()
     undo.push(f"host {label!r}: namespace", lambda: host_ns.delete())
+    if not outside:
+        return host_ns, None
     outside_ns, socket = kernel.create_namespace(f"cnm-{token}-outside", ipv6_off=True)
     socket.close()
     undo.push(f"host {label!r}: outside namespace", lambda: outside_ns.delete())
     return host_ns, outside_ns
 
 
-def wire_uplink(services: Services, outside: Outside) -> None:
+def wire_uplink(services: Services, outside: Outside, underlay: Underlay | None = None) -> None:
     """The veth between the host and its outside, addressed, with the host's default route.
 
     Both ends live in namespaces the host deletes: no undo step of their own.
+    With *underlay*, the outside's end is a port of the lab's bridge instead,
+    and goes with the host's namespace (a veth pair goes with either end).
     """
+    if underlay is not None:
+        _wire_to_underlay(services, underlay)
+        return
     label = services.name
     rtnl = services.rtnl
     uplink, outside_end = rtnl.add_veth(
@@ -123,3 +154,24 @@ def wire_uplink(services: Services, outside: Outside) -> None:
     )
     services.forwarding_always_on()
 
+
+
+def _wire_to_underlay(services: Services, underlay: Underlay) -> None:
+    """The host's uplink as a port of the lab's bridge, made from the lab's side (its end enslaved as it is made)."""
+    port, host_end = services.kernel.inside(
+        underlay.namespace,
+        lambda lab: lab.add_veth(
+            f"up-{services.token}",
+            mac=random_mac(),
+            alias=f"cnm:{services.token}:uplink",
+            master=underlay.bridge,
+            peer_name=UPLINK,
+            peer_namespace=services.namespace,
+        ),
+    )
+    services.namespace.write_sysctl(f"net/ipv6/conf/{UPLINK}/disable_ipv6", "0")
+    defaults = [Route.default(OUTSIDE_ADDRESS.ip), Route.default(OUTSIDE_ADDRESS6.ip)]
+    services.rtnl.configure_link(
+        UPLINK, [underlay.address, underlay.address6], defaults, f"host {services.name!r}: uplink", index=host_end
+    )
+    services.forwarding_always_on()

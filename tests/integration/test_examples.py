@@ -74,3 +74,12 @@ def test_macvlan():
     assert "a: 198.18.0.128/24 MAC" in out and "on eth0" in out
     assert "a -> outside: the outside saw 198.18.0.128 (its own address: no NAT)" in out
     assert out.rstrip().endswith("torn down")
+
+
+def test_lab():
+    out = run_example("lab.py")
+    assert "h3 on the underlay at 198.18.0.4 and 2001:2::4" in out
+    assert "h1 -> h3:8080: seen from 198.18.0.2" in out
+    assert "outside -> h3:8080: seen from 198.18.0.1" in out
+    assert "a on h1 -> b on h2: seen from 198.18.0.128" in out  # one wire, no NAT
+    assert out.rstrip().endswith("torn down")

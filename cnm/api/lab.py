@@ -1,0 +1,158 @@
+"""A lab: several isolated hosts on one underlay network, with one outside, in one process.
+
+For test harnesses that simulate a cluster: ``cnm.Lab(["h1", "h2", "h3"])``
+makes an outside namespace holding a bridge, the underlay, with the
+outside's addresses 198.18.0.1/24 and 2001:2::1/64, and one isolated host
+per name whose uplink (``host.uplink``) is a port of that bridge, with the
+addresses 198.18.0.2, .3, ... (and 2001:2::2, ::3, ...) in order. Each host
+is a full :class:`~cnm.Host`: its networks, sandboxes, NAT and published
+ports work as on a host of its own, and hosts reach each other and the
+outside over the underlay (a macvlan network on ``host.uplink`` puts
+sandboxes of several hosts on one wire).
+
+Closing the lab closes its hosts, then removes the outside; a host may be
+closed earlier by itself, which takes it off the underlay. All or nothing:
+if any part cannot be made, nothing of the lab is left. Like every host, the
+lab has an owner record, so :func:`cnm.gc` removes what a lab's dead process
+left.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from ipaddress import IPv4Interface, IPv6Interface
+from .._checks import check_collection, check_name
+from ..drivers import NetworkDriver
+from ..errors import ClosedError, ConflictError, InvalidArgumentError, NotFoundError
+from ..facade import Kernel
+from ..interrupts import deferred_interrupts, uninterruptible
+from ..kernel import Rtnl, random_mac
+from ..netns import Namespace
+from ..undo import raise_collected, transaction
+from . import isolated
+from ._common import collect
+from ._records import Processes
+from .host import Host, check_kernel, claim_token
+
+__all__ = ["MAX_HOSTS", "Lab"]
+
+#: The underlay is a /24 with the outside at .1: at most this many hosts.
+MAX_HOSTS = 200
+BRIDGE = "underlay"
+
+
+class Lab:
+    """Isolated hosts on one underlay network, with one outside; see the module documentation."""
+
+    def __init__(
+        self,
+        hosts: Iterable[str] | int = 2,
+        *,
+        firewall: str = "nftables",
+        kernel: Kernel | None = None,
+        drivers: Mapping[str, Callable[[], NetworkDriver]] | None = None,
+    ) -> None:
+        names = _host_names(hosts)
+        kernel = check_kernel(kernel)
+        record = claim_token(kernel, "isolated", kernel.current_namespace().path, firewall)
+        self.token = record.token
+        self._hosts: list[Host] = []
+        self._closed = False
+        try:
+            with transaction() as undo:
+                undo.books.push(f"lab {self.token}: owner record", record.remove)
+                namespace, socket = kernel.create_namespace(f"cnm-{self.token}-outside", ipv6_off=True)
+                undo.kernel.push(f"lab {self.token}: outside namespace", namespace.delete)
+                try:
+                    bridge = _make_underlay(socket, namespace, self.token)
+                finally:
+                    socket.close()
+                #: the lab's outside, the "internet" all hosts share
+                self._outside_processes = Processes()
+                self.outside = isolated.Outside(namespace, self._outside_processes, _LabServices(self))
+                for i, name in enumerate(names):
+                    underlay = isolated.Underlay(
+                        namespace,
+                        bridge,
+                        IPv4Interface(f"{isolated.UPLINK_SUBNET[2 + i]}/{isolated.UPLINK_SUBNET.prefixlen}"),
+                        IPv6Interface(f"{isolated.UPLINK_SUBNET6[2 + i]}/{isolated.UPLINK_SUBNET6.prefixlen}"),
+                    )
+                    host = Host.on_underlay(underlay, name, firewall=firewall, kernel=kernel, drivers=drivers)
+                    undo.kernel.push(f"lab {self.token}: host {name!r}", host.close)
+                    self._hosts.append(host)
+        except BaseException:
+            with deferred_interrupts():
+                if not kernel.sweep(f"cnm-{self.token}-"):
+                    collect(record.remove)
+            raise
+        self._undo = undo
+
+    @property
+    def hosts(self) -> list[Host]:
+        """The hosts, in the order given (their uplink addresses .2, .3, ...)."""
+        return list(self._hosts)
+
+    def host(self, name: str) -> Host:
+        for host in self._hosts:
+            if host.name == name:
+                return host
+        raise NotFoundError(f"lab {self.token}: no host named {name!r}")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        return f"<Lab {self.token} {[h.name for h in self._hosts]}{' closed' if self._closed else ''}>"
+
+    @uninterruptible
+    def close(self) -> None:
+        """Close every host, then remove the outside; failures are raised together. Idempotent."""
+        self._closed = True
+        failures = collect(self._outside_processes.stop)
+        failures += self._undo.unwind()
+        raise_collected(f"lab {self.token}", failures)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _LabServices:
+    """What the lab's Outside asks of its owner: whether it is still open."""
+
+    def __init__(self, lab: Lab) -> None:
+        self._lab = lab
+        self.lock = threading.RLock()
+
+    def check_open(self) -> None:
+        if self._lab.closed:
+            raise ClosedError(f"lab {self._lab.token} is closed")
+
+
+def _host_names(hosts: object) -> list[str]:
+    if isinstance(hosts, bool) or not isinstance(hosts, (int, Iterable)) or isinstance(hosts, (str, bytes)):
+        raise InvalidArgumentError(f"lab: hosts must be a count or a list of host names, not {type(hosts).__name__} {hosts!r}")
+    if isinstance(hosts, int):
+        names = [f"h{i + 1}" for i in range(hosts)]
+    else:
+        names = [check_name("host", n) for n in check_collection("lab", "hosts", hosts, "host names")]
+    if not 1 <= len(names) <= MAX_HOSTS:
+        raise InvalidArgumentError(f"lab: {len(names)} hosts; a lab has 1 to {MAX_HOSTS}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConflictError(f"lab: host name(s) {', '.join(map(repr, twice))} given more than once")
+    return names
+
+
+def _make_underlay(rtnl: Rtnl, namespace: Namespace, token: str) -> int:
+    """The underlay bridge in the lab's outside, up, with the outside's addresses; its index."""
+    index = rtnl.add_bridge(BRIDGE, alias=f"cnm:{token}:underlay", mac=random_mac(), multicast_snooping=False)
+    namespace.write_sysctl(f"net/ipv6/conf/{BRIDGE}/disable_ipv6", "0")
+    rtnl.configure_link(
+        BRIDGE, [isolated.OUTSIDE_ADDRESS, isolated.OUTSIDE_ADDRESS6], [], f"lab {token}: underlay", index=index
+    )
+    return index
