@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import ipaddress
 import importlib.util
 import json
 import os
@@ -52,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import cnm
+from cnm.drivers.overlay import LocalPeers, OverlayDriver
 from cnm.kernel import Rtnl
 
 HERE = Path(__file__).resolve().parent
@@ -94,7 +97,7 @@ def cnm_run(
     and route too, and its port is published on both families.
     *driver*: the network's (``macvlan`` on the host's uplink, ``ipvlan``
     likewise, ``p2p`` the example driver of ``examples/p2p_driver.py``):
-    their sandboxes publish no port, which only bridge networks can.
+    their sandboxes publish no port (only bridge and overlay networks can); ``overlay`` on one host.
     *mode*: instead of a network, each sandbox made by
     ``create_sandbox(name, network_mode=mode)`` (``host``, ``none``, or
     ``container``: sharing the first sandbox's namespace).
@@ -103,9 +106,9 @@ def cnm_run(
     # setup includes their host namespace, bridge and NAT table (cnm's host
     # does more: an outside namespace and an uplink too).
     start = time.perf_counter()
-    host = cnm.Host.isolated("bench", drivers=_example_drivers() if driver == "p2p" else None)
+    host = cnm.Host.isolated("bench", drivers=_own_drivers().get(driver))
     try:
-        ports = driver == "bridge"
+        ports = driver in ("bridge", "overlay")
         if mode is not None:
             net = None
         elif driver in ("macvlan", "ipvlan"):
@@ -167,13 +170,16 @@ def cnm_run(
     return setup * 1000 / n, teardown * 1000 / n, calls
 
 
-def _example_drivers() -> dict[str, Any]:
-    """The example driver of examples/p2p_driver.py, as a host's own."""
+def _own_drivers() -> dict[str, dict[str, Any]]:
+    """Drivers a benchmark host is handed, by the driver they are for: the
+    example driver of examples/p2p_driver.py, and the overlay driver (one
+    host, so its VXLAN port has no peers: the cost per sandbox on an overlay)."""
     spec = importlib.util.spec_from_file_location("p2p_driver", REPO / "examples" / "p2p_driver.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return {"p2p": module.PointToPointDriver}
+    overlay = functools.partial(OverlayDriver, LocalPeers(), ipaddress.ip_address("198.18.0.2"))
+    return {"p2p": {"p2p": module.PointToPointDriver}, "overlay": {"overlay": overlay}}
 
 
 def cnm_missing(tool: str) -> str | None:
@@ -246,6 +252,7 @@ CNM_TOOLS: dict[str, dict[str, Any]] = {
     "cnm-macvlan": {"driver": "macvlan"},
     "cnm-ipvlan": {"driver": "ipvlan"},
     "cnm-p2p": {"driver": "p2p"},
+    "cnm-overlay": {"driver": "overlay"},
     "cnm-host": {"bulk": False, "mode": "host"},
     "cnm-none": {"bulk": False, "mode": "none"},
     "cnm-container": {"bulk": False, "mode": "container"},

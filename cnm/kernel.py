@@ -28,18 +28,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_address, ip_interface, ip_network
 from typing import Any, Literal, overload
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL
+from pyroute2.netlink import NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL
 from pyroute2.netlink import rtnl as rt
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from . import _newlink
 from . import rtmsg as pack
 from ._ip import IPAddress, IPInterface, IPNetwork
 from ._links import Link, LinkInfo, Peer, Route, RouteSpec, check_route, mac_for, random_mac
-from .errors import KernelError, kernel_error
+from .errors import ALREADY_GONE, KernelError, kernel_error
 from .netlink import Netlink
 from .netns import Namespace
 
@@ -54,6 +55,7 @@ for _public in (Link, LinkInfo, Peer, Route, RouteSpec, mac_for, random_mac):
 _NETLINK_ROUTE = 0
 _RT_TABLE_MAIN = 254
 _CREATE = NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK
+_AF_BRIDGE = 7
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 #: link look-ups sent in one write while waiting (their answers must fit the receive buffer)
 _LOOKUPS_PER_WRITE = 64
@@ -414,6 +416,28 @@ class Rtnl:
         check_route(destination, gateway)  # before the kernel sees it
         body = pack.route(destination, gateway, oif)
         self._apply([(pack.RTM_NEWROUTE, _CREATE, body, f"add route {destination} via {gateway}")], what)
+
+    def add_fdb(self, index: int, mac: str, destination: IPAddress, what: str) -> None:
+        """Append a forwarding entry on vxlan *index*: frames to *mac* (all
+        zeros: every broadcast, unknown and multicast frame) also go to the
+        tunnel end *destination*. Entries of one MAC to several ends add up."""
+        flags = NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK
+        self._apply([(pack.RTM_NEWNEIGH, flags, pack.fdb(index, mac, destination), f"add fdb {mac} dst {destination}")], what)
+
+    def fdb_to(self, index: int, destination: IPAddress) -> list[str]:
+        """The MACs whose forwarding entries on vxlan *index* send to *destination* (learned ones too)."""
+        msg = ndmsg()
+        msg["family"], msg["ifindex"] = _AF_BRIDGE, index
+        dump = self._nl.dump(msg, rt.RTM_GETNEIGH)
+        return [m.get_attr("NDA_LLADDR") for m in dump if m["ifindex"] == index and m.get_attr("NDA_DST") == str(destination)]
+
+    def delete_fdb(self, index: int, mac: str, destination: IPAddress, what: str) -> None:
+        """Remove the entry :meth:`add_fdb` made; one already gone is success."""
+        try:
+            self._apply([(pack.RTM_DELNEIGH, NLM_F_ACK, pack.fdb(index, mac, destination), f"delete fdb {mac} dst {destination}")], what)
+        except KernelError as exc:
+            if exc.errno not in ALREADY_GONE:
+                raise
 
     def configure_link(
         self,

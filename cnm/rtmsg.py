@@ -43,6 +43,7 @@ __all__ = [
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 
 NLM_F_REQUEST = 0x1
 _IFF_UP = 0x1
@@ -199,6 +200,22 @@ def address(index: int, ip: IPAddress, network: IPNetwork) -> bytes:
     if network.prefixlen < 31:
         attrs += _attr(_IFA_BROADCAST, network.broadcast_address.packed)
     return _IFADDR.pack(socket.AF_INET, network.prefixlen, 0, 0, index) + attrs
+
+
+# struct ndmsg: family, pad, pad, ifindex, state, flags, type
+_NDMSG = struct.Struct("=BBHiHBB")
+_NDA_DST, _NDA_LLADDR = 1, 2
+_NUD_PERMANENT, _NTF_SELF = 0x80, 0x02
+_AF_BRIDGE = 7
+
+
+def fdb(index: int, mac: str, destination: IPAddress) -> bytes:
+    """RTM_NEWNEIGH/RTM_DELNEIGH body: the forwarding entry of *mac* on device
+    *index* (a vxlan) sending to the remote tunnel end *destination*, as
+    ``bridge fdb append MAC dev DEV dst IP`` writes it."""
+    return _NDMSG.pack(_AF_BRIDGE, 0, 0, index, _NUD_PERMANENT, _NTF_SELF, 0) + _attr(
+        _NDA_LLADDR, bytes.fromhex(mac.replace(":", ""))
+    ) + _attr(_NDA_DST, destination.packed)
 
 
 def default_network(family: int) -> IPNetwork:

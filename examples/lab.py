@@ -1,4 +1,5 @@
-"""A lab of three hosts on one underlay, with one outside: a cluster in one process.
+"""A lab of three hosts on one underlay, with one outside: a cluster in one process,
+with a published port, a macvlan wire across two hosts and an overlay network across three.
 
 Run as root: .venv/bin/python examples/lab.py
 """
@@ -48,4 +49,10 @@ with cnm.Lab(["h1", "h2", "h3"]) as lab:
     )  # fmt: skip
     answer_once(b, 7000)
     print("a on h1 -> b on h2:", ask(a, "198.18.0.192", 7000))
+    # One overlay network across all three hosts (VXLAN on the underlay).
+    ov = lab.create_network("ov", "overlay", subnet="10.200.0.0/24")
+    x = h1.create_sandbox("x", network_mode=ov[0])
+    y = h3.create_sandbox("y", network_mode=ov[2])
+    answer_once(y, 7000)
+    print(f"x ({x.address(ov[0]).ip}) on h1 -> y ({y.address(ov[2]).ip}) on h3:", ask(x, y.address(ov[2]).ip, 7000))
 print("torn down")

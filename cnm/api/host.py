@@ -360,6 +360,19 @@ class Host(InNamespace):
         for processes in [self._processes, *outside, *(s.processes for s in services.sandboxes.values())]:
             failures += collect(processes.stop)
         if self.namespace.owned:
+            # A network that spans hosts is deleted properly, so that the
+            # other hosts forget this one (after the sandboxes, in one batch:
+            # their endpoints one by one would cost a veth deletion each);
+            # the rest goes with the namespaces.
+            spanning = [
+                c for c in services.children
+                if isinstance(c, NetworkRecord) and c.driver.capabilities.spans_hosts and not c.deleted
+            ]  # fmt: skip
+            if spanning:
+                doomed = [c for c in reversed(services.children) if isinstance(c, SandboxRecord)]
+                failures += teardown.delete_sandboxes(services, doomed, wait=True)
+                for network in reversed(spanning):
+                    failures += networks.teardown(services, network)
             for sandbox in services.sandboxes.values():
                 sandbox.cool()  # an open socket would keep its namespace alive
             gone = self._undo.kernel.unwind()

@@ -19,11 +19,15 @@ left.
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from ipaddress import IPv4Interface, IPv6Interface
+from ipaddress import IPv4Interface, IPv6Interface, ip_network
+from typing import Any
 from .._checks import check_collection, check_name
 from ..drivers import NetworkDriver
+from ..drivers.overlay import LocalPeers, OverlayDriver
 from ..errors import ClosedError, ConflictError, InvalidArgumentError, NotFoundError
 from ..facade import Kernel
 from ..interrupts import deferred_interrupts, uninterruptible
@@ -34,6 +38,7 @@ from . import isolated
 from ._common import collect
 from ._records import Processes
 from .host import Host, check_kernel, claim_token
+from .network import Network
 
 __all__ = ["MAX_HOSTS", "Lab"]
 
@@ -71,6 +76,8 @@ class Lab:
                 #: the lab's outside, the "internet" all hosts share
                 self._outside_processes = Processes()
                 self.outside = isolated.Outside(namespace, self._outside_processes, _LabServices(self))
+                #: which hosts have which overlay network (see cnm.drivers.overlay)
+                self.peers = LocalPeers()
                 for i, name in enumerate(names):
                     underlay = isolated.Underlay(
                         namespace,
@@ -78,7 +85,9 @@ class Lab:
                         IPv4Interface(f"{isolated.UPLINK_SUBNET[2 + i]}/{isolated.UPLINK_SUBNET.prefixlen}"),
                         IPv6Interface(f"{isolated.UPLINK_SUBNET6[2 + i]}/{isolated.UPLINK_SUBNET6.prefixlen}"),
                     )
-                    host = Host.on_underlay(underlay, name, firewall=firewall, kernel=kernel, drivers=drivers)
+                    overlay: Callable[[], NetworkDriver] = functools.partial(OverlayDriver, self.peers, underlay.address.ip)
+                    own = {"overlay": overlay, **(drivers or {})}
+                    host = Host.on_underlay(underlay, name, firewall=firewall, kernel=kernel, drivers=own)
                     undo.kernel.push(f"lab {self.token}: host {name!r}", host.close)
                     self._hosts.append(host)
         except BaseException:
@@ -98,6 +107,29 @@ class Lab:
             if host.name == name:
                 return host
         raise NotFoundError(f"lab {self.token}: no host named {name!r}")
+
+    def create_network(self, name: str, driver: str = "overlay", *, subnet: str, **kwargs: Any) -> list[Network]:
+        """The network *name* on every host, in host order (``docker network
+        create -d overlay``): one network across the lab. Each host gets its
+        own ``ip_range`` of *subnet* (the first 1/2^k of it to the first host,
+        and so on), so that addresses never repeat across hosts; the gateway
+        is the same everywhere. All or nothing.
+        """
+        parent = ip_network(subnet)
+        extra = max(1, math.ceil(math.log2(len(self._hosts)))) if len(self._hosts) > 1 else 0
+        if parent.prefixlen + extra > parent.max_prefixlen - 2:
+            raise InvalidArgumentError(f"lab {self.token}: subnet {subnet} is too small for {len(self._hosts)} hosts")
+        ranges = list(parent.subnets(prefixlen_diff=extra)) if extra else [parent]
+        made: list[Network] = []
+        try:
+            for host, ip_range in zip(self._hosts, ranges):
+                made.append(host.create_network(name, driver, subnet=subnet, ip_range=str(ip_range), **kwargs))
+        except BaseException as exc:
+            for network in reversed(made):
+                for failure in collect(lambda network=network: network.delete(force=True)):  # type: ignore[misc]
+                    exc.add_note(f"removing it from host {network.host.name!r} again failed: {failure!r}")
+            raise
+        return made
 
     @property
     def closed(self) -> bool:

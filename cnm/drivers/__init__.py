@@ -86,6 +86,10 @@ class Capabilities:
     #: and ports can be published; False for drivers whose sandboxes sit on
     #: another network directly (macvlan, ipvlan)
     routed: bool = True
+    #: its networks span hosts (overlay): closing a host deletes them one by
+    #: one, so that the other hosts hear of it, instead of letting them go
+    #: with the host's namespace
+    spans_hosts: bool = False
 
 
 @attrs.frozen

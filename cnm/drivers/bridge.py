@@ -88,7 +88,7 @@ class BridgeDriver:
         what = f"network {spec.name!r}: bridge {name!r}"
         if host.link_index(name) is not None:
             raise _name_taken(spec, name)
-        mac = "02:" + ":".join(spec.id[i : i + 2] for i in range(0, 10, 2))  # locally administered
+        mac = self.bridge_mac(spec)
         # Multicast snooping is off unless asked for: with it on, the kernel
         # re-arms the multicast state of every port of the bridge whenever a
         # port comes or goes, so building or removing N sandboxes costs O(N^2)
@@ -125,6 +125,10 @@ class BridgeDriver:
         # Sandboxes of an internal network get no default route (as in Docker).
         gateways = () if spec.internal else spec.gateways
         return NetworkPlumbing(interface=name, index=index, owner=spec.owner, mtu=mtu, gateways=gateways)
+
+    def bridge_mac(self, spec: NetworkSpec) -> str:
+        """The bridge's fixed MAC: locally administered, from the network's id."""
+        return "02:" + ":".join(spec.id[i : i + 2] for i in range(0, 10, 2))
 
     def join(
         self, host: Rtnl, network: NetworkPlumbing, endpoint: EndpointSpec, sandbox: SandboxPort, undo: UndoLog

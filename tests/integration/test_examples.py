@@ -82,4 +82,5 @@ def test_lab():
     assert "h1 -> h3:8080: seen from 198.18.0.2" in out
     assert "outside -> h3:8080: seen from 198.18.0.1" in out
     assert "a on h1 -> b on h2: seen from 198.18.0.128" in out  # one wire, no NAT
+    assert "x (10.200.0.2) on h1 -> y (10.200.0.128) on h3: seen from 10.200.0.2" in out  # the overlay
     assert out.rstrip().endswith("torn down")

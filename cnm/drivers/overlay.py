@@ -1,0 +1,178 @@
+"""The overlay driver: one network across hosts, as VXLAN over their underlay.
+
+Like Docker's ``overlay`` driver, on cnm's bridge: on every host that has
+the network, a bridge (MTU 1450, the 50 bytes VXLAN adds taken off the
+underlay's 1500) and, as a port of it, a VXLAN device with the network's
+VNI, sending to UDP 4789 of the other hosts' underlay addresses. Frames for
+unknown MACs, broadcasts and multicast go to every other host (one
+forwarding entry per peer); the kernel learns where each MAC lives from
+what arrives. The bridge carries the network's gateway on every host, with
+one MAC derived from the VNI, so each host routes (and NATs, and publishes
+the ports of) its own sandboxes, as on a bridge network.
+
+Which hosts have a network (and its VNI) comes from a :class:`Peers`: the
+small interface peer discovery sits behind. :class:`LocalPeers` keeps it
+in the process, for :class:`cnm.Lab`; a distributed store can take its
+place. A host that deletes the network, or closes, leaves it, and every
+other host removes its forwarding entry for that host.
+
+Addresses must not repeat across hosts: :meth:`cnm.Lab.create_network`
+gives each host its own ``ip_range`` of the subnet.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import attrs
+
+from .._ip import IPAddress
+from ..errors import ConflictError, InvalidArgumentError
+from ..kernel import Rtnl
+from ..undo import UndoLog, raise_collected
+from . import Capabilities, NetworkPlumbing, NetworkSpec
+from .bridge import OPT_MTU, BridgeDriver
+
+__all__ = ["FIRST_VNI", "OVERLAY_MTU", "VXLAN_PORT", "LocalPeers", "Member", "OverlayDriver", "Peers"]
+
+VXLAN_PORT = 4789
+OVERLAY_MTU = 1450
+#: Docker's first overlay VNI
+FIRST_VNI = 4096
+#: the forwarding entry that floods (broadcast, unknown, multicast) to a peer
+_FLOOD = "00:00:00:00:00:00"
+
+
+class Member(Protocol):
+    """A host's side of one overlay network, told when other hosts come and go."""
+
+    def peer_added(self, vtep: IPAddress) -> None: ...
+
+    def peer_removed(self, vtep: IPAddress) -> None: ...
+
+
+class Peers(Protocol):
+    """Peer discovery: which hosts (tunnel ends) have which overlay network."""
+
+    def vni(self, network: str) -> int:
+        """The network's VNI, the same on every host."""
+
+    def join(self, network: str, vtep: IPAddress, member: Member) -> list[IPAddress]:
+        """Enter *vtep* in *network*, telling the members there; return their tunnel ends."""
+
+    def leave(self, network: str, vtep: IPAddress) -> None:
+        """Take *vtep* out of *network*, telling the members left."""
+
+
+class LocalPeers:
+    """:class:`Peers` kept in this process (the hosts of one :class:`cnm.Lab`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._vnis: dict[str, int] = {}
+        self._members: dict[str, dict[IPAddress, Member]] = {}
+
+    def vni(self, network: str) -> int:
+        with self._lock:
+            return self._vnis.setdefault(network, FIRST_VNI + len(self._vnis))
+
+    def join(self, network: str, vtep: IPAddress, member: Member) -> list[IPAddress]:
+        with self._lock:
+            members = self._members.setdefault(network, {})
+            if vtep in members:
+                raise ConflictError(f"overlay {network!r}: tunnel end {vtep} has joined already")
+            told: list[Member] = []
+            try:
+                for other in members.values():
+                    # Told to forget even if this fails: the entry may be there though the answer was lost.
+                    told.append(other)
+                    other.peer_added(vtep)
+            except BaseException as exc:
+                for other in told:
+                    try:
+                        other.peer_removed(vtep)
+                    except Exception as failure:  # noqa: BLE001 - reported with the original
+                        exc.add_note(f"telling a peer {vtep} is gone again failed: {failure!r}")
+                raise
+            peers = list(members)
+            members[vtep] = member
+            return peers
+
+    def leave(self, network: str, vtep: IPAddress) -> None:
+        with self._lock:
+            members = self._members.get(network, {})
+            if members.pop(vtep, None) is None:
+                return
+            failures: list[Exception] = []
+            for other in members.values():
+                try:
+                    other.peer_removed(vtep)
+                except Exception as exc:  # noqa: BLE001 - every peer is told
+                    failures.append(exc)
+            raise_collected(f"overlay {network!r}: {vtep} leaving", failures)
+
+
+@attrs.define
+class _Tunnel:
+    """One host's VXLAN device of a network: adds and removes a flood entry per peer."""
+
+    host: Rtnl
+    index: int
+    what: str
+
+    def peer_added(self, vtep: IPAddress) -> None:
+        self.host.add_fdb(self.index, _FLOOD, vtep, self.what)
+
+    def peer_removed(self, vtep: IPAddress) -> None:
+        # The flood entry, and what was learned behind that host, so that
+        # nothing is sent to it while those would age out.
+        for mac in self.host.fdb_to(self.index, vtep):
+            self.host.delete_fdb(self.index, mac, vtep, self.what)
+
+
+class OverlayDriver(BridgeDriver):
+    """A bridge per host joined to the other hosts' by VXLAN; see the module documentation."""
+
+    name = "overlay"
+    capabilities = Capabilities(families=frozenset({4, 6}), routed=True, spans_hosts=True)
+
+    def __init__(self, peers: Peers, vtep: IPAddress) -> None:
+        #: where this host's tunnel end is: its underlay address
+        self.vtep = vtep
+        self._peers = peers
+
+    def validate(self, spec: NetworkSpec) -> None:
+        super().validate(spec)
+        if OPT_MTU in spec.options and int(spec.options[OPT_MTU]) > OVERLAY_MTU:
+            raise InvalidArgumentError(
+                f"network {spec.name!r}: {OPT_MTU} {spec.options[OPT_MTU]} is more than the underlay leaves ({OVERLAY_MTU})"
+            )
+
+    def bridge_mac(self, spec: NetworkSpec) -> str:
+        # The same on every host: the gateway answers with one MAC wherever a sandbox is.
+        vni = self._peers.vni(spec.name)
+        return f"02:42:{vni >> 16 & 255:02x}:{vni >> 8 & 255:02x}:{vni & 255:02x}:01"
+
+    def create_network(self, host: Rtnl, spec: NetworkSpec, undo: UndoLog) -> NetworkPlumbing:
+        vni = self._peers.vni(spec.name)
+        options = {OPT_MTU: str(OVERLAY_MTU), **spec.options}
+        plumbing = super().create_network(host, attrs.evolve(spec, options=options), undo)
+        name = f"vx{vni}"
+        what = f"network {spec.name!r}: vxlan {name!r} (VNI {vni})"
+        link = host.add_link(
+            "vxlan",
+            name,
+            data={"vxlan_id": vni, "vxlan_local": str(self.vtep), "vxlan_port": VXLAN_PORT, "vxlan_learning": 1},
+            master=plumbing.index,
+            mtu=plumbing.mtu,
+            alias=f"cnm:{spec.owner}:network/{spec.name}",
+            up=True,
+        )
+        undo.push(what, lambda: host.delete_link(link.index, what))  # its forwarding entries go with it
+        tunnel = _Tunnel(host, link.index, what)
+        peers = self._peers.join(spec.name, self.vtep, tunnel)
+        undo.push(f"{what}: leave the overlay", lambda: self._peers.leave(spec.name, self.vtep))
+        for vtep in peers:
+            tunnel.peer_added(vtep)
+        return plumbing

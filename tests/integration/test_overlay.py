@@ -1,0 +1,150 @@
+"""Overlay networks across the hosts of a cnm.Lab: VXLAN on the underlay, proved with traffic."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+from ipaddress import IPv4Address
+
+import pytest
+
+import cnm
+from cnm.drivers.overlay import FIRST_VNI, LocalPeers, OverlayDriver
+from cnm.testing import FaultInjector, Injected, check_driver
+from tests.integration.test_all_or_nothing import _host_state
+from tests.integration.traffic import Server, tcp_hello, udp_ping
+from tests.kernelstate import diff
+
+ETH_P_ALL = 0x0003
+
+
+@pytest.fixture
+def lab():
+    made = cnm.Lab(["h1", "h2", "h3"])
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def _fdb(host: cnm.Host, vni: int = FIRST_VNI) -> str:
+    """What ``bridge fdb show dev vxVNI`` says in *host* (inspection only)."""
+    argv = ["nsenter", f"--net={host.namespace.path}", "bridge", "fdb", "show", "dev", f"vx{vni}"]
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+def _link(owner, name: str) -> str:
+    return owner.run(["ip", "-d", "link", "show", name], capture_output=True, text=True, check=True).stdout
+
+
+def test_sandboxes_on_two_hosts_reach_each_other_over_the_overlay(lab):
+    h1, h2, h3 = lab.hosts
+    nets = lab.create_network("ov", subnet="10.200.0.0/24")
+    a = h1.create_sandbox("a", network_mode=nets[0])
+    b = h2.create_sandbox("b", network_mode=nets[1])
+    c = h3.create_sandbox("c", network_mode=nets[2])
+    addresses = [str(s.address(n).ip) for s, n in zip((a, b, c), nets)]
+    assert addresses == ["10.200.0.2", "10.200.0.64", "10.200.0.128"]  # each host its own range
+    with Server(b, 7000) as server:
+        assert tcp_hello(a, "10.200.0.64", 7000) == b"hello"
+    assert server.peers[0][0] == "10.200.0.2"  # no NAT inside the overlay
+    with Server(a, 5353, udp=True) as server:
+        assert udp_ping(c, "10.200.0.2", 5353) == b"pong:ping"
+    assert server.peers[0][0] == "10.200.0.128"
+    # MTU 1450 end to end, one VNI per network
+    assert "mtu 1450" in _link(a, "eth0") and "mtu 1450" in _link(h1, f"vx{FIRST_VNI}")
+    assert f"vxlan id {FIRST_VNI} local 198.18.0.2" in _link(h1, f"vx{FIRST_VNI}") and "dstport 4789" in _link(h1, f"vx{FIRST_VNI}")
+    other = lab.create_network("ov2", subnet="10.201.0.0/24")
+    assert f"vxlan id {FIRST_VNI + 1} local 198.18.0.3" in _link(h2, f"vx{FIRST_VNI + 1}")
+    assert [n.inspect()["Driver"] for n in other] == ["overlay"] * 3
+
+
+def test_the_traffic_crosses_the_underlay_as_vxlan(lab):
+    h1, h2, _ = lab.hosts
+    nets = lab.create_network("ov", subnet="10.200.0.0/24")
+    a = h1.create_sandbox("a", network_mode=nets[0])
+    b = h2.create_sandbox("b", network_mode=nets[1])
+    seen: list[tuple[str, str, int]] = []
+    sniffer = lab.outside.call(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)))
+    sniffer.bind((f"up-{h1.token}", 0))  # h1's uplink, seen from the underlay's side
+    sniffer.settimeout(0.2)
+    stop = threading.Event()
+
+    def sniff() -> None:
+        while not stop.is_set():
+            try:
+                frame = sniffer.recv(2048)
+            except TimeoutError:
+                continue
+            if frame[12:14] == b"\x08\x00" and frame[23] == 17:  # IPv4, UDP
+                ihl = (frame[14] & 0x0F) * 4
+                port = int.from_bytes(frame[14 + ihl + 2 : 14 + ihl + 4], "big")
+                seen.append((socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34]), port))
+
+    thread = threading.Thread(target=sniff, daemon=True)
+    thread.start()
+    try:
+        with Server(b, 7000):
+            assert tcp_hello(a, b.address(nets[1]).ip, 7000) == b"hello"
+    finally:
+        stop.set()
+        thread.join()
+        sniffer.close()
+    assert ("198.18.0.2", "198.18.0.3", 4789) in seen and ("198.18.0.3", "198.18.0.2", 4789) in seen
+
+
+def test_published_ports_on_an_overlay_sandbox_work_as_on_a_bridge(lab):
+    h1, h2, _ = lab.hosts
+    nets = lab.create_network("ov", subnet="10.200.0.0/24")
+    b = h2.create_sandbox("b", network_mode=nets[1], ports=["8080:80"])
+    a = h1.create_sandbox("a", network_mode=nets[0])
+    with Server(b, 80, count=2) as server:
+        assert tcp_hello(lab.outside, h2.address, 8080) == b"hello"
+        assert tcp_hello(h1, h2.address, 8080) == b"hello"
+    assert [p[0] for p in server.peers] == ["198.18.0.1", "198.18.0.2"]
+    with Server(lab.outside, 80) as server:  # outbound: each host NATs its own sandboxes
+        assert tcp_hello(a, lab.outside.address, 80) == b"hello"
+    assert server.peers[0][0] == "198.18.0.2"
+
+
+def test_removing_a_host_removes_its_peers_forwarding_entries(lab):
+    h1, h2, h3 = lab.hosts
+    nets = lab.create_network("ov", subnet="10.200.0.0/24")
+    a = h1.create_sandbox("a", network_mode=nets[0])
+    b = h2.create_sandbox("b", network_mode=nets[1])
+    with Server(b, 7000):
+        assert tcp_hello(a, b.address(nets[1]).ip, 7000) == b"hello"  # h1 learns b's MAC behind h2
+    assert "dst 198.18.0.3" in _fdb(h1) and "dst 198.18.0.4" in _fdb(h1)
+    h2.close()
+    assert "198.18.0.3" not in _fdb(h1) and "198.18.0.3" not in _fdb(h3)
+    assert "00:00:00:00:00:00 dst 198.18.0.4" in _fdb(h1)  # the others stay
+    nets[2].delete()  # deleting the network leaves the overlay too
+    assert "198.18.0.4" not in _fdb(h1)
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["refused", "failed-after"])
+def test_a_host_joining_the_overlay_is_all_or_nothing_for_its_peers_too(lab, after):
+    """A failure at each kernel change of h2 joining leaves h2 as it was and h1 without an entry for h2."""
+    h1, h2, _ = lab.hosts
+    h1.create_network("ov", "overlay", subnet="10.200.0.0/24", ip_range="10.200.0.0/26")
+    peer_before, host_before = _fdb(h1), _host_state(h2)
+    k = 1
+    while True:
+        with FaultInjector(k, after=after) as injector:
+            try:
+                h2.create_network("ov", "overlay", subnet="10.200.0.0/24", ip_range="10.200.0.64/26")
+            except (cnm.CNMError, Injected):
+                assert injector.fired
+            else:
+                break
+        assert _fdb(h1) == peer_before, f"change {k}: h1's entries changed"
+        assert not diff(host_before, _host_state(h2)), f"change {k}: h2 changed"
+        k += 1
+        assert k < 50
+    assert k >= 5  # the bridge, its sysctl and address, the vxlan, h1's entry, h2's entry
+    assert "00:00:00:00:00:00 dst 198.18.0.3" in _fdb(h1) and "00:00:00:00:00:00 dst 198.18.0.2" in _fdb(h2)
+
+
+def test_the_overlay_driver_passes_check_driver():
+    check_driver(lambda: OverlayDriver(LocalPeers(), IPv4Address("198.18.0.2")))
