@@ -29,3 +29,13 @@ def host():
         yield h
     finally:
         h.close()
+
+
+@pytest.fixture
+def lab():
+    """A lab of three hosts (h1, h2, h3), closed after the test."""
+    made = cnm.Lab(["h1", "h2", "h3"])
+    try:
+        yield made
+    finally:
+        made.close()

@@ -17,15 +17,6 @@ from tests.kernelstate import namespaces
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def lab():
-    made = cnm.Lab(["h1", "h2", "h3"])
-    try:
-        yield made
-    finally:
-        made.close()
-
-
 def test_hosts_share_one_underlay_and_one_outside(lab):
     h1, h2, h3 = lab.hosts
     assert [(h.name, str(h.address), str(h.address6)) for h in lab.hosts] == [

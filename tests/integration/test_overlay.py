@@ -19,15 +19,6 @@ from tests.kernelstate import diff
 ETH_P_ALL = 0x0003
 
 
-@pytest.fixture
-def lab():
-    made = cnm.Lab(["h1", "h2", "h3"])
-    try:
-        yield made
-    finally:
-        made.close()
-
-
 def _fdb(host: cnm.Host, vni: int = FIRST_VNI) -> str:
     """What ``bridge fdb show dev vxVNI`` says in *host* (inspection only)."""
     argv = ["nsenter", f"--net={host.namespace.path}", "bridge", "fdb", "show", "dev", f"vx{vni}"]
