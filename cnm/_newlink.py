@@ -78,6 +78,7 @@ def request(
     mtu: int | None,
     alias: str | None,
     master: int | None,
+    parent_mac: str | None = None,
 ) -> Iterator[NewLink]:
     """The RTM_NEWLINK creating a link as :meth:`cnm.kernel.Rtnl.add_link`
     documents it, from a socket in namespace *here*.
@@ -90,7 +91,10 @@ def request(
     """
     what = f"link {name!r} ({kind})"
     check_ifname(name, what)
-    mac = check_mac(mac, what) if mac is not None else random_mac()
+    # With *parent_mac*, the kernel gives the link its parent's MAC (an
+    # ipvlan, a macvlan in passthru mode): none is asked for, that one is expected.
+    send_mac = parent_mac is None
+    mac = parent_mac if parent_mac is not None else check_mac(mac, what) if mac is not None else random_mac()
     if alias is not None and (not isinstance(alias, str) or len(alias.encode()) > _ALIAS_MAX):
         raise InvalidArgumentError(f"{what}: alias {alias!r} is longer than the kernel keeps ({_ALIAS_MAX} bytes)")
     if (peer is not None) != (kind == "veth"):
@@ -100,7 +104,7 @@ def request(
     info: list[tuple[str, Any]] = [("IFLA_INFO_KIND", kind)]
     fds: list[int] = []
     try:
-        attrs_: list[tuple[str, Any]] = [("IFLA_IFNAME", name), ("IFLA_ADDRESS", mac)]
+        attrs_: list[tuple[str, Any]] = [("IFLA_IFNAME", name)] + ([("IFLA_ADDRESS", mac)] if send_mac else [])
         if mtu is not None:
             attrs_.append(("IFLA_MTU", mtu))
         if parent is not None:

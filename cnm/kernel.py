@@ -55,7 +55,6 @@ for _public in (Link, LinkInfo, Peer, Route, RouteSpec, mac_for, random_mac):
 _NETLINK_ROUTE = 0
 _RT_TABLE_MAIN = 254
 _CREATE = NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK
-_AF_BRIDGE = 7
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 #: link look-ups sent in one write while waiting (their answers must fit the receive buffer)
 _LOOKUPS_PER_WRITE = 64
@@ -253,6 +252,7 @@ class Rtnl:
         alias: str | None = None,
         master: int | None = None,
         up: bool = False,
+        inherit_mac: bool = False,
     ) -> Link:
         """Create a link of any *kind* the kernel knows (``"macvlan"``,
         ``"ipvlan"``, ``"vxlan"``, ``"vlan"``, ``"veth"``, ``"bridge"``,
@@ -279,6 +279,10 @@ class Rtnl:
         own (no link-local address, as :meth:`configure_link` also sets; a
         caller may give it addresses); with *up* it is brought up last.
 
+        With *inherit_mac*, *mac* is the *parent*'s and is not asked for: the
+        kernel gives the link its parent's (an ipvlan, a macvlan in passthru
+        mode), by which the made link is then recognised.
+
         There is never a half-made link: if a step after the creation fails,
         the link is deleted again before the error is raised. A kind the
         kernel lacks raises :class:`~cnm.errors.MissingKernelFeatureError`
@@ -287,8 +291,8 @@ class Rtnl:
         :class:`~cnm.errors.InvalidArgumentError` before any request is sent.
         """
         with _newlink.request(
-            kind, name, here=self.namespace, data=data, parent=parent, namespace=namespace,
-            peer=peer, mac=mac, mtu=mtu, alias=alias, master=master,
+            kind, name, here=self.namespace, data=data, parent=parent, namespace=namespace, peer=peer,
+            mac=mac, mtu=mtu, alias=alias, master=master, parent_mac=mac if inherit_mac else None,
         ) as new:
             # Follow-up requests go where the link lives; opened before the
             # creation so that failing to open it changes nothing.
@@ -418,16 +422,15 @@ class Rtnl:
         self._apply([(pack.RTM_NEWROUTE, _CREATE, body, f"add route {destination} via {gateway}")], what)
 
     def add_fdb(self, index: int, mac: str, destination: IPAddress, what: str) -> None:
-        """Append a forwarding entry on vxlan *index*: frames to *mac* (all
-        zeros: every broadcast, unknown and multicast frame) also go to the
-        tunnel end *destination*. Entries of one MAC to several ends add up."""
-        flags = NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK
-        self._apply([(pack.RTM_NEWNEIGH, flags, pack.fdb(index, mac, destination), f"add fdb {mac} dst {destination}")], what)
+        """Append a forwarding entry on vxlan *index*: frames to *mac* (all zeros: every broadcast, unknown
+        and multicast frame) also go to the tunnel end *destination*. Entries of one MAC to several ends add up."""
+        body, flags = pack.fdb(index, mac, destination), NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK
+        self._apply([(pack.RTM_NEWNEIGH, flags, body, f"add fdb {mac} dst {destination}")], what)
 
     def fdb_to(self, index: int, destination: IPAddress) -> list[str]:
         """The MACs whose forwarding entries on vxlan *index* send to *destination* (learned ones too)."""
         msg = ndmsg()
-        msg["family"], msg["ifindex"] = _AF_BRIDGE, index
+        msg["family"], msg["ifindex"] = pack.AF_BRIDGE, index
         dump = self._nl.dump(msg, rt.RTM_GETNEIGH)
         return [m.get_attr("NDA_LLADDR") for m in dump if m["ifindex"] == index and m.get_attr("NDA_DST") == str(destination)]
 

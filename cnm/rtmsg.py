@@ -206,14 +206,14 @@ def address(index: int, ip: IPAddress, network: IPNetwork) -> bytes:
 _NDMSG = struct.Struct("=BBHiHBB")
 _NDA_DST, _NDA_LLADDR = 1, 2
 _NUD_PERMANENT, _NTF_SELF = 0x80, 0x02
-_AF_BRIDGE = 7
+AF_BRIDGE = 7
 
 
 def fdb(index: int, mac: str, destination: IPAddress) -> bytes:
     """RTM_NEWNEIGH/RTM_DELNEIGH body: the forwarding entry of *mac* on device
     *index* (a vxlan) sending to the remote tunnel end *destination*, as
     ``bridge fdb append MAC dev DEV dst IP`` writes it."""
-    return _NDMSG.pack(_AF_BRIDGE, 0, 0, index, _NUD_PERMANENT, _NTF_SELF, 0) + _attr(
+    return _NDMSG.pack(AF_BRIDGE, 0, 0, index, _NUD_PERMANENT, _NTF_SELF, 0) + _attr(
         _NDA_LLADDR, bytes.fromhex(mac.replace(":", ""))
     ) + _attr(_NDA_DST, destination.packed)
 

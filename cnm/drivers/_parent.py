@@ -9,11 +9,13 @@ hex digits of the network's id, as in Docker.
 
 from __future__ import annotations
 
+import errno
+
 import attrs
 
 from .._ip import IPAddress
 from .._links import IFNAME_RULE, valid_ifname
-from ..errors import InvalidArgumentError, NotFoundError
+from ..errors import InvalidArgumentError, KernelError, NotFoundError
 from ..kernel import Rtnl
 from ..undo import UndoLog
 from . import Capabilities, EndpointSpec, NetworkPlumbing, NetworkSpec, SandboxPort
@@ -115,8 +117,15 @@ class OnParent:
         *, mac: str | None,
     ) -> int:  # fmt: skip
         """The endpoint's link of this kind on the parent, made straight inside
-        the sandbox (with its undo step); its index there."""
+        the sandbox (with its undo step); its index there. With *mac* None,
+        the kernel gives it the parent's (ipvlan, macvlan passthru)."""
         what = f"endpoint {endpoint.name!r}: {self.name} on {network.interface!r}"
+        inherit = mac is None
+        if inherit:
+            parent = host.link(index=network.index)
+            mac = parent.mac if parent is not None else None
+            if mac is None:
+                raise KernelError(errno.ENODEV, f"{what}: the parent is gone")
         link = host.add_link(
             self.name,
             endpoint.interface,
@@ -125,6 +134,7 @@ class OnParent:
             namespace=sandbox.namespace,
             mac=mac,
             alias=f"cnm:{network.owner}:endpoint/{endpoint.name}",
+            inherit_mac=inherit,
         )
         undo.push(what, lambda: sandbox.release_link(link.index, what, inside=True))
         return link.index

@@ -19,6 +19,9 @@ give ``ip_range`` (or each sandbox's ``ip``) outside them.
 
 from __future__ import annotations
 
+import errno
+
+from ..errors import ConflictError, KernelError
 from ..kernel import Rtnl
 from ..undo import UndoLog
 from . import EndpointSpec, NetworkPlumbing, SandboxLink, SandboxPort
@@ -34,5 +37,17 @@ class MacvlanDriver(OnParent):
     def join(
         self, host: Rtnl, network: NetworkPlumbing, endpoint: EndpointSpec, sandbox: SandboxPort, undo: UndoLog
     ) -> SandboxLink:
-        index = self.add_sandbox_link(host, network, endpoint, sandbox, undo, mac=endpoint.mac)
+        if network.mode != "passthru":
+            index = self.add_sandbox_link(host, network, endpoint, sandbox, undo, mac=endpoint.mac)
+            return SandboxLink(endpoint.interface, index, endpoint.addresses, gateways=network.gateways)
+        # Passthru gives the parent itself to one sandbox, with the parent's MAC.
+        try:
+            index = self.add_sandbox_link(host, network, endpoint, sandbox, undo, mac=None)
+        except KernelError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            raise ConflictError(
+                f"endpoint {endpoint.name!r}: macvlan_mode passthru gives parent {network.interface!r} "
+                "to one sandbox only, and another has it"
+            ) from exc
         return SandboxLink(endpoint.interface, index, endpoint.addresses, gateways=network.gateways)

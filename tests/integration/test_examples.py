@@ -84,3 +84,12 @@ def test_lab():
     assert "a on h1 -> b on h2: seen from 198.18.0.128" in out  # one wire, no NAT
     assert "x (10.200.0.2) on h1 -> y (10.200.0.128) on h3: seen from 10.200.0.2" in out  # the overlay
     assert out.rstrip().endswith("torn down")
+
+
+def test_ipvlan():
+    out = run_example("ipvlan.py")
+    if os.path.exists("/sys/module/ipvlan") or os.path.isdir(f"/lib/modules/{os.uname().release}"):
+        assert "a: 198.18.0.128/24 sharing the MAC of eth0" in out
+    else:
+        assert "no ipvlan here:" in out and "module 'ipvlan'" in out  # the clear refusal
+    assert out.rstrip().endswith("torn down")

@@ -97,6 +97,18 @@ def test_macvlan_private_and_vepa_siblings_do_not_reach_each_other(host, mode):
     assert net.inspect()["Options"] == {"parent": "eth0", "macvlan_mode": mode}
 
 
+def test_macvlan_passthru_gives_the_parent_to_one_sandbox(host):
+    net = _network(host, "macvlan", "passthru")
+    a = host.create_sandbox("a", network_mode=net)
+    with Server(host.outside, 80) as server:
+        assert tcp_hello(a, host.outside_address, 80) == b"hello"
+    assert server.peers[0][0] == "198.18.0.128"
+    before = _host_state(host)
+    with pytest.raises(cnm.ConflictError, match="passthru gives parent 'eth0' to one sandbox only"):
+        host.create_sandbox("b", network_mode=net)
+    assert not diff(before, _host_state(host)) and [s.name for s in host.sandboxes] == ["a"]
+
+
 def test_macvlan_refuses_bad_options_ports_and_missing_parents_before_any_change(host):
     before = _host_state(host)
     cases = [
