@@ -19,16 +19,19 @@ firewall uses :meth:`Netlink.transact` with the batch markers included.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import socket
 import struct
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
 from pyroute2.netlink.marshal import Marshal
+
+F = TypeVar("F", bound=Any)
 
 __all__ = ["Netlink", "NetlinkReply", "next_seq", "nla", "nla_string"]
 
@@ -96,12 +99,28 @@ def _receive(sock: socket.socket) -> bytes:
     return bytes(memoryview(buffer)[:size])
 
 
+def _exclusive(method: F) -> F:
+    """Run *method* holding its socket's lock (see Netlink.__init__)."""
+
+    @functools.wraps(method)
+    def locked(self: Netlink, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
+
+
 class Netlink:
     """One netlink socket bound inside one namespace."""
 
     def __init__(self, sock: socket.socket, marshal: Marshal) -> None:
         self.sock = sock
         self.marshal = marshal
+        # One exchange at a time: an answer read by another thread's exchange
+        # (which drops sequence numbers it does not wait for) would be lost,
+        # and this one would wait for it for ever. A host's socket can be
+        # used by another host's thread (an overlay's peers, cnm.drivers.overlay).
+        self.lock = threading.RLock()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
         # Extended acks carry the kernel's text reason ("Nexthop has invalid gateway").
         try:
@@ -131,6 +150,7 @@ class Netlink:
         msg.encode()
         return seq, bytes(msg.data)
 
+    @_exclusive
     def transact(self, requests: Sequence[tuple[int, bytes]], echoed: Iterable[int] = ()) -> dict[int, NetlinkReply]:
         """Send pre-encoded requests in one write; wait for their answers.
 
@@ -159,6 +179,7 @@ class Netlink:
                 replies[seq] = reply
         return replies
 
+    @_exclusive
     def dump(self, msg: Any, mtype: int, flags: int = 0) -> list[Any]:
         """Run a dump request and return the decoded messages."""
         seq, data = self.encode(msg, mtype, flags | NLM_F_DUMP)
@@ -178,6 +199,7 @@ class Netlink:
                     raise OSError(code, os.strerror(code))
                 out.append(m)
 
+    @_exclusive
     def get(self, msg: Any, mtype: int) -> Any | None:
         """One GET request answered by one message; None when the object does not exist."""
         seq, data = self.encode(msg, mtype, 0)
@@ -195,6 +217,7 @@ class Netlink:
                     raise OSError(code or errno.EIO, os.strerror(code or errno.EIO))
                 return m
 
+    @_exclusive
     def fenced(self, requests: Sequence[tuple[int, bytes]], fence: tuple[int, bytes], timeout: float = 30.0) -> list[bytes]:
         """Send *requests* in one write and *fence* in a second; return what the requests caused.
 

@@ -20,6 +20,7 @@ active: use it where nothing else in the process talks to the kernel.
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -155,6 +156,8 @@ def check_driver(
             host.close()
         except CNMError as exc:
             problems.append(f"closing the host failed: {exc!r}")
+        if os.path.exists(host.namespace.path):
+            problems.append(f"the host's namespace {host.namespace.path} is still there after close()")
     if problems:
         raise DriverCheckError(f"driver {name!r}:\n" + "\n".join(f"- {p}" for p in problems))
 
@@ -166,7 +169,7 @@ def _sweep_both(host: Any, name: str, options: Mapping[str, str] | None, subnet:
            lambda: host.create_network("swept", name, options=options, subnet=subnet))  # fmt: skip
     network = host.network("swept")
     sandbox = host.create_sandbox("joiner")
-    _sweep(host, problems, f"connect ({when} the change)", after, lambda: network.connect(sandbox))
+    _sweep(host, problems, f"connect ({when} the change)", after, lambda: network.connect(sandbox), sandbox)
     sandbox.delete()
     host.settle()
     network.delete(force=True)
@@ -205,10 +208,12 @@ def _sandbox_end(sandbox: Any, endpoint: Any) -> list[str]:
     return found
 
 
-def _sweep(host: Any, problems: list[str], what: str, after: bool, operation: Callable[[], object]) -> None:
+def _sweep(host: Any, problems: list[str], what: str, after: bool, operation: Callable[[], object], sandbox: Any = None) -> None:
+    """Fail each kernel change of *operation* in turn; each failure must leave the host (and *sandbox*) as they were."""
+    owners = [host] if sandbox is None else [host, sandbox]
     k = 1
     while k < 100:
-        before = kernel_state(host.namespace)
+        before = [kernel_state(o.namespace) for o in owners]
         with FaultInjector(k, after=after) as injector:
             try:
                 operation()
@@ -221,7 +226,9 @@ def _sweep(host: Any, problems: list[str], what: str, after: bool, operation: Ca
                     problems.append(f"{what}: the failure injected at kernel change {k} was swallowed")
                 return
         host.settle()
-        problems += [f"{what}: failure at kernel change {k} left {d}" for d in _differences(before, kernel_state(host.namespace))]
+        for owner, state in zip(owners, before):
+            where = "" if owner is host else f" in sandbox {owner.name!r}"
+            problems += [f"{what}: failure at kernel change {k} left{where} {d}" for d in _differences(state, kernel_state(owner.namespace))]
         k += 1
     problems.append(f"{what}: never succeeded in 100 attempts")
 

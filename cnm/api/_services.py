@@ -24,6 +24,7 @@ from ..firewall import FirewallBackend
 from ..kernel import LINKS_GONE_TIMEOUT, Rtnl
 from ..netns import MountDir, Namespace
 from ..port_books import HostPortAllocator
+from ..ports import PortMapping, PublishedPort
 from ..undo import Undo, UndoLog
 from ._records import NetworkRecord, SandboxRecord
 
@@ -78,6 +79,8 @@ class Services:
         #: the newest sandbox, the only one that keeps a socket open
         self.warm: SandboxRecord | None = None
         self._forwarding_users = {4: 0, 6: 0}
+        self._tunnel_users = 0
+        self._tunnel_held: list[PublishedPort] = []
         self._forwarding_was: dict[int, str | None] = {4: None, 6: None}
         #: stable text naming this host, from which IPAM derives its IPv6 prefix
         self.seed = token
@@ -183,6 +186,22 @@ class Services:
         if child.host is not self._host():
             raise InvalidArgumentError(f"{where}: {what} {child.name!r} belongs to another host")
         return child
+
+    def hold_tunnel_port(self, port: int, books: UndoLog) -> None:
+        """Keep UDP *port* (VXLAN's) from being published while any network that
+        spans hosts is here: a published port's DNAT would hand the peers'
+        tunnel traffic, every network's, to a sandbox."""
+        if self._tunnel_users == 0:
+            mapping = PortMapping(container_port=port, host_port=port, protocol="udp")
+            self._tunnel_held = self.ports.reserve("(the overlay tunnels)", [mapping], families=(4, 6))
+        self._tunnel_users += 1
+
+        def release() -> None:
+            self._tunnel_users -= 1
+            if self._tunnel_users == 0:
+                self.ports.release(self._tunnel_held)
+
+        books.push(f"host {self.name!r}: udp {port} for the overlay tunnels", release)
 
     # ---- forwarding ----------------------------------------------------------------
 

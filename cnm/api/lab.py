@@ -37,7 +37,7 @@ from ..undo import raise_collected, transaction
 from . import isolated
 from ._common import collect
 from ._records import Processes
-from .host import Host, check_kernel, claim_token
+from .host import Host, check_drivers, check_kernel, claim_token, firewall_factory
 from .network import Network
 
 __all__ = ["MAX_HOSTS", "Lab"]
@@ -59,6 +59,8 @@ class Lab:
         drivers: Mapping[str, Callable[[], NetworkDriver]] | None = None,
     ) -> None:
         names = _host_names(hosts)
+        firewall_factory(firewall)  # all checked before anything is made
+        own_drivers = check_drivers("lab", drivers)
         kernel = check_kernel(kernel)
         record = claim_token(kernel, "isolated", kernel.current_namespace().path, firewall)
         self.token = record.token
@@ -86,16 +88,21 @@ class Lab:
                         IPv6Interface(f"{isolated.UPLINK_SUBNET6[2 + i]}/{isolated.UPLINK_SUBNET6.prefixlen}"),
                     )
                     overlay: Callable[[], NetworkDriver] = functools.partial(OverlayDriver, self.peers, underlay.address.ip)
-                    own = {"overlay": overlay, **(drivers or {})}
+                    own = {"overlay": overlay, **own_drivers}
                     host = Host.on_underlay(underlay, name, firewall=firewall, kernel=kernel, drivers=own)
                     undo.kernel.push(f"lab {self.token}: host {name!r}", host.close)
                     self._hosts.append(host)
         except BaseException:
             with deferred_interrupts():
-                if not kernel.sweep(f"cnm-{self.token}-"):
+                # What the rollback could not remove carries a token: the lab's, or a host's.
+                left = kernel.sweep(f"cnm-{self.token}-")
+                for host in self._hosts:
+                    left += kernel.sweep(f"cnm-{host.token}-") + collect(lambda host=host: kernel.remove_mount_dir(host.token))  # type: ignore[misc]
+                if not left:
                     collect(record.remove)
             raise
         self._undo = undo
+        kernel.watch(self, record, f"lab {self.token}")
 
     @property
     def hosts(self) -> list[Host]:
@@ -109,13 +116,26 @@ class Lab:
         raise NotFoundError(f"lab {self.token}: no host named {name!r}")
 
     def create_network(self, name: str, driver: str = "overlay", *, subnet: str, **kwargs: Any) -> list[Network]:
-        """The network *name* on every host, in host order (``docker network
-        create -d overlay``): one network across the lab. Each host gets its
-        own ``ip_range`` of *subnet* (the first 1/2^k of it to the first host,
-        and so on), so that addresses never repeat across hosts; the gateway
-        is the same everywhere. All or nothing.
+        """The overlay network *name* on every host, in host order (``docker
+        network create -d overlay``): one network across the lab. Each host
+        gets its own ``ip_range`` of the IPv4 *subnet* (the first 1/2^k of it
+        to the first host, and so on), so that addresses never repeat across
+        hosts; the gateway is the same everywhere. *kwargs* are those of
+        ``create_network`` but ``ip_range`` and ``ipv6``. All or nothing.
         """
-        parent = ip_network(subnet)
+        if driver != "overlay":
+            raise InvalidArgumentError(
+                f"lab {self.token}: network {name!r}: only overlay networks span the lab (create others on each host)"
+            )
+        for taken in ("ip_range", "ipv6", "ipv4"):
+            if taken in kwargs:
+                raise InvalidArgumentError(f"lab {self.token}: network {name!r}: {taken} is the lab's to choose")
+        try:
+            parent = ip_network(subnet)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"lab {self.token}: network {name!r}: subnet {subnet!r} is not an IPv4 network") from exc
+        if parent.version != 4:
+            raise InvalidArgumentError(f"lab {self.token}: network {name!r}: subnet {subnet!r} is not an IPv4 network")
         extra = max(1, math.ceil(math.log2(len(self._hosts)))) if len(self._hosts) > 1 else 0
         if parent.prefixlen + extra > parent.max_prefixlen - 2:
             raise InvalidArgumentError(f"lab {self.token}: subnet {subnet} is too small for {len(self._hosts)} hosts")

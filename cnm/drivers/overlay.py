@@ -17,7 +17,17 @@ place. A host that deletes the network, or closes, leaves it, and every
 other host removes its forwarding entry for that host.
 
 Addresses must not repeat across hosts: :meth:`cnm.Lab.create_network`
-gives each host its own ``ip_range`` of the subnet.
+gives each host its own ``ip_range`` of the subnet. While an overlay is on a
+host, UDP 4789 cannot be published there (its DNAT would hand the peers'
+tunnel traffic to a sandbox).
+
+Not yet guarded (known): the kernel's VXLAN socket takes UDP 4789 on every
+address of the host, so a sandbox of the host that sends VXLAN to its
+gateway, or to a peer's underlay address, can put frames into an overlay
+it is not on (learning then answers it); a macvlan sandbox on the underlay
+can pose as a tunnel end. A host reaching a remote sandbox's overlay
+address gets no answer (the anycast gateway answers on the sandbox's own
+host), and ARP for the gateway is answered by every host.
 """
 
 from __future__ import annotations
@@ -58,11 +68,12 @@ class Peers(Protocol):
     def vni(self, network: str) -> int:
         """The network's VNI, the same on every host."""
 
-    def join(self, network: str, vtep: IPAddress, member: Member) -> list[IPAddress]:
-        """Enter *vtep* in *network*, telling the members there; return their tunnel ends."""
+    def join(self, network: str, vtep: IPAddress, member: Member) -> None:
+        """Enter *vtep* in *network*: tell the members there, and tell *member* of each of them."""
 
     def leave(self, network: str, vtep: IPAddress) -> None:
-        """Take *vtep* out of *network*, telling the members left."""
+        """Take *vtep* out of *network*, telling the members left; a failure
+        raises, and leaving again tells those not told yet."""
 
 
 class LocalPeers:
@@ -72,44 +83,52 @@ class LocalPeers:
         self._lock = threading.RLock()
         self._vnis: dict[str, int] = {}
         self._members: dict[str, dict[IPAddress, Member]] = {}
+        #: the members still to be told that a tunnel end left (a failed leave is retried)
+        self._untold: dict[tuple[str, IPAddress], list[Member]] = {}
 
     def vni(self, network: str) -> int:
         with self._lock:
             return self._vnis.setdefault(network, FIRST_VNI + len(self._vnis))
 
-    def join(self, network: str, vtep: IPAddress, member: Member) -> list[IPAddress]:
-        with self._lock:
+    def join(self, network: str, vtep: IPAddress, member: Member) -> None:
+        with self._lock:  # so that no peer comes or goes halfway
             members = self._members.setdefault(network, {})
             if vtep in members:
                 raise ConflictError(f"overlay {network!r}: tunnel end {vtep} has joined already")
-            told: list[Member] = []
+            told: list[tuple[Member, IPAddress]] = []  # (who, of whom), to take back on failure
             try:
-                for other in members.values():
-                    # Told to forget even if this fails: the entry may be there though the answer was lost.
-                    told.append(other)
+                for other_vtep, other in members.items():
+                    # Taken back even if this fails: the entry may be there though the answer was lost.
+                    told.append((other, vtep))
                     other.peer_added(vtep)
+                    told.append((member, other_vtep))
+                    member.peer_added(other_vtep)
             except BaseException as exc:
-                for other in told:
+                for who, gone in reversed(told):
                     try:
-                        other.peer_removed(vtep)
+                        who.peer_removed(gone)
                     except Exception as failure:  # noqa: BLE001 - reported with the original
-                        exc.add_note(f"telling a peer {vtep} is gone again failed: {failure!r}")
+                        exc.add_note(f"taking back the entry for {gone} failed: {failure!r}")
                 raise
-            peers = list(members)
             members[vtep] = member
-            return peers
+            self._untold.pop((network, vtep), None)
 
     def leave(self, network: str, vtep: IPAddress) -> None:
         with self._lock:
             members = self._members.get(network, {})
-            if members.pop(vtep, None) is None:
-                return
+            if vtep in members:
+                del members[vtep]
+                self._untold[(network, vtep)] = list(members.values())
+            untold = self._untold.get((network, vtep), [])
             failures: list[Exception] = []
-            for other in members.values():
+            for other in untold[:]:
                 try:
                     other.peer_removed(vtep)
+                    untold.remove(other)
                 except Exception as exc:  # noqa: BLE001 - every peer is told
                     failures.append(exc)
+            if not untold:
+                self._untold.pop((network, vtep), None)
             raise_collected(f"overlay {network!r}: {vtep} leaving", failures)
 
 
@@ -160,6 +179,9 @@ class OverlayDriver(BridgeDriver):
         plumbing = super().create_network(host, attrs.evolve(spec, options=options), undo)
         name = f"vx{vni}"
         what = f"network {spec.name!r}: vxlan {name!r} (VNI {vni})"
+        # Leaving is undone last, after the device is gone: peers forget this
+        # host once nothing of it can send to them (nor they re-learn from it).
+        undo.push(f"{what}: leave the overlay", lambda: self._peers.leave(spec.name, self.vtep))
         link = host.add_link(
             "vxlan",
             name,
@@ -170,9 +192,5 @@ class OverlayDriver(BridgeDriver):
             up=True,
         )
         undo.push(what, lambda: host.delete_link(link.index, what))  # its forwarding entries go with it
-        tunnel = _Tunnel(host, link.index, what)
-        peers = self._peers.join(spec.name, self.vtep, tunnel)
-        undo.push(f"{what}: leave the overlay", lambda: self._peers.leave(spec.name, self.vtep))
-        for vtep in peers:
-            tunnel.peer_added(vtep)
+        self._peers.join(spec.name, self.vtep, _Tunnel(host, link.index, what))
         return plumbing

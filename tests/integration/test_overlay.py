@@ -139,3 +139,31 @@ def test_a_host_joining_the_overlay_is_all_or_nothing_for_its_peers_too(lab, aft
 
 def test_the_overlay_driver_passes_check_driver():
     check_driver(lambda: OverlayDriver(LocalPeers(), IPv4Address("198.18.0.2")))
+
+
+def test_the_tunnel_port_cannot_be_published_while_an_overlay_is_there(lab):
+    """Found in review: a published 4789/udp would DNAT the peers' tunnel traffic, every network's, to a sandbox."""
+    h1, h2, _ = lab.hosts
+    web = h1.create_network("web", subnet="10.40.0.0/24")
+    nets = lab.create_network("ov", subnet="10.200.0.0/24")
+    with pytest.raises(cnm.ConflictError, match="host port 4789/udp is already published by endpoint '\\(the overlay tunnels\\)'"):
+        h1.create_sandbox("s", network_mode=web, ports=["4789:4789/udp"])
+    ok = h1.create_sandbox("t", network_mode=web, ports=["4790:4789/udp"])  # another host port is fine
+    assert [str(p) for p in ok.endpoints[0].published] == ["0.0.0.0:4790->4789/udp"]
+    for network in nets:
+        network.delete(force=True)
+    h1.create_sandbox("s", network_mode=web, ports=["4789:4789/udp"])  # free again with the last overlay
+
+
+def test_a_lab_checks_what_it_is_given_before_making_anything(lab):
+    with pytest.raises(cnm.InvalidArgumentError, match="only overlay networks span the lab"):
+        lab.create_network("x", "bridge", subnet="10.9.0.0/24")
+    with pytest.raises(cnm.InvalidArgumentError, match="ip_range is the lab's to choose"):
+        lab.create_network("x", subnet="10.9.0.0/24", ip_range="10.9.0.0/25")
+    with pytest.raises(cnm.InvalidArgumentError, match="is not an IPv4 network"):
+        lab.create_network("x", subnet="banana")
+    assert all(h.networks[2:] == [] for h in lab.hosts)
+    with pytest.raises(cnm.NotFoundError, match="firewall"):
+        cnm.Lab(2, firewall="nope")
+    with pytest.raises(cnm.InvalidArgumentError, match="drivers must be a mapping"):
+        cnm.Lab(2, drivers=["x"])
