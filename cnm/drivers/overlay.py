@@ -21,13 +21,15 @@ gives each host its own ``ip_range`` of the subnet. While an overlay is on a
 host, UDP 4789 cannot be published there (its DNAT would hand the peers'
 tunnel traffic to a sandbox).
 
-Not yet guarded (known): the kernel's VXLAN socket takes UDP 4789 on every
-address of the host, so a sandbox of the host that sends VXLAN to its
-gateway, or to a peer's underlay address, can put frames into an overlay
-it is not on (learning then answers it); a macvlan sandbox on the underlay
-can pose as a tunnel end. A host reaching a remote sandbox's overlay
-address gets no answer (the anycast gateway answers on the sandbox's own
-host), and ARP for the gateway is answered by every host.
+The kernel's VXLAN socket takes UDP 4789 on every address of the host, so
+a sandbox that sent VXLAN to its gateway, or to a peer's underlay address,
+would put frames into an overlay it is not on: the firewall drops UDP 4789
+from every network's bridge, to the host and through it
+(:mod:`cnm.firewall.nftables.ruleset`). Not yet guarded (known): a macvlan
+sandbox on the underlay itself can pose as a tunnel end. A host reaching a
+remote sandbox's overlay address gets no answer (the anycast gateway
+answers on the sandbox's own host), and ARP for the gateway is answered by
+every host.
 """
 
 from __future__ import annotations

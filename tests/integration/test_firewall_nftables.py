@@ -152,13 +152,15 @@ SKELETON = {
     "isolation": ["ct status dnat return", "drop"],
     "direct": ["ct state established,related return", "ct status dnat return", "drop"],
     "loopback": ["type filter hook prerouting priority raw; policy accept;", 'iifname != "lo" ip daddr 127.0.0.0/8 drop'],
+    "input": ["type filter hook input priority filter; policy accept;", "iifname @bridges udp dport 4789 drop"],
 }
 POSTROUTING_HEAD = "type nat hook postrouting priority srcnat; policy accept;"
 FORWARD_HEAD = "type filter hook forward priority filter; policy accept;"
 ISOLATE = "iifname @bridges oifname @bridges iifname . oifname != @same_bridge jump isolation"
 GUARD = "oifname @guarded iifname . oifname != @same_bridge jump direct"
 UNADDRESSED = ["iifname @unaddressed drop", "oifname @unaddressed drop"]
-FORWARD = [FORWARD_HEAD, *UNADDRESSED, ISOLATE, GUARD]
+NO_VXLAN = "iifname @bridges udp dport 4789 drop"
+FORWARD = [FORWARD_HEAD, NO_VXLAN, *UNADDRESSED, ISOLATE, GUARD]
 WEB_POSTROUTING = [
     'ip saddr 10.1.0.0/24 oifname != "br-web" masquerade comment "web"',
     'ct status dnat ip saddr 10.1.0.0/24 oifname "br-web" masquerade comment "web"',

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import subprocess
 import threading
 from ipaddress import IPv4Address
@@ -167,3 +168,44 @@ def test_a_lab_checks_what_it_is_given_before_making_anything(lab):
         cnm.Lab(2, firewall="nope")
     with pytest.raises(cnm.InvalidArgumentError, match="drivers must be a mapping"):
         cnm.Lab(2, drivers=["x"])
+
+
+def _vxlan_frame(vni: int, target: str, port: int, payload: bytes) -> bytes:
+    """A VXLAN packet's payload: an inner broadcast Ethernet frame carrying UDP to *target*:*port*."""
+    udp = struct.pack("!HHHH", 1234, port, 8 + len(payload), 0) + payload
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton("10.200.0.250"), socket.inet_aton(target))
+    words = struct.unpack("!10H", header)
+    total = sum(words)
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    header = header[:10] + struct.pack("!H", ~total & 0xFFFF) + header[12:]
+    inner = b"\xff" * 6 + bytes.fromhex("020000000099") + b"\x08\x00" + header + udp
+    return struct.pack("!B3xI", 0x08, vni << 8) + inner
+
+
+def test_a_sandbox_cannot_inject_vxlan_into_an_overlay_it_is_not_on(lab):
+    """Root in a sandbox on a plain bridge sends VXLAN for the overlay's VNI to its own
+    gateway and to a peer's underlay address: neither reaches the overlay's sandboxes.
+    (Found in review: the kernel's VXLAN socket listens on every address of the host.)"""
+    h1, h2, _ = lab.hosts
+    nets = lab.create_network("ov", subnet="10.200.0.0/24")
+    victim1 = h1.create_sandbox("v1", network_mode=nets[0])
+    victim2 = h2.create_sandbox("v2", network_mode=nets[1])
+    web = h1.create_network("web", subnet="10.40.0.0/24")
+    attacker = h1.create_sandbox("attacker", network_mode=web)
+    targets = [(victim1, str(victim1.address(nets[0]).ip), "10.40.0.1"), (victim2, str(victim2.address(nets[1]).ip), str(h2.address))]
+    for victim, overlay_ip, vtep in targets:
+        with Server(victim, 9999, udp=True) as server:
+            frame = _vxlan_frame(FIRST_VNI, overlay_ip, 9999, b"injected")
+
+            def send(frame: bytes = frame, vtep: str = vtep) -> None:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    for _ in range(5):
+                        s.sendto(frame, (vtep, 4789))
+
+            attacker.call(send)
+            server.thread.join(1.0)
+        assert server.peers == [], f"VXLAN sent to {vtep} reached {victim.name}"
+    # The overlay itself still works.
+    with Server(victim2, 7000):
+        assert tcp_hello(victim1, victim2.address(nets[1]).ip, 7000) == b"hello"
