@@ -17,6 +17,7 @@ __all__ = [
     "FIRST_PORT",
     "LAST_PORT",
     "PROTOCOLS",
+    "VXLAN_PORT",
     "address_text",
     "check_not_ipv6_loopback",
     "check_port",
@@ -33,6 +34,8 @@ LAST_PORT: Final = 65535
 
 #: Docker's default range for ephemeral host ports, both ends included.
 DEFAULT_EPHEMERAL_PORTS: Final = (49153, 60999)
+#: VXLAN's UDP port (IANA), which cnm's overlay networks use and its firewall guards
+VXLAN_PORT: Final = 4789
 
 
 def check_port(what: str, value: object) -> int:

@@ -79,8 +79,8 @@ class Services:
         #: the newest sandbox, the only one that keeps a socket open
         self.warm: SandboxRecord | None = None
         self._forwarding_users = {4: 0, 6: 0}
-        self._tunnel_users = 0
-        self._tunnel_held: list[PublishedPort] = []
+        #: UDP ports held for tunnels: (networks using it, its publications)
+        self._tunnels: dict[int, tuple[int, list[PublishedPort]]] = {}
         self._forwarding_was: dict[int, str | None] = {4: None, 6: None}
         #: stable text naming this host, from which IPAM derives its IPv6 prefix
         self.seed = token
@@ -188,18 +188,21 @@ class Services:
         return child
 
     def hold_tunnel_port(self, port: int, books: UndoLog) -> None:
-        """Keep UDP *port* (VXLAN's) from being published while any network that
-        spans hosts is here: a published port's DNAT would hand the peers'
-        tunnel traffic, every network's, to a sandbox."""
-        if self._tunnel_users == 0:
+        """Keep UDP *port* from being published while any network whose
+        tunnels arrive on it is here (see ``Capabilities.tunnel_port``)."""
+        if port not in self._tunnels:
             mapping = PortMapping(container_port=port, host_port=port, protocol="udp")
-            self._tunnel_held = self.ports.reserve("(the overlay tunnels)", [mapping], families=(4, 6))
-        self._tunnel_users += 1
+            self._tunnels[port] = (0, self.ports.reserve("(the overlay tunnels)", [mapping], families=(4, 6)))
+        users, held = self._tunnels[port]
+        self._tunnels[port] = (users + 1, held)
 
         def release() -> None:
-            self._tunnel_users -= 1
-            if self._tunnel_users == 0:
-                self.ports.release(self._tunnel_held)
+            users, held = self._tunnels[port]
+            if users == 1:
+                del self._tunnels[port]
+                self.ports.release(held)
+            else:
+                self._tunnels[port] = (users - 1, held)
 
         books.push(f"host {self.name!r}: udp {port} for the overlay tunnels", release)
 

@@ -95,8 +95,7 @@ def create_sandbox(
         # before the namespace, so that a refusal changes nothing.
         request = bulk.SandboxRequest(name, ip=ip, mac=mac, ports=ports, ip6=ip6)
         (record,) = bulk.create_sandboxes(services, host, [request], mode.network)
-        record.network_mode = mode.text
-        return record
+        return record  # its network_mode is the network's name, as the bulk path sets it
     if ip is not None or ip6 is not None or mac is not None or normalize_ports(ports, owner=f"sandbox {name!r}"):
         what = "made without one" if mode.text is None else f"in network mode {mode.text}"
         raise InvalidArgumentError(f"sandbox {name!r}: ip, ip6, mac and ports need a network to connect to ({what})")
@@ -227,8 +226,6 @@ def enter_predefined(services: Services, sandbox: SandboxRecord, network: Networ
     """*sandbox* as an endpoint of the predefined *network*: no MAC, no address, no link."""
     from .endpoint import Endpoint
 
-    if sandbox.name in network.endpoints:
-        raise ConflictError(f"network {network.name!r}: an endpoint named {sandbox.name!r} already exists")
     endpoint = EndpointRecord(
         handle=None,  # type: ignore[arg-type]
         network=network,

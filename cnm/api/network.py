@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._checks import check_collection, check_flag, check_name, check_text, describe, string_map
 from .._ip import Family, IPAddress, IPNetwork, family_name
 from ..drivers import NetworkSpec
-from ..drivers.overlay import VXLAN_PORT
 from ..errors import ClosedError, ConflictError, InvalidArgumentError, NotFoundError, StateError
 from ..firewall import NetworkRules
 from ..ipam import AddressPool, ipam_driver, parse_address, parse_subnet
@@ -282,8 +281,8 @@ def create(
     )
     drv.validate(spec)
     with transaction(keep=services.keep) as undo:
-        if drv.capabilities.spans_hosts:  # books only, before the kernel (a conflict changes nothing)
-            services.hold_tunnel_port(VXLAN_PORT, undo.books)
+        if drv.capabilities.tunnel_port is not None:  # books only, before the kernel (a conflict changes nothing)
+            services.hold_tunnel_port(drv.capabilities.tunnel_port, undo.books)
         # The driver first: what it can only check against the kernel (an
         # interface name already taken) then fails before anything changed.
         plumbing = drv.create_network(services.rtnl, spec, undo.kernel)

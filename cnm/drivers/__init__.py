@@ -90,6 +90,10 @@ class Capabilities:
     #: one, so that the other hosts hear of it, instead of letting them go
     #: with the host's namespace
     spans_hosts: bool = False
+    #: the UDP port its tunnels arrive on, kept from being published while
+    #: any of its networks is on the host (a published port's DNAT would hand
+    #: the tunnels' traffic to a sandbox)
+    tunnel_port: int | None = None
 
 
 @attrs.frozen

@@ -40,6 +40,7 @@ from typing import Protocol
 import attrs
 
 from .._ip import IPAddress
+from .._transport import VXLAN_PORT
 from ..errors import ConflictError, InvalidArgumentError
 from ..kernel import Rtnl
 from ..undo import UndoLog, raise_collected
@@ -48,7 +49,6 @@ from .bridge import OPT_MTU, BridgeDriver
 
 __all__ = ["FIRST_VNI", "OVERLAY_MTU", "VXLAN_PORT", "LocalPeers", "Member", "OverlayDriver", "Peers"]
 
-VXLAN_PORT = 4789
 OVERLAY_MTU = 1450
 #: Docker's first overlay VNI
 FIRST_VNI = 4096
@@ -156,7 +156,7 @@ class OverlayDriver(BridgeDriver):
     """A bridge per host joined to the other hosts' by VXLAN; see the module documentation."""
 
     name = "overlay"
-    capabilities = Capabilities(families=frozenset({4, 6}), routed=True, spans_hosts=True)
+    capabilities = Capabilities(families=frozenset({4, 6}), routed=True, spans_hosts=True, tunnel_port=VXLAN_PORT)
 
     def __init__(self, peers: Peers, vtep: IPAddress) -> None:
         #: where this host's tunnel end is: its underlay address

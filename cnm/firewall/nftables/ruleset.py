@@ -146,6 +146,7 @@ import struct
 
 from .. import SANDBOX_PORT_GROUP, NetworkRules, PortForward
 from .batch import HEADER, Batch, SetSpec
+from ..._transport import VXLAN_PORT
 from .expressions import (
     CMP_EQ,
     CMP_NEQ,
@@ -194,11 +195,9 @@ __all__ = [
 ]
 
 _HOOK_PREROUTING, _HOOK_INPUT, _HOOK_FORWARD, _HOOK_OUTPUT, _HOOK_POSTROUTING = 0, 1, 2, 3, 4
-#: VXLAN's port (cnm.drivers.overlay.VXLAN_PORT): the kernel's VXLAN socket
-#: takes it on every address of the host, so a sandbox sending VXLAN to its
-#: host (or, masqueraded, to an overlay peer) would put frames into an
-#: overlay network it is not on.
-_VXLAN_PORT = 4789
+# VXLAN_PORT: the kernel's VXLAN socket takes it on every address of the
+# host, so a sandbox sending VXLAN to its host (or, masqueraded, to an
+# overlay peer) would put frames into an overlay network it is not on.
 _PRIORITY_RAW, _PRIORITY_DSTNAT, _PRIORITY_FILTER, _PRIORITY_SRCNAT = -300, -100, 0, 100
 _PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
 
@@ -262,7 +261,7 @@ def skeleton(batch: Batch, family: AddressFamily) -> None:
     vxlan_from_sandboxes = (
         ifname_in(META_IIFNAME, "bridges")
         + meta_is(META_L4PROTO, bytes([_IPPROTO_UDP]))
-        + transport_is(2, struct.pack(">H", _VXLAN_PORT))
+        + transport_is(2, struct.pack(">H", VXLAN_PORT))
         + [verdict(NF_DROP)]
     )
     rule("input", vxlan_from_sandboxes, "drop VXLAN from sandboxes to the host")
