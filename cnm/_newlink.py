@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -79,6 +79,8 @@ def request(
     alias: str | None,
     master: int | None,
     parent_mac: str | None = None,
+    group: int = 0,
+    port: Collection[str] = (),
 ) -> Iterator[NewLink]:
     """The RTM_NEWLINK creating a link as :meth:`cnm.kernel.Rtnl.add_link`
     documents it, from a socket in namespace *here*.
@@ -99,6 +101,13 @@ def request(
         raise InvalidArgumentError(f"{what}: alias {alias!r} is longer than the kernel keeps ({_ALIAS_MAX} bytes)")
     if (peer is not None) != (kind == "veth"):
         raise InvalidArgumentError(f"{what}: a peer is given for a veth, and only for a veth")
+    if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < 2**32:
+        raise InvalidArgumentError(f"{what}: group {group!r} is not a device group (0 to 2**32-1)")
+    unknown = sorted(set(port) - set(pack.BRIDGE_PORT_FLAGS))
+    if isinstance(port, str) or unknown or (port and master is None):
+        raise InvalidArgumentError(
+            f"{what}: bridge port settings {port!r}: only {sorted(pack.BRIDGE_PORT_FLAGS)}, for a link with a master"
+        )
     if namespace is not None and namespace.path == here.path:
         namespace = None
     info: list[tuple[str, Any]] = [("IFLA_INFO_KIND", kind)]
@@ -111,6 +120,8 @@ def request(
             attrs_.append(("IFLA_LINK", parent))
         if master is not None:
             attrs_.append(("IFLA_MASTER", master))
+        if group:
+            attrs_.append(("IFLA_GROUP", group))
         if namespace is not None:
             fds.append(os.open(namespace.path, os.O_RDONLY | os.O_CLOEXEC))
             attrs_.append(("IFLA_NET_NS_FD", fds[-1]))

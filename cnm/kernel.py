@@ -24,23 +24,23 @@ import errno
 import os
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_address, ip_interface, ip_network
 from typing import Any, Literal, overload
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL
 from pyroute2.netlink import rtnl as rt
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
-from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from . import _newlink
+from ._fdb import ForwardingEntries
 from . import rtmsg as pack
 from ._ip import IPAddress, IPInterface, IPNetwork
 from ._links import Link, LinkInfo, Peer, Route, RouteSpec, check_route, mac_for, random_mac
-from .errors import ALREADY_GONE, KernelError, kernel_error
+from .errors import KernelError, kernel_error
 from .netlink import Netlink
 from .netns import Namespace
 
@@ -70,8 +70,9 @@ LINKS_GONE_TIMEOUT = 5.0
 LINKS_STALL = 2.0
 
 
-class Rtnl:
-    """rtnetlink verbs for one namespace, over one socket opened inside it."""
+class Rtnl(ForwardingEntries):
+    """rtnetlink verbs for one namespace, over one socket opened inside it
+    (the forwarding-entry verbs come from :class:`cnm._fdb.ForwardingEntries`)."""
 
     def __init__(self, namespace: Namespace, *, here: bool = False) -> None:
         """Open the socket inside *namespace*; ``here=True`` means the calling
@@ -214,7 +215,7 @@ class Rtnl:
             body = pack.veth(name, mac, master, mtu, peer_name, fd, peer_mac, group)
             create = pack.message(pack.RTM_NEWLINK, _CREATE | NLM_F_ECHO, body)
             what = f"link {name!r} (veth)"
-            link = self._make_link(create, self, "veth", name, mac, alias, hairpin=master is not None, what=what)
+            link = self._make_link(create, self, "veth", name, mac, alias, port=("hairpin",) if master is not None else (), what=what)
             return link.index, link.peer_index
         finally:
             os.close(fd)
@@ -253,6 +254,8 @@ class Rtnl:
         master: int | None = None,
         up: bool = False,
         inherit_mac: bool = False,
+        group: int = 0,
+        port: Collection[str] = (),
     ) -> Link:
         """Create a link of any *kind* the kernel knows (``"macvlan"``,
         ``"ipvlan"``, ``"vxlan"``, ``"vlan"``, ``"veth"``, ``"bridge"``,
@@ -283,6 +286,11 @@ class Rtnl:
         kernel gives the link its parent's (an ipvlan, a macvlan in passthru
         mode), by which the made link is then recognised.
 
+        *group* is the link's device group (what firewall rules can match
+        without naming the link); *port* names settings of its bridge port
+        to turn on, of :data:`cnm.rtmsg.BRIDGE_PORT_FLAGS` (``"hairpin"``,
+        ``"neigh_suppress"``), with a *master* only.
+
         There is never a half-made link: if a step after the creation fails,
         the link is deleted again before the error is raised. A kind the
         kernel lacks raises :class:`~cnm.errors.MissingKernelFeatureError`
@@ -292,13 +300,13 @@ class Rtnl:
         """
         with _newlink.request(
             kind, name, here=self.namespace, data=data, parent=parent, namespace=namespace, peer=peer,
-            mac=mac, mtu=mtu, alias=alias, master=master, parent_mac=mac if inherit_mac else None,
+            mac=mac, mtu=mtu, alias=alias, master=master, parent_mac=mac if inherit_mac else None, group=group, port=port,
         ) as new:
             # Follow-up requests go where the link lives; opened before the
             # creation so that failing to open it changes nothing.
             there = Rtnl(new.namespace) if new.namespace is not None else self
             try:
-                return self._make_link(new.create, there, kind, name, new.mac, alias, up=up, what=new.what)
+                return self._make_link(new.create, there, kind, name, new.mac, alias, up=up, port=port, what=new.what)
             finally:
                 if there is not self:
                     there.close()
@@ -313,12 +321,12 @@ class Rtnl:
         alias: str | None,
         *,
         up: bool = False,
-        hairpin: bool = False,
+        port: Iterable[str] = (),
         what: str,
     ) -> Link:
         """Send the RTM_NEWLINK *create* (which gives the link *mac*); find the
         new link in *there* (its namespace); mark it with *alias* (cnm's owner
-        mark), with *hairpin* set its bridge port to hairpin mode, and with
+        mark), turn on the settings *port* of its bridge port, and with
         *up* bring it up.
 
         The creation asks the kernel to echo the new link back (NLM_F_ECHO:
@@ -355,7 +363,7 @@ class Rtnl:
                 if found is None or found.mac != mac:
                     raise KernelError(errno.ENODEV, f"{what}: made, but gone (or changed) before it could be marked")
                 index = found.index
-            requests = [(pack.RTM_NEWLINK, NLM_F_ACK, pack.link_settings(index, alias, hairpin), "mark")]
+            requests = [(pack.RTM_NEWLINK, NLM_F_ACK, pack.link_settings(index, alias, port), "mark")]
             if up:
                 requests.append((pack.RTM_NEWLINK, NLM_F_ACK, pack.set_up(index), "set up"))
             there._apply(requests, what)
@@ -420,27 +428,6 @@ class Rtnl:
         check_route(destination, gateway)  # before the kernel sees it
         body = pack.route(destination, gateway, oif)
         self._apply([(pack.RTM_NEWROUTE, _CREATE, body, f"add route {destination} via {gateway}")], what)
-
-    def add_fdb(self, index: int, mac: str, destination: IPAddress, what: str) -> None:
-        """Append a forwarding entry on vxlan *index*: frames to *mac* (all zeros: every broadcast, unknown
-        and multicast frame) also go to the tunnel end *destination*. Entries of one MAC to several ends add up."""
-        body, flags = pack.fdb(index, mac, destination), NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK
-        self._apply([(pack.RTM_NEWNEIGH, flags, body, f"add fdb {mac} dst {destination}")], what)
-
-    def fdb_to(self, index: int, destination: IPAddress) -> list[str]:
-        """The MACs whose forwarding entries on vxlan *index* send to *destination* (learned ones too)."""
-        msg = ndmsg()
-        msg["family"], msg["ifindex"] = pack.AF_BRIDGE, index
-        dump = self._nl.dump(msg, rt.RTM_GETNEIGH)
-        return [m.get_attr("NDA_LLADDR") for m in dump if m["ifindex"] == index and m.get_attr("NDA_DST") == str(destination)]
-
-    def delete_fdb(self, index: int, mac: str, destination: IPAddress, what: str) -> None:
-        """Remove the entry :meth:`add_fdb` made; one already gone is success."""
-        try:
-            self._apply([(pack.RTM_DELNEIGH, NLM_F_ACK, pack.fdb(index, mac, destination), f"delete fdb {mac} dst {destination}")], what)
-        except KernelError as exc:
-            if exc.errno not in ALREADY_GONE:
-                raise
 
     def configure_link(
         self,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network
 
 from ._ip import IPAddress, IPNetwork
@@ -56,7 +57,8 @@ _IFLA_NUM_TX_QUEUES, _IFLA_NUM_RX_QUEUES = 31, 32
 _IFLA_AF_SPEC, _IFLA_INET6_ADDR_GEN_MODE, _IN6_ADDR_GEN_MODE_NONE = 26, 8, 1
 _IFLA_INFO_KIND, _IFLA_INFO_DATA, _IFLA_INFO_SLAVE_KIND, _IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 _VETH_INFO_PEER = 1
-_IFLA_BRPORT_MODE = 4
+#: the bridge-port settings :func:`link_settings` can turn on (IFLA_BRPORT_*, each a u8)
+BRIDGE_PORT_FLAGS = {"hairpin": 4, "neigh_suppress": 32}
 _IFLA_BR_MCAST_SNOOPING = 23
 _IFA_ADDRESS, _IFA_LOCAL, _IFA_BROADCAST = 1, 2, 4
 _IFA_F_NODAD = 0x02
@@ -174,15 +176,16 @@ def veth(
     return _ifinfo(up=True) + attrs
 
 
-def link_settings(index: int, alias: str | None, hairpin: bool) -> bytes:
-    """RTM_NEWLINK body changing link *index*: its alias, hairpin mode on its
-    bridge port, and no IPv6 addresses (see :func:`no_ipv6_addresses`)."""
+def link_settings(index: int, alias: str | None, port: Iterable[str] = ()) -> bytes:
+    """RTM_NEWLINK body changing link *index*: its alias, the settings of its
+    bridge *port* turned on (names of :data:`BRIDGE_PORT_FLAGS`), and no IPv6
+    addresses (see :func:`no_ipv6_addresses`)."""
     attrs = b""
     if alias is not None:
         attrs += _string(_IFLA_IFALIAS, alias)
-    if hairpin:
-        port = _attr(_IFLA_BRPORT_MODE, b"\x01")
-        attrs += _attr(_IFLA_LINKINFO, _string(_IFLA_INFO_SLAVE_KIND, "bridge") + _attr(_IFLA_INFO_SLAVE_DATA, port))
+    flags = b"".join(_attr(BRIDGE_PORT_FLAGS[flag], b"\x01") for flag in port)
+    if flags:
+        attrs += _attr(_IFLA_LINKINFO, _string(_IFLA_INFO_SLAVE_KIND, "bridge") + _attr(_IFLA_INFO_SLAVE_DATA, flags))
     return _ifinfo(index) + attrs + _no_ipv6_addresses()
 
 

@@ -8,7 +8,13 @@ unknown MACs, broadcasts and multicast go to every other host (one
 forwarding entry per peer); the kernel learns where each MAC lives from
 what arrives. The bridge carries the network's gateway on every host, with
 one MAC derived from the VNI, so each host routes (and NATs, and publishes
-the ports of) its own sandboxes, as on a bridge network.
+the ports of) its own sandboxes, as on a bridge network. That gateway stays
+on its host: the VXLAN port has neighbour suppression on (ARP and neighbour
+discovery for the bridge's own addresses are answered there, not flooded to
+the peers, which would each answer too), and the firewall drops whatever the
+host itself sends out of the tunnel. So, as in Docker, a host reaches only
+its own sandboxes' overlay addresses (a remote one would answer the gateway
+MAC, which is its own host's); sandboxes reach each other across hosts.
 
 Which hosts have a network (and its VNI) comes from a :class:`Peers`: the
 small interface peer discovery sits behind. :class:`LocalPeers` keeps it
@@ -26,10 +32,7 @@ a sandbox that sent VXLAN to its gateway, or to a peer's underlay address,
 would put frames into an overlay it is not on: the firewall drops UDP 4789
 from every network's bridge, to the host and through it
 (:mod:`cnm.firewall.nftables.ruleset`). Not yet guarded (known): a macvlan
-sandbox on the underlay itself can pose as a tunnel end. A host reaching a
-remote sandbox's overlay address gets no answer (the anycast gateway
-answers on the sandbox's own host), and ARP for the gateway is answered by
-every host.
+sandbox on the underlay itself can pose as a tunnel end.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import attrs
 from .._ip import IPAddress
 from .._transport import VXLAN_PORT
 from ..errors import ConflictError, InvalidArgumentError
+from ..firewall import TUNNEL_PORT_GROUP
 from ..kernel import Rtnl
 from ..undo import UndoLog, raise_collected
 from . import Capabilities, NetworkPlumbing, NetworkSpec
@@ -148,7 +152,7 @@ class _Tunnel:
     def peer_removed(self, vtep: IPAddress) -> None:
         # The flood entry, and what was learned behind that host, so that
         # nothing is sent to it while those would age out.
-        for mac in self.host.fdb_to(self.index, vtep):
+        for mac in self.host.fdb_to(self.index, vtep, self.what):
             self.host.delete_fdb(self.index, mac, vtep, self.what)
 
 
@@ -192,6 +196,12 @@ class OverlayDriver(BridgeDriver):
             mtu=plumbing.mtu,
             alias=f"cnm:{spec.owner}:network/{spec.name}",
             up=True,
+            # The anycast gateway stays on each host: ARP and neighbour
+            # discovery for the bridge's own addresses are not flooded to the
+            # peers (each would answer), and the firewall drops what the host
+            # itself sends out of the tunnel (see TUNNEL_PORT_GROUP).
+            port=("neigh_suppress",),
+            group=TUNNEL_PORT_GROUP,
         )
         undo.push(what, lambda: host.delete_link(link.index, what))  # its forwarding entries go with it
         self._peers.join(spec.name, self.vtep, _Tunnel(host, link.index, what))

@@ -75,6 +75,7 @@ __all__ = [
     "FirewallFactory",
     "NetworkRules",
     "SANDBOX_PORT_GROUP",
+    "TUNNEL_PORT_GROUP",
     "PortForward",
     "firewall_backend",
 ]
@@ -88,6 +89,14 @@ __all__ = [
 #: in the request that makes the veth, no rule or set element per sandbox.
 #: A host's own bridges keep the default group 0 and are left alone.
 SANDBOX_PORT_GROUP = 0x636E6D  # "cnm"
+#: The device group of a tunnel that is a port of a network's bridge (an
+#: overlay's VXLAN device). Such a network's gateway is on every host's
+#: bridge with one MAC (an anycast gateway), so nothing the host itself sends
+#: into the bridge may leave by the tunnel: a peer would take a frame from
+#: its own gateway MAC (and drop it, and learn that MAC on the tunnel), and
+#: the replies of a remote sandbox to that MAC end at its own host's
+#: gateway. A backend drops what the host sends out of such ports.
+TUNNEL_PORT_GROUP = 0x636E74  # "cnt"
 
 _IFNAMSIZ = 16  # the kernel's limit on interface names, including the NUL
 

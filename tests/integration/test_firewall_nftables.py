@@ -26,6 +26,7 @@ from cnm.errors import ClosedError, InvalidArgumentError, KernelError, NotFoundE
 from cnm.firewall import (
     FIREWALL_BACKENDS,
     SANDBOX_PORT_GROUP,
+    TUNNEL_PORT_GROUP,
     FirewallBackend,
     NetworkRules,
     PortForward,
@@ -800,6 +801,7 @@ BRIDGE_CHAINS = {
         "type filter hook forward priority filter; policy accept;",
         f"meta protocol ip6 iifgroup {SANDBOX_PORT_GROUP} jump from_sandbox",
     ],
+    "output": ["type filter hook output priority filter; policy accept;", f"oifgroup {TUNNEL_PORT_GROUP} drop"],
     "from_sandbox": [
         "icmpv6 type nd-router-advert drop",
         "icmpv6 type nd-redirect drop",

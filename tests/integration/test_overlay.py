@@ -6,6 +6,7 @@ import socket
 import struct
 import subprocess
 import threading
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
 import pytest
@@ -136,6 +137,37 @@ def test_a_host_joining_the_overlay_is_all_or_nothing_for_its_peers_too(lab, aft
         assert k < 50
     assert k >= 5  # the bridge, its sysctl and address, the vxlan, h1's entry, h2's entry
     assert "00:00:00:00:00:00 dst 198.18.0.3" in _fdb(h1) and "00:00:00:00:00:00 dst 198.18.0.2" in _fdb(h2)
+
+
+def _send_udp(address: str) -> Callable[[], None]:
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"x", (address, 9))
+
+    return send
+
+
+def test_each_host_keeps_the_anycast_gateway_to_itself(lab):
+    """The gateway is on every host with one MAC. ARP for it is not flooded to the
+    peers (each would answer, and note the asker as its neighbour), and what the host
+    itself sends into the bridge (with that MAC) does not leave by the tunnel: a peer
+    would learn its own gateway MAC there."""
+    h1, h2, _ = lab.hosts
+    nets = lab.create_network("ov", subnet="10.200.0.0/24")
+    a = h1.create_sandbox("a", network_mode=nets[0])
+    b = h2.create_sandbox("b", network_mode=nets[1])
+    a_ip, b_ip = str(a.address(nets[0]).ip), str(b.address(nets[1]).ip)
+    a.call(_send_udp("10.200.0.1"))  # a asks for its gateway's MAC
+    h1.call(_send_udp(b_ip))  # h1 itself asks for b's, from the gateway's MAC
+    with Server(b, 7000):  # what crosses the tunnel is learned by now
+        assert tcp_hello(a, b_ip, 7000) == b"hello"
+    gateway_mac = a.run(["ip", "neigh", "show", "10.200.0.1"], capture_output=True, text=True, check=True).stdout.split()[-2]
+    a_mac = a.endpoints[0].mac
+    fdb = _fdb(h2)
+    assert f"{a_mac} dst {h1.address} self" in fdb  # learning works in this window
+    assert gateway_mac not in fdb, fdb
+    neighbours = h2.run(["ip", "neigh", "show", "dev", nets[1].interface], capture_output=True, text=True, check=True).stdout
+    assert a_ip not in neighbours, neighbours
 
 
 def test_the_overlay_driver_passes_check_driver():

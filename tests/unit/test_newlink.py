@@ -38,6 +38,11 @@ def test_a_taken_name_and_other_refusals_are_typed_kernel_errors():
         ("x", {"alias": "a" * 256}, "longer than the kernel keeps"),
         ("x", {"peer": Peer("y")}, "only for a veth"),
         ("x", {"data": {"no_such_setting": 1}}, "no settings are known"),
+        ("x", {"group": -1}, "not a device group"),
+        ("x", {"group": True}, "not a device group"),
+        ("x", {"port": ("hairpin",)}, "for a link with a master"),
+        ("x", {"port": ("nope",), "master": 3}, "bridge port settings"),
+        ("x", {"port": "hairpin", "master": 3}, "bridge port settings"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_is_opened(name, settings, reason):

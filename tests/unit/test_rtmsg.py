@@ -80,17 +80,22 @@ def test_veth(mtu, master, mac, own_mac):
     assert packed(16, 0x605, pack.veth("vethabcdef0", own_mac, master, mtu, "eth0", 17, mac), 12) == expected
 
 
-@pytest.mark.parametrize("alias, hairpin", [("cnm:x:network/web", True), ("cnm:y", False), (None, True)])
-def test_link_settings(alias, hairpin):
+@pytest.mark.parametrize(
+    "alias, port",
+    [("cnm:x:network/web", ("hairpin",)), ("cnm:y", ()), (None, ("hairpin",)), ("cnm:z", ("neigh_suppress", "hairpin"))],
+)
+def test_link_settings(alias, port):
     attrs = []
     if alias:
         attrs.append(("IFLA_IFALIAS", alias))
-    if hairpin:
-        slave = {"attrs": [("IFLA_INFO_SLAVE_KIND", "bridge"), ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]})]}
+    names = {"hairpin": "IFLA_BRPORT_MODE", "neigh_suppress": "IFLA_BRPORT_NEIGH_SUPPRESS"}
+    if port:
+        flags = [(names[flag], 1) for flag in port]
+        slave = {"attrs": [("IFLA_INFO_SLAVE_KIND", "bridge"), ("IFLA_INFO_SLAVE_DATA", {"attrs": flags})]}
         attrs.append(("IFLA_LINKINFO", slave))
     attrs.append(NO_IPV6_ADDRESSES)
     expected = pyroute2_bytes(ifinfo(9, attrs=attrs), 16, 4, 13)
-    assert packed(16, 4, pack.link_settings(9, alias, hairpin), 13) == expected
+    assert packed(16, 4, pack.link_settings(9, alias, port), 13) == expected
 
 
 NO_IPV6_ADDRESSES = ("IFLA_AF_SPEC", {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]})
