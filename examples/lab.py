@@ -32,7 +32,7 @@ def ask(owner: object, address: object, port: int) -> str:
 
 with cnm.Lab(["h1", "h2", "h3"]) as lab:
     for host in lab.hosts:
-        print(host.name, "on the underlay at", host.address, "and", host.address6)
+        print(host.name, "on the underlay at", host.address, "and", host.address6, "- tunnels from", host.tunnel_address)
     h1, h2, h3 = lab.hosts
     # A web sandbox on h3, published on its host: reached from another host and from the outside.
     web = h3.create_network("web", subnet="10.40.0.0/24")
@@ -49,7 +49,7 @@ with cnm.Lab(["h1", "h2", "h3"]) as lab:
     )  # fmt: skip
     answer_once(b, 7000)
     print("a on h1 -> b on h2:", ask(a, "198.18.0.192", 7000))
-    # One overlay network across all three hosts (VXLAN on the underlay).
+    # One overlay network across all three hosts (VXLAN on the lab's data plane).
     ov = lab.create_network("ov", "overlay", subnet="10.200.0.0/24")
     x = h1.create_sandbox("x", network_mode=ov[0])
     y = h3.create_sandbox("y", network_mode=ov[2])

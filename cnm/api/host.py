@@ -88,6 +88,8 @@ class Host(InNamespace):
         self.outside = None
         #: its addresses on the uplink (isolated hosts only)
         self._uplink: tuple[IPv4Interface, IPv6Interface] | None = None
+        #: its address on a lab's data plane (a lab's hosts only)
+        self._tunnel_address: IPv4Address | None = None
         self.name = name
         self.token = token
         self._processes = Processes()
@@ -154,6 +156,8 @@ class Host(InNamespace):
                 else:
                     outside_ns = underlay.namespace
                     host._uplink = (underlay.address, underlay.address6)
+                    host._tunnel_address = underlay.tunnel_address.ip
+                    undo.kernel.push(f"host {label!r}: tunnel namespace", underlay.tunnels.delete)
                 host.outside = isolated.Outside(outside_ns, host._outside_processes, host._services)
                 isolated.wire_uplink(host._services, host.outside, underlay)
         except BaseException:
@@ -178,6 +182,12 @@ class Host(InNamespace):
         """The name of the host's uplink towards its outside (isolated hosts
         only): the parent for macvlan and ipvlan networks, on 198.18.0.0/24."""
         return isolated.UPLINK if self.outside is not None else None
+
+    @property
+    def tunnel_address(self) -> IPv4Address | None:
+        """The host's address on its lab's data plane, where its overlay
+        tunnels start (a :class:`cnm.Lab`'s hosts only; 198.18.1.0/24)."""
+        return self._tunnel_address
 
     @property
     def outside_address(self) -> IPv4Address | None:

@@ -55,12 +55,16 @@ HOST_ADDRESS6 = IPv6Interface("2001:2::2/64")
 @attrs.frozen
 class Underlay:
     """Where a lab's host plugs its uplink in (see :mod:`cnm.api.lab`): the
-    lab's outside namespace, the bridge there, and the host's addresses on it."""
+    lab's outside namespace, the bridge there, and the host's addresses on
+    it; and the host's tunnel namespace, which the lab made (its data link
+    in it, with the *tunnel_address*) and the host removes with itself."""
 
     namespace: Namespace
     bridge: int
     address: IPv4Interface
     address6: IPv6Interface
+    tunnels: Namespace
+    tunnel_address: IPv4Interface
 
 
 class Owner(Protocol):

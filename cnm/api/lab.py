@@ -10,6 +10,15 @@ ports work as on a host of its own, and hosts reach each other and the
 outside over the underlay (a macvlan network on ``host.uplink`` puts
 sandboxes of several hosts on one wire).
 
+Overlay networks (``lab.create_network``) do not cross the underlay but a
+data plane of their own: a bridge in the namespace ``lab.dataplane``, on
+which each host has a tunnel namespace holding its data link ``eth1``
+(``host.tunnel_address``: 198.18.1.2, .3, ... in order; the data plane's
+port of the host at .N is ``dp-N``). The VXLAN sockets live there, so
+neither the outside nor any sandbox can reach a tunnel end (see
+:mod:`cnm.drivers.overlay`), as a cluster keeps its data-path network apart
+(Docker swarm's ``--data-path-addr``).
+
 Closing the lab closes its hosts, then removes the outside; a host may be
 closed earlier by itself, which takes it off the underlay. All or nothing:
 if any part cannot be made, nothing of the lab is left. Like every host, the
@@ -23,7 +32,7 @@ import functools
 import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from ipaddress import IPv4Interface, IPv6Interface, ip_network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, ip_network
 from typing import Any
 from .._checks import check_collection, check_name
 from ..drivers import NetworkDriver
@@ -45,6 +54,10 @@ __all__ = ["MAX_HOSTS", "Lab"]
 #: The underlay is a /24 with the outside at .1: at most this many hosts.
 MAX_HOSTS = 200
 BRIDGE = "underlay"
+DATA_BRIDGE = "dataplane"
+#: The data plane: each host's tunnel namespace has its data link on it, with .2, .3, ...
+DATA_SUBNET = IPv4Network("198.18.1.0/24")
+DATA_LINK = "eth1"
 
 
 class Lab:
@@ -75,6 +88,13 @@ class Lab:
                     bridge = _make_underlay(socket, namespace, self.token)
                 finally:
                     socket.close()
+                #: the data plane: the segment the overlay's tunnels cross, with the hosts only on it
+                self.dataplane, socket = kernel.create_namespace(f"cnm-{self.token}-dataplane", ipv6_off=True)
+                undo.kernel.push(f"lab {self.token}: data plane namespace", self.dataplane.delete)
+                try:
+                    data_bridge = socket.add_bridge(DATA_BRIDGE, alias=f"cnm:{self.token}:dataplane", mac=random_mac())
+                finally:
+                    socket.close()
                 #: the lab's outside, the "internet" all hosts share
                 self._outside_processes = Processes()
                 self.outside = isolated.Outside(namespace, self._outside_processes, _LabServices(self))
@@ -86,8 +106,11 @@ class Lab:
                         bridge,
                         IPv4Interface(f"{isolated.UPLINK_SUBNET[2 + i]}/{isolated.UPLINK_SUBNET.prefixlen}"),
                         IPv6Interface(f"{isolated.UPLINK_SUBNET6[2 + i]}/{isolated.UPLINK_SUBNET6.prefixlen}"),
+                        *_tunnel_namespace(kernel, self.dataplane, data_bridge, self.token, i),
                     )
-                    overlay: Callable[[], NetworkDriver] = functools.partial(OverlayDriver, self.peers, underlay.address.ip)
+                    overlay: Callable[[], NetworkDriver] = functools.partial(
+                        OverlayDriver, self.peers, underlay.tunnel_address.ip, tunnels=underlay.tunnels
+                    )
                     own = {"overlay": overlay, **own_drivers}
                     host = Host.on_underlay(underlay, name, firewall=firewall, kernel=kernel, drivers=own)
                     undo.kernel.push(f"lab {self.token}: host {name!r}", host.close)
@@ -198,6 +221,28 @@ def _host_names(hosts: object) -> list[str]:
     if twice:
         raise ConflictError(f"lab: host name(s) {', '.join(map(repr, twice))} given more than once")
     return names
+
+
+def _tunnel_namespace(kernel: Kernel, dataplane: Namespace, bridge: int, token: str, i: int) -> tuple[Namespace, IPv4Interface]:
+    """The tunnel namespace of the lab's host number *i* (from 0): its data
+    link ``eth1``, a port (``dp-N``) of the data plane's *bridge*, with the
+    address .N of :data:`DATA_SUBNET` (N = i + 2); the namespace and that address.
+    Made before the host, which then removes it; a failure is swept with
+    the lab's token."""
+    address = IPv4Interface(f"{DATA_SUBNET[2 + i]}/{DATA_SUBNET.prefixlen}")
+    tunnels, socket = kernel.create_namespace(f"cnm-{token}-tunnels-{2 + i}", ipv6_off=True)
+    try:
+        _port, end = kernel.inside(
+            dataplane,
+            lambda plane: plane.add_veth(
+                f"dp-{2 + i}", mac=random_mac(), alias=f"cnm:{token}:dataplane", master=bridge,
+                peer_name=DATA_LINK, peer_namespace=tunnels,
+            ),
+        )
+        socket.configure_link(DATA_LINK, [address], [], f"lab {token}: data link of host {2 + i}", index=end)
+    finally:
+        socket.close()
+    return tunnels, address
 
 
 def _make_underlay(rtnl: Rtnl, namespace: Namespace, token: str) -> int:

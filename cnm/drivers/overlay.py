@@ -27,18 +27,25 @@ gives each host its own ``ip_range`` of the subnet. While an overlay is on a
 host, UDP 4789 cannot be published there (its DNAT would hand the peers'
 tunnel traffic to a sandbox).
 
-The kernel's VXLAN socket takes UDP 4789 on every address of the host, so
-a sandbox that sent VXLAN to its gateway, or to a peer's underlay address,
-would put frames into an overlay it is not on: the firewall drops UDP 4789
-from every network's bridge, to the host and through it
-(:mod:`cnm.firewall.nftables.ruleset`). Not yet guarded (known): a macvlan
-sandbox on the underlay itself can pose as a tunnel end.
+VXLAN has no authentication: whoever can send a peer UDP 4789 can put frames
+into any overlay. With *tunnels* (what :class:`cnm.Lab` gives), the tunnel
+end is not on the host at all: its address is on the host's data link in a
+namespace of its own, on a data plane nothing but the hosts' tunnel
+namespaces is on, and the VXLAN devices are made from there (the kernel
+keeps a VXLAN device's socket in the namespace it was created from) and
+live on the host. Nothing on the host, its uplink's wire (the outside, a
+macvlan sandbox) or behind it then has a route to a tunnel end, nor a
+socket to send to. Without *tunnels*, the kernel's VXLAN socket takes UDP
+4789 on every address of the host: the firewall still drops UDP 4789 from
+every network's bridge, to the host and through it
+(:mod:`cnm.firewall.nftables.ruleset`), but the uplink's wire must then be
+trusted.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -46,7 +53,8 @@ from .._ip import IPAddress
 from .._transport import VXLAN_PORT
 from ..errors import ConflictError, InvalidArgumentError
 from ..firewall import TUNNEL_PORT_GROUP
-from ..kernel import Rtnl
+from ..kernel import Link, Rtnl
+from ..netns import Namespace
 from ..undo import UndoLog, raise_collected
 from . import Capabilities, NetworkPlumbing, NetworkSpec
 from .bridge import OPT_MTU, BridgeDriver
@@ -162,9 +170,12 @@ class OverlayDriver(BridgeDriver):
     name = "overlay"
     capabilities = Capabilities(families=frozenset({4, 6}), routed=True, spans_hosts=True, tunnel_port=VXLAN_PORT)
 
-    def __init__(self, peers: Peers, vtep: IPAddress) -> None:
-        #: where this host's tunnel end is: its underlay address
+    def __init__(self, peers: Peers, vtep: IPAddress, *, tunnels: Namespace | None = None) -> None:
+        #: where this host's tunnel end is: its address on the underlay
         self.vtep = vtep
+        #: the namespace that address is in, if not the host's (a lab host's
+        #: tunnel namespace): the VXLAN sockets live there, the devices on the host
+        self.tunnels = tunnels
         self._peers = peers
 
     def validate(self, spec: NetworkSpec) -> None:
@@ -188,8 +199,8 @@ class OverlayDriver(BridgeDriver):
         # Leaving is undone last, after the device is gone: peers forget this
         # host once nothing of it can send to them (nor they re-learn from it).
         undo.push(f"{what}: leave the overlay", lambda: self._peers.leave(spec.name, self.vtep))
-        link = host.add_link(
-            "vxlan",
+        link = self._add_vxlan(
+            host,
             name,
             data={"vxlan_id": vni, "vxlan_local": str(self.vtep), "vxlan_port": VXLAN_PORT, "vxlan_learning": 1},
             master=plumbing.index,
@@ -206,3 +217,12 @@ class OverlayDriver(BridgeDriver):
         undo.push(what, lambda: host.delete_link(link.index, what))  # its forwarding entries go with it
         self._peers.join(spec.name, self.vtep, _Tunnel(host, link.index, what))
         return plumbing
+
+    def _add_vxlan(self, host: Rtnl, name: str, **settings: Any) -> Link:
+        """The VXLAN device on the host; made from the tunnel namespace, if
+        there is one, so that its socket is there (the kernel keeps a VXLAN
+        device's socket in the namespace it was created from)."""
+        if self.tunnels is None:
+            return host.add_link("vxlan", name, **settings)
+        with Rtnl(self.tunnels) as there:
+            return there.add_link("vxlan", name, namespace=host.namespace, **settings)

@@ -71,7 +71,10 @@ def test_closing_one_host_takes_it_off_the_underlay_and_the_lab_leaves_nothing()
         assert [h.name for h in lab.hosts] == ["h1", "h2"]
         with Server(h2, 9000):
             assert tcp_hello(h1, h2.address, 9000) == b"hello"
+        tunnels = {f"cnm-{lab.token}-tunnels-2", f"cnm-{lab.token}-tunnels-3"}
+        assert tunnels <= set(namespaces())  # each host's tunnel namespace
         h2.close()
+        assert tunnels & set(namespaces()) == {f"cnm-{lab.token}-tunnels-2"}  # h2's went with it
         with pytest.raises(OSError):
             tcp_hello(h1, "198.18.0.3", 9000, timeout=REFUSED_TIMEOUT)
         with Server(lab.outside, 80):

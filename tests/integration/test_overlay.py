@@ -1,4 +1,4 @@
-"""Overlay networks across the hosts of a cnm.Lab: VXLAN on the underlay, proved with traffic."""
+"""Overlay networks across the hosts of a cnm.Lab: VXLAN on the lab's data plane, proved with traffic."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 import cnm
 from cnm.drivers.overlay import FIRST_VNI, LocalPeers, OverlayDriver
+from cnm.netns import Namespace
 from cnm.testing import FaultInjector, Injected, check_driver
 from tests.integration.test_all_or_nothing import _host_state
 from tests.integration.traffic import Server, tcp_hello, udp_ping
@@ -47,20 +48,20 @@ def test_sandboxes_on_two_hosts_reach_each_other_over_the_overlay(lab):
     assert server.peers[0][0] == "10.200.0.128"
     # MTU 1450 end to end, one VNI per network
     assert "mtu 1450" in _link(a, "eth0") and "mtu 1450" in _link(h1, f"vx{FIRST_VNI}")
-    assert f"vxlan id {FIRST_VNI} local 198.18.0.2" in _link(h1, f"vx{FIRST_VNI}") and "dstport 4789" in _link(h1, f"vx{FIRST_VNI}")
+    assert f"vxlan id {FIRST_VNI} local 198.18.1.2" in _link(h1, f"vx{FIRST_VNI}") and "dstport 4789" in _link(h1, f"vx{FIRST_VNI}")
     other = lab.create_network("ov2", subnet="10.201.0.0/24")
-    assert f"vxlan id {FIRST_VNI + 1} local 198.18.0.3" in _link(h2, f"vx{FIRST_VNI + 1}")
+    assert f"vxlan id {FIRST_VNI + 1} local 198.18.1.3" in _link(h2, f"vx{FIRST_VNI + 1}")
     assert [n.inspect()["Driver"] for n in other] == ["overlay"] * 3
 
 
-def test_the_traffic_crosses_the_underlay_as_vxlan(lab):
+def test_the_traffic_crosses_the_data_plane_as_vxlan(lab):
     h1, h2, _ = lab.hosts
     nets = lab.create_network("ov", subnet="10.200.0.0/24")
     a = h1.create_sandbox("a", network_mode=nets[0])
     b = h2.create_sandbox("b", network_mode=nets[1])
     seen: list[tuple[str, str, int]] = []
-    sniffer = lab.outside.call(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)))
-    sniffer.bind((f"up-{h1.token}", 0))  # h1's uplink, seen from the underlay's side
+    sniffer = lab.dataplane.run(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)))
+    sniffer.bind(("dp-2", 0))  # h1's data link, seen from the data plane's side
     sniffer.settimeout(0.2)
     stop = threading.Event()
 
@@ -84,7 +85,8 @@ def test_the_traffic_crosses_the_underlay_as_vxlan(lab):
         stop.set()
         thread.join()
         sniffer.close()
-    assert ("198.18.0.2", "198.18.0.3", 4789) in seen and ("198.18.0.3", "198.18.0.2", 4789) in seen
+    assert ("198.18.1.2", "198.18.1.3", 4789) in seen and ("198.18.1.3", "198.18.1.2", 4789) in seen
+    assert (str(h1.tunnel_address), str(h2.tunnel_address)) == ("198.18.1.2", "198.18.1.3")
 
 
 def test_published_ports_on_an_overlay_sandbox_work_as_on_a_bridge(lab):
@@ -108,12 +110,12 @@ def test_removing_a_host_removes_its_peers_forwarding_entries(lab):
     b = h2.create_sandbox("b", network_mode=nets[1])
     with Server(b, 7000):
         assert tcp_hello(a, b.address(nets[1]).ip, 7000) == b"hello"  # h1 learns b's MAC behind h2
-    assert "dst 198.18.0.3" in _fdb(h1) and "dst 198.18.0.4" in _fdb(h1)
+    assert "dst 198.18.1.3" in _fdb(h1) and "dst 198.18.1.4" in _fdb(h1)
     h2.close()
-    assert "198.18.0.3" not in _fdb(h1) and "198.18.0.3" not in _fdb(h3)
-    assert "00:00:00:00:00:00 dst 198.18.0.4" in _fdb(h1)  # the others stay
+    assert "198.18.1.3" not in _fdb(h1) and "198.18.1.3" not in _fdb(h3)
+    assert "00:00:00:00:00:00 dst 198.18.1.4" in _fdb(h1)  # the others stay
     nets[2].delete()  # deleting the network leaves the overlay too
-    assert "198.18.0.4" not in _fdb(h1)
+    assert "198.18.1.4" not in _fdb(h1)
 
 
 @pytest.mark.parametrize("after", [False, True], ids=["refused", "failed-after"])
@@ -136,7 +138,7 @@ def test_a_host_joining_the_overlay_is_all_or_nothing_for_its_peers_too(lab, aft
         k += 1
         assert k < 50
     assert k >= 5  # the bridge, its sysctl and address, the vxlan, h1's entry, h2's entry
-    assert "00:00:00:00:00:00 dst 198.18.0.3" in _fdb(h1) and "00:00:00:00:00:00 dst 198.18.0.2" in _fdb(h2)
+    assert "00:00:00:00:00:00 dst 198.18.1.3" in _fdb(h1) and "00:00:00:00:00:00 dst 198.18.1.2" in _fdb(h2)
 
 
 def _send_udp(address: str) -> Callable[[], None]:
@@ -164,7 +166,7 @@ def test_each_host_keeps_the_anycast_gateway_to_itself(lab):
     gateway_mac = a.run(["ip", "neigh", "show", "10.200.0.1"], capture_output=True, text=True, check=True).stdout.split()[-2]
     a_mac = a.endpoints[0].mac
     fdb = _fdb(h2)
-    assert f"{a_mac} dst {h1.address} self" in fdb  # learning works in this window
+    assert f"{a_mac} dst {h1.tunnel_address} " in fdb  # learning works in this window
     assert gateway_mac not in fdb, fdb
     neighbours = h2.run(["ip", "neigh", "show", "dev", nets[1].interface], capture_output=True, text=True, check=True).stdout
     assert a_ip not in neighbours, neighbours
@@ -241,3 +243,61 @@ def test_a_sandbox_cannot_inject_vxlan_into_an_overlay_it_is_not_on(lab):
     # The overlay itself still works.
     with Server(victim2, 7000):
         assert tcp_hello(victim1, victim2.address(nets[1]).ip, 7000) == b"hello"
+
+
+def _inject(attacker, vni: int, overlay_ip: str, port: int, vteps: list[str]) -> None:
+    """From inside *attacker*: VXLAN for *vni* carrying UDP to *overlay_ip*:*port*, sent to each of *vteps*."""
+    frame = _vxlan_frame(vni, overlay_ip, port, b"injected")
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for vtep in vteps:
+                for _ in range(3):
+                    try:
+                        s.sendto(frame, (vtep, 4789))
+                    except OSError:
+                        pass  # unreachable is what the host wants: the test is what arrives
+
+    attacker.call(send)
+
+
+class _Here:
+    """``call`` in the calling thread's namespace, for :func:`_inject` from a namespace already entered."""
+
+    @staticmethod
+    def call(fn: Callable[[], None]) -> None:
+        fn()
+
+
+def test_no_one_off_the_data_plane_can_pose_as_a_tunnel_end(lab):
+    """The tunnels run on a data plane only the hosts' tunnel namespaces are on. The
+    outside, and a macvlan sandbox on the uplinks' wire, both root, send VXLAN to a
+    host's uplink address and to its tunnel address (routed via another host): none
+    of it reaches the overlay's sandbox, and no sandbox can be put on the data link."""
+    h1, h2, h3 = lab.hosts
+    nets = lab.create_network("ov", subnet="10.200.0.0/24")
+    victim = h2.create_sandbox("v", network_mode=nets[1])
+    friend = h1.create_sandbox("f", network_mode=nets[0])
+    target = str(victim.address(nets[1]).ip)
+    lan = h1.create_network(
+        "lan", "macvlan", subnet="198.18.0.0/24", gateway="198.18.0.1", ip_range="198.18.0.128/26", options={"parent": h1.uplink}
+    )
+    wire = h1.create_sandbox("wire", network_mode=lan)
+    vteps = [str(h2.address), str(h2.tunnel_address)]
+    for attacker in (lab.outside, wire):
+        # Root there: the data plane's addresses routed via another host.
+        attacker.run(["ip", "route", "add", "198.18.1.0/24", "via", str(h3.address)], check=True)
+        with Server(victim, 9999, udp=True) as server:
+            _inject(attacker, FIRST_VNI, target, 9999, vteps)
+            server.thread.join(1.0)
+        assert server.peers == [], f"VXLAN from {attacker!r} reached the overlay"
+    # The same frame from a tunnel end does arrive: the test would see an injection.
+    h1_tunnels = Namespace("h1-tunnels", f"/run/netns/cnm-{lab.token}-tunnels-2")
+    with Server(victim, 9999, udp=True) as server:
+        h1_tunnels.run(lambda: _inject(_Here(), FIRST_VNI, target, 9999, [str(h2.tunnel_address)]))
+        server.thread.join(2.0)
+    assert server.peers and server.peers[0][0] == "10.200.0.250"
+    with pytest.raises(cnm.NotFoundError, match="no such interface"):
+        h1.create_network("on-tunnels", "macvlan", subnet="198.18.1.0/24", options={"parent": "eth1"})
+    with Server(victim, 7000):
+        assert tcp_hello(friend, target, 7000) == b"hello"
