@@ -32,13 +32,14 @@ import functools
 import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, ip_network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_network
 from typing import Any
 from .._checks import check_collection, check_name
 from ..drivers import NetworkDriver
 from ..drivers.overlay import LocalPeers, OverlayDriver
 from ..errors import ClosedError, ConflictError, InvalidArgumentError, NotFoundError
 from ..facade import Kernel
+from ..ipam.default import ula_prefix
 from ..interrupts import deferred_interrupts, uninterruptible
 from ..kernel import Rtnl, random_mac
 from ..netns import Namespace
@@ -138,41 +139,72 @@ class Lab:
                 return host
         raise NotFoundError(f"lab {self.token}: no host named {name!r}")
 
-    def create_network(self, name: str, driver: str = "overlay", *, subnet: str, **kwargs: Any) -> list[Network]:
+    def create_network(
+        self,
+        name: str,
+        driver: str = "overlay",
+        *,
+        subnet: str | Iterable[str] | None = None,
+        ipv4: bool = True,
+        ipv6: bool = False,
+        **kwargs: Any,
+    ) -> list[Network]:
         """The overlay network *name* on every host, in host order (``docker
-        network create -d overlay``): one network across the lab. Each host
-        gets its own ``ip_range`` of the IPv4 *subnet* (the first 1/2^k of it
-        to the first host, and so on), so that addresses never repeat across
-        hosts; the gateway is the same everywhere. *kwargs* are those of
-        ``create_network`` but ``ip_range`` and ``ipv6``. All or nothing.
+        network create -d overlay``): one network across the lab.
+
+        *subnet* is one subnet or one per family, as for ``create_network``;
+        an IPv4 one is needed (unless ``ipv4=False``). With *ipv6* and no
+        IPv6 subnet, the lab takes the lowest /64 of its unique local /48
+        (:func:`cnm.ipam.default.ula_prefix` of the lab's token) that none of
+        its hosts' networks has. Each host gets its own ``ip_range`` of each
+        subnet (the first 1/2^k of it to the first host, and so on), so that
+        addresses never repeat across hosts; the gateways are the same
+        everywhere. *kwargs* are those of ``create_network`` but
+        ``ip_range``. All or nothing.
         """
+        where = f"lab {self.token}: network {name!r}"
         if driver != "overlay":
-            raise InvalidArgumentError(
-                f"lab {self.token}: network {name!r}: only overlay networks span the lab (create others on each host)"
-            )
-        for taken in ("ip_range", "ipv6", "ipv4"):
-            if taken in kwargs:
-                raise InvalidArgumentError(f"lab {self.token}: network {name!r}: {taken} is the lab's to choose")
-        try:
-            parent = ip_network(subnet)
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgumentError(f"lab {self.token}: network {name!r}: subnet {subnet!r} is not an IPv4 network") from exc
-        if parent.version != 4:
-            raise InvalidArgumentError(f"lab {self.token}: network {name!r}: subnet {subnet!r} is not an IPv4 network")
-        extra = max(1, math.ceil(math.log2(len(self._hosts)))) if len(self._hosts) > 1 else 0
-        if parent.prefixlen + extra > parent.max_prefixlen - 2:
-            raise InvalidArgumentError(f"lab {self.token}: subnet {subnet} is too small for {len(self._hosts)} hosts")
-        ranges = list(parent.subnets(prefixlen_diff=extra)) if extra else [parent]
+            raise InvalidArgumentError(f"{where}: only overlay networks span the lab (create others on each host)")
+        if "ip_range" in kwargs:
+            raise InvalidArgumentError(f"{where}: ip_range is the lab's to choose")
+        for flag, value in (("ipv4", ipv4), ("ipv6", ipv6)):
+            if not isinstance(value, bool):
+                raise InvalidArgumentError(f"{where}: {flag} must be True or False, not {value!r}")
+        subnets = _subnets_by_family(where, subnet)
+        if ipv4 and 4 not in subnets:
+            raise InvalidArgumentError(f"{where}: an IPv4 subnet is needed (the lab does not pick one; or ipv4=False)")
+        if ipv6 and 6 not in subnets:
+            subnets[6] = self._free_ula()
+        families = sorted(subnets)
+        ranges = {family: _split(where, subnets[family], len(self._hosts)) for family in families}
         made: list[Network] = []
         try:
-            for host, ip_range in zip(self._hosts, ranges):
-                made.append(host.create_network(name, driver, subnet=subnet, ip_range=str(ip_range), **kwargs))
+            for i, host in enumerate(self._hosts):
+                made.append(
+                    host.create_network(
+                        name,
+                        driver,
+                        subnet=[str(subnets[f]) for f in families],
+                        ip_range=[str(ranges[f][i]) for f in families],
+                        ipv4=ipv4,
+                        ipv6=ipv6,
+                        **kwargs,
+                    )
+                )
         except BaseException as exc:
             for network in reversed(made):
                 for failure in collect(lambda network=network: network.delete(force=True)):  # type: ignore[misc]
                     exc.add_note(f"removing it from host {network.host.name!r} again failed: {failure!r}")
             raise
         return made
+
+    def _free_ula(self) -> IPv6Network:
+        """The lowest /64 of the lab's unique local /48 that no network of its hosts overlaps."""
+        taken = [n.subnet6 for host in self._hosts for n in host.networks if n.subnet6 is not None]
+        for candidate in ula_prefix(f"lab-{self.token}").subnets(new_prefix=64):
+            if not any(candidate.overlaps(t) for t in taken):
+                return candidate
+        raise ConflictError(f"lab {self.token}: no /64 of its unique local /48 is free")  # pragma: no cover - 65536 networks
 
     @property
     def closed(self) -> bool:
@@ -206,6 +238,31 @@ class _LabServices:
     def check_open(self) -> None:
         if self._lab.closed:
             raise ClosedError(f"lab {self._lab.token} is closed")
+
+
+def _subnets_by_family(where: str, subnet: object) -> dict[int, IPv4Network | IPv6Network]:
+    """*subnet* (None, one, or at most one per family) parsed, by family."""
+    if subnet is None:
+        return {}
+    given = [subnet] if isinstance(subnet, str) else check_collection(where, "subnet", subnet, "subnets")
+    found: dict[int, IPv4Network | IPv6Network] = {}
+    for item in given:
+        try:
+            network = ip_network(item)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"{where}: subnet {item!r} is not an IP network") from exc
+        if network.version in found:
+            raise InvalidArgumentError(f"{where}: more than one IPv{network.version} subnet given")
+        found[network.version] = network
+    return found
+
+
+def _split(where: str, subnet: IPv4Network | IPv6Network, hosts: int) -> list[IPv4Network] | list[IPv6Network]:
+    """*subnet* cut into one range per host (the fewest equal parts, a power of two)."""
+    extra = max(1, math.ceil(math.log2(hosts))) if hosts > 1 else 0
+    if subnet.prefixlen + extra > subnet.max_prefixlen - 2:
+        raise InvalidArgumentError(f"{where}: subnet {subnet} is too small for {hosts} hosts")
+    return list(subnet.subnets(prefixlen_diff=extra)) if extra else [subnet]  # type: ignore[return-value]
 
 
 def _host_names(hosts: object) -> list[str]:

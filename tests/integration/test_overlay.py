@@ -13,6 +13,7 @@ import pytest
 
 import cnm
 from cnm.drivers.overlay import FIRST_VNI, LocalPeers, OverlayDriver
+from cnm.ipam.default import ula_prefix
 from cnm.netns import Namespace
 from cnm.testing import FaultInjector, Injected, check_driver
 from tests.integration.test_all_or_nothing import _host_state
@@ -143,7 +144,7 @@ def test_a_host_joining_the_overlay_is_all_or_nothing_for_its_peers_too(lab, aft
 
 def _send_udp(address: str) -> Callable[[], None]:
     def send() -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(b"x", (address, 9))
 
     return send
@@ -172,6 +173,37 @@ def test_each_host_keeps_the_anycast_gateway_to_itself(lab):
     assert a_ip not in neighbours, neighbours
 
 
+def test_an_overlay_carries_ipv6_across_hosts(lab):
+    """Dual-stack: one IPv6 /64 for the whole lab (picked by the lab), one range of it per host,
+    the same gateway everywhere, IPv6 across hosts with no NAT and out with it; ND for the
+    gateway stays on the host. And an IPv6-only overlay, on a subnet given."""
+    h1, h2, _ = lab.hosts
+    nets = lab.create_network("ov", subnet="10.200.0.0/24", ipv6=True)
+    assert len({(n.subnet6, n.gateway6) for n in nets}) == 1 and nets[0].subnet6.prefixlen == 64
+    assert nets[0].subnet6.subnet_of(ula_prefix(f"lab-{lab.token}"))
+    a = h1.create_sandbox("a", network_mode=nets[0])
+    b = h2.create_sandbox("b", network_mode=nets[1])
+    a6, b6 = a.endpoints[0].addresses[1].ip, b.endpoints[0].addresses[1].ip
+    assert a6 != b6 and a6 in nets[0].subnet6 and b6 in nets[0].subnet6
+    with Server(b, 7000, address="::") as server:
+        assert tcp_hello(a, b6, 7000) == b"hello"
+    assert server.peers[0][0] == str(a6)  # no NAT inside the overlay
+    with Server(lab.outside, 80, address="::") as server:
+        assert tcp_hello(a, lab.outside.address6, 80) == b"hello"
+    assert server.peers[0][0] == str(h1.address6)  # out behind its host, as on a bridge
+    a.call(_send_udp(str(nets[0].gateway6)))  # a asks for its gateway's MAC (neighbour discovery)
+    assert "lladdr" in a.run(["ip", "-6", "neigh", "show", str(nets[0].gateway6)], capture_output=True, text=True).stdout
+    neighbours = h2.run(["ip", "-6", "neigh", "show", "dev", nets[1].interface], capture_output=True, text=True, check=True).stdout
+    assert str(a6) not in neighbours, neighbours
+    only6 = lab.create_network("ov6", subnet="fd00:77::/64", ipv4=False, ipv6=True)
+    assert [n.subnet for n in only6] == [None] * 3
+    c = h1.create_sandbox("c", network_mode=only6[0])
+    d = h2.create_sandbox("d", network_mode=only6[1])
+    with Server(d, 5353, udp=True, address="::") as server:
+        assert udp_ping(c, d.endpoints[0].addresses[0].ip, 5353) == b"pong:ping"
+    assert server.peers[0][0] == str(c.endpoints[0].addresses[0].ip)
+
+
 def test_the_overlay_driver_passes_check_driver():
     check_driver(lambda: OverlayDriver(LocalPeers(), IPv4Address("198.18.0.2")))
 
@@ -195,8 +227,18 @@ def test_a_lab_checks_what_it_is_given_before_making_anything(lab):
         lab.create_network("x", "bridge", subnet="10.9.0.0/24")
     with pytest.raises(cnm.InvalidArgumentError, match="ip_range is the lab's to choose"):
         lab.create_network("x", subnet="10.9.0.0/24", ip_range="10.9.0.0/25")
-    with pytest.raises(cnm.InvalidArgumentError, match="is not an IPv4 network"):
+    with pytest.raises(cnm.InvalidArgumentError, match="subnet 'banana' is not an IP network"):
         lab.create_network("x", subnet="banana")
+    with pytest.raises(cnm.InvalidArgumentError, match="an IPv4 subnet is needed"):
+        lab.create_network("x", ipv6=True)
+    with pytest.raises(cnm.InvalidArgumentError, match="more than one IPv4 subnet"):
+        lab.create_network("x", subnet=["10.9.0.0/24", "10.8.0.0/24"])
+    with pytest.raises(cnm.InvalidArgumentError, match="ipv6 must be True or False"):
+        lab.create_network("x", subnet="10.9.0.0/24", ipv6="yes")
+    with pytest.raises(cnm.InvalidArgumentError, match="too small for 3 hosts"):
+        lab.create_network("x", subnet="10.9.0.0/29")
+    with pytest.raises(cnm.InvalidArgumentError, match="IPv6.*ipv6=True enables it"):
+        lab.create_network("x", subnet=["10.9.0.0/24", "fd00:9::/64"])
     assert all(h.networks[2:] == [] for h in lab.hosts)
     with pytest.raises(cnm.NotFoundError, match="firewall"):
         cnm.Lab(2, firewall="nope")
