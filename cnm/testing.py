@@ -13,7 +13,9 @@ are every netlink request that expects an answer (rtnetlink and nftables
 alike), creating a namespace and writing a sysctl. A failure is injected
 before the step (it never happens) or, with *after*, once it has happened
 (standing for an answer lost after the kernel acted: its effect must be
-undone too). It patches cnm's classes for the whole process while it is
+undone too), or, with *midway*, inside a batch: the kernel acts on every
+request of a pipelined rtnetlink write but its last, which it refuses (one
+request alone is refused before it happens). It patches cnm's classes for the whole process while it is
 active: use it where nothing else in the process talks to the kernel.
 """
 
@@ -25,9 +27,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import CNMError
+from .errors import CNMError, InvalidArgumentError
 from .kernel import Rtnl
-from .netlink import Netlink
+from .netlink import Netlink, NetlinkReply
 from .netns import Namespace
 
 __all__ = ["DriverCheckError", "FaultInjector", "Injected", "check_driver", "kernel_state"]
@@ -46,10 +48,13 @@ class FaultInjector:
 
     _STEPS = ((Netlink, "transact", True), (Netlink, "fenced", True), (Namespace, "create", False), (Namespace, "write_sysctl", False))
 
-    def __init__(self, fail_at: int | None, *, after: bool = False) -> None:
+    def __init__(self, fail_at: int | None, *, after: bool = False, midway: bool = False) -> None:
+        if after and midway:
+            raise InvalidArgumentError("fault injector: a failure is injected after the step or midway through it, not both")
         self.count = 0
         self.fail_at = fail_at
         self.after = after
+        self.midway = midway
         self.fired = False
         self._lock = threading.Lock()  # the bulk path changes the kernel from two threads
         self._saved: list[tuple[type, str, Any]] = []
@@ -58,7 +63,8 @@ class FaultInjector:
         for cls, name, netlink in self._STEPS:
             raw = cls.__dict__[name]
             self._saved.append((cls, name, raw))
-            setattr(cls, name, self._wrap(getattr(cls, name), isinstance(raw, classmethod), netlink))
+            batch = cls is Netlink and name == "transact"  # a pipelined rtnetlink write; an nfnetlink batch is atomic
+            setattr(cls, name, self._wrap(getattr(cls, name), isinstance(raw, classmethod), netlink, batch))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -66,7 +72,7 @@ class FaultInjector:
             setattr(cls, name, raw)
         self._saved.clear()
 
-    def _wrap(self, original: Callable[..., Any], is_classmethod: bool, netlink: bool) -> Any:
+    def _wrap(self, original: Callable[..., Any], is_classmethod: bool, netlink: bool, batch: bool) -> Any:
         injector = self
 
         def step(*args: Any, **kwargs: Any) -> Any:
@@ -75,6 +81,8 @@ class FaultInjector:
                 fire = not injector.fired and injector.count == injector.fail_at
                 if fire:
                     injector.fired = True
+            if fire and injector.midway and batch and len(args[1]) > 1:
+                return _refuse_last(original, *args, **kwargs)
             if fire and not (injector.after and netlink):
                 raise Injected(errno.EPERM, "injected failure before the step")
             result = original(*args[1:], **kwargs) if is_classmethod else original(*args, **kwargs)
@@ -85,14 +93,40 @@ class FaultInjector:
         return classmethod(step) if is_classmethod else step
 
 
+#: The sysctls :func:`kernel_state` reads: of the namespace, and of each link (``{}``).
+SYSCTLS = ("ipv4/ip_forward", "ipv6/conf/all/forwarding", "ipv6/conf/default/disable_ipv6")
+LINK_SYSCTLS = (
+    "ipv4/conf/{}/forwarding",
+    "ipv4/conf/{}/route_localnet",
+    "ipv4/conf/{}/proxy_arp",
+    "ipv6/conf/{}/disable_ipv6",
+    "ipv6/conf/{}/forwarding",
+)
+
+
+def _refuse_last(transact: Callable[..., Any], nl: Netlink, requests: Any, echoed: Any = ()) -> Any:
+    """``nl.transact(requests)`` with its last request refused (EPERM) instead of sent."""
+    *sent, (last, _) = requests
+    replies = transact(nl, sent, echoed=[seq for seq in echoed if seq != last])
+    replies[last] = NetlinkReply(errno.EPERM, "injected refusal of the last request of a batch")
+    return replies
+
+
 def kernel_state(namespace: Namespace) -> dict[str, Any]:
     """What a namespace holds, read through netlink: links (name, kind, MAC, master's name, up,
     alias), addresses, and routes (destination, gateway, interface) of both
-    families; for "nothing changed" checks."""
+    families; the :data:`SYSCTLS` and each link's :data:`LINK_SYSCTLS`; and
+    every nftables table, rule and set element (see
+    :func:`cnm.firewall.nftables.ruleset_state`). For "nothing changed" checks."""
+    from .firewall.nftables import ruleset_state  # the firewall imports what imports this module
+
     with Rtnl(namespace) as rtnl:
         links = rtnl.links()
         names = {link.index: link.name for link in links}
+        keys = list(SYSCTLS) + [key.format(link.name) for link in links for key in LINK_SYSCTLS]
         return {
+            "sysctls": namespace.quick(lambda: _read_sysctls(keys)),
+            "nftables": ruleset_state(namespace),
             "links": sorted(
                 (link.name, link.kind, link.mac, names.get(link.master or 0), link.up, link.alias) for link in links
             ),
@@ -103,6 +137,18 @@ def kernel_state(namespace: Namespace) -> dict[str, Any]:
                 for dst, via, oif in rtnl.route_table(family)
             ),
         }
+
+
+def _read_sysctls(keys: list[str]) -> list[tuple[str, str]]:
+    """(key, value) of each of *keys* under /proc/sys/net there is (a link's IPv6 ones are not, with IPv6 off)."""
+    found = []
+    for key in keys:
+        try:
+            with open(f"/proc/sys/net/{key}") as f:
+                found.append((key, f.read().strip()))
+        except FileNotFoundError:
+            pass
+    return found
 
 
 def _differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
@@ -132,8 +178,8 @@ def check_driver(
     addresses, and a default route when the join offered a gateway); one of
     them leaving and joining again; every object deleted with the host's
     namespace as before; with *fault_sweep*, a failure at each kernel change
-    of ``create_network`` and of a join, before and after the change, each
-    leaving the host as it was, and the operation succeeding once nothing
+    of ``create_network`` and of a join, before, after and midway through the
+    change (see :class:`FaultInjector`), each leaving the host as it was, and the operation succeeding once nothing
     fails; nothing of the host left once it is closed. Needs root.
     """
     from .api.host import (
@@ -147,8 +193,8 @@ def check_driver(
         _exercise(host, name, options, subnet, sandboxes, problems)
         problems += [f"after deleting everything, {d}" for d in _differences(before, kernel_state(host.namespace))]
         if fault_sweep and not problems:
-            for after in (False, True):
-                _sweep_both(host, name, options, subnet, after, problems)
+            for when in ("before", "after", "midway"):
+                _sweep_both(host, name, options, subnet, when, problems)
     except CNMError as exc:
         problems.append(f"failed: {exc!r}")
     finally:
@@ -162,14 +208,14 @@ def check_driver(
         raise DriverCheckError(f"driver {name!r}:\n" + "\n".join(f"- {p}" for p in problems))
 
 
-def _sweep_both(host: Any, name: str, options: Mapping[str, str] | None, subnet: str, after: bool, problems: list[str]) -> None:
-    """The fault sweeps of ``create_network`` and of a join (``connect``)."""
-    when = "after" if after else "before"
-    _sweep(host, problems, f"create_network ({when} the change)", after,
+def _sweep_both(host: Any, name: str, options: Mapping[str, str] | None, subnet: str, when: str, problems: list[str]) -> None:
+    """The fault sweeps of ``create_network`` and of a join (``connect``), failing each change *when*
+    (``"before"``, ``"after"`` or ``"midway"``: see :class:`FaultInjector`)."""
+    _sweep(host, problems, f"create_network ({when} the change)", when,
            lambda: host.create_network("swept", name, options=options, subnet=subnet))  # fmt: skip
     network = host.network("swept")
     sandbox = host.create_sandbox("joiner")
-    _sweep(host, problems, f"connect ({when} the change)", after, lambda: network.connect(sandbox), sandbox)
+    _sweep(host, problems, f"connect ({when} the change)", when, lambda: network.connect(sandbox), sandbox)
     sandbox.delete()
     host.settle()
     network.delete(force=True)
@@ -208,13 +254,13 @@ def _sandbox_end(sandbox: Any, endpoint: Any) -> list[str]:
     return found
 
 
-def _sweep(host: Any, problems: list[str], what: str, after: bool, operation: Callable[[], object], sandbox: Any = None) -> None:
+def _sweep(host: Any, problems: list[str], what: str, when: str, operation: Callable[[], object], sandbox: Any = None) -> None:
     """Fail each kernel change of *operation* in turn; each failure must leave the host (and *sandbox*) as they were."""
     owners = [host] if sandbox is None else [host, sandbox]
     k = 1
     while k < 100:
         before = [kernel_state(o.namespace) for o in owners]
-        with FaultInjector(k, after=after) as injector:
+        with FaultInjector(k, after=when == "after", midway=when == "midway") as injector:
             try:
                 operation()
             except (CNMError, Injected) as exc:

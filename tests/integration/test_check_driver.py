@@ -3,6 +3,7 @@ third-party drivers are found through the entry-point group or handed to a host.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import os
 import subprocess
@@ -17,7 +18,8 @@ from cnm.drivers import NetworkPlumbing, NetworkSpec
 from cnm.drivers.bridge import BridgeDriver
 from cnm.drivers.macvlan import MacvlanDriver
 from cnm.kernel import Rtnl
-from cnm.testing import DriverCheckError, check_driver
+from cnm.firewall.nftables.expressions import ifname_bytes
+from cnm.testing import DriverCheckError, FaultInjector, check_driver, kernel_state
 from cnm.undo import UndoLog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +61,50 @@ class LateUndo(BridgeDriver):
         for step in reversed(scratch.steps()):
             undo.push("the bridge, too late", step)
         return plumbing
+
+
+class LeakySysctl(BridgeDriver):
+    """Turns on proxy ARP on the host's uplink for each network, and never off."""
+
+    def create_network(self, host: Rtnl, spec: NetworkSpec, undo: UndoLog) -> NetworkPlumbing:
+        host.namespace.write_sysctl("net/ipv4/conf/eth0/proxy_arp", "1")
+        return super().create_network(host, spec, undo)
+
+
+def test_a_driver_that_leaves_a_sysctl_changed_fails_naming_it():
+    with pytest.raises(DriverCheckError) as caught:
+        check_driver(LeakySysctl, fault_sweep=False)
+    assert "sysctls: gone [('ipv4/conf/eth0/proxy_arp', '0')], new [('ipv4/conf/eth0/proxy_arp', '1')]" in str(caught.value)
+
+
+def test_kernel_state_sees_the_firewall_and_the_sysctls(host):
+    empty = kernel_state(host.namespace)
+    assert empty["nftables"] == [] and ("ipv4/ip_forward", "1") in empty["sysctls"]
+    network = host.create_network("web", subnet="10.40.0.0/24")
+    made = kernel_state(host.namespace)
+    tables = {(family, table) for (family, table, kind, _, _), _ in made["nftables"] if kind == "table"}
+    assert tables == {(2, f"cnm-{host.token}"), (7, f"cnm-{host.token}")}  # ip and bridge
+    bridge_element = ifname_bytes(network.interface).hex()
+    assert ((2, f"cnm-{host.token}", "element", "bridges", bridge_element), 1) in made["nftables"]
+    assert (f"ipv4/conf/{network.interface}/route_localnet", "1") in made["sysctls"]
+    network.delete()
+    assert kernel_state(host.namespace)["nftables"] == []
+
+
+def test_a_failure_midway_through_a_batch_leaves_the_requests_before_it_done(host):
+    """FaultInjector(midway=True): the kernel acts on a pipelined write's requests but the last, which it refuses."""
+    with Rtnl(host.namespace) as rtnl:
+        index = rtnl.add_link("veth", "mid0", peer=cnm.drivers.Peer("mid1")).index
+        addresses = [ipaddress.ip_interface("10.77.0.1/24"), ipaddress.ip_interface("10.78.0.1/24")]
+        with FaultInjector(1, midway=True) as injector:
+            with pytest.raises(cnm.KernelError, match="add address 10.78.0.1/24"):
+                rtnl.configure_link("mid0", addresses, [], "the test's link", index=index)
+        assert injector.fired
+        there = [str(a) for i, a in rtnl.addresses(4) if i == index]
+        assert there == ["10.77.0.1/24"]  # the first was made, the last refused
+        rtnl.delete_link(index, "the test's link")
+    with pytest.raises(cnm.InvalidArgumentError, match="not both"):
+        FaultInjector(1, after=True, midway=True)
 
 
 def test_a_driver_that_leaves_links_behind_fails_naming_them():

@@ -18,6 +18,28 @@
 
 from __future__ import annotations
 
-from .backend import NETLINK_NETFILTER, NftablesFirewall
+import socket
 
-__all__ = ["NETLINK_NETFILTER", "NftablesFirewall"]
+from ...netlink import Netlink
+from ...netns import Namespace
+from ._pyroute2 import marshal
+from .backend import NETLINK_NETFILTER, NftablesFirewall
+from .batch import everything_listed
+
+__all__ = ["NETLINK_NETFILTER", "NftablesFirewall", "ruleset_state"]
+
+
+def ruleset_state(namespace: Namespace) -> list[tuple[tuple[int, str, str, str, str], int]]:
+    """Every nftables table, rule and set element in *namespace*, whoever
+    made them (see :func:`.batch.everything_listed`): for "nothing changed"
+    checks such as :func:`cnm.testing.kernel_state`'s."""
+    sock = namespace.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    try:
+        nl = Netlink(sock, marshal())
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        return everything_listed(nl)
+    finally:
+        nl.close()

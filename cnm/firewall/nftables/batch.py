@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import struct
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,7 +47,7 @@ NFPROTO_UNSPEC = 0
 NEWTABLE, GETTABLE, DELTABLE = 0, 1, 2
 _NEWCHAIN = 3
 NEWRULE, GETRULE, _DELRULE = 6, 7, 8
-_NEWSET = 9
+_NEWSET, GETSET = 9, 10
 _NEWSETELEM, GETSETELEM, _DELSETELEM = 12, 13, 14
 _GETGEN = 16
 
@@ -327,6 +328,38 @@ def elements_listed(nl: Netlink, table: str, family: Family, names: Iterable[str
                 if key is not None:
                     keys.add((name, bytes(key.get_attr("NFTA_DATA_VALUE"))))
     return keys
+
+
+def everything_listed(nl: Netlink) -> list[tuple[tuple[int, str, str, str, str], int]]:
+    """What every nftables table in the socket's namespace holds, whoever made
+    it, for "nothing changed" checks: each table ``(family, table, "table",
+    "", "")``, rule ``(family, table, "rule", chain, its user data)`` and set
+    element ``(family, table, "element", set, key)``, bytes in hex, with how
+    many there are of it (rules are known by their label, which several
+    share); sorted."""
+    found: Counter[tuple[int, str, str, str, str]] = Counter()
+    tables = nft.nft_table_msg()
+    tables["nfgen_family"] = NFPROTO_UNSPEC
+    for m in _dump(nl, "*", tables, GETTABLE):
+        found[m["nfgen_family"], m.get_attr("NFTA_TABLE_NAME"), "table", "", ""] += 1
+    rules = rule_msg()
+    rules["nfgen_family"] = NFPROTO_UNSPEC
+    for m in _dump(nl, "*", rules, GETRULE):
+        label = bytes(m.get_attr("NFTA_RULE_USERDATA") or b"").hex()
+        found[m["nfgen_family"], m.get_attr("NFTA_RULE_TABLE"), "rule", m.get_attr("NFTA_RULE_CHAIN"), label] += 1
+    sets = set_msg()
+    sets["nfgen_family"] = NFPROTO_UNSPEC
+    for m in _dump(nl, "*", sets, GETSET):
+        family, table, name = m["nfgen_family"], m.get_attr("NFTA_SET_TABLE"), m.get_attr("NFTA_SET_NAME")
+        msg = nft.nft_set_elem_list_msg()
+        msg["nfgen_family"] = family
+        msg["attrs"] = [("NFTA_SET_ELEM_LIST_TABLE", table), ("NFTA_SET_ELEM_LIST_SET", name)]
+        for reply in _dump(nl, table, msg, GETSETELEM):
+            for element in reply.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS") or ():
+                key = element.get_attr("NFTA_SET_ELEM_KEY")
+                if key is not None:
+                    found[family, table, "element", name, bytes(key.get_attr("NFTA_DATA_VALUE")).hex()] += 1
+    return sorted(found.items())
 
 
 def _dump(nl: Netlink, table: str, msg: Any, mtype: int) -> list[Any]:
