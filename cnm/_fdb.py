@@ -35,7 +35,7 @@ class ForwardingEntries:
         body, flags = pack.fdb(index, mac, destination), NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK
         self._apply([(pack.RTM_NEWNEIGH, flags, body, f"add fdb {mac} dst {destination}")], what)
 
-    def fdb_to(self, index: int, destination: IPAddress, what: str) -> list[str]:
+    def fdb_to(self, index: int, destination: IPAddress, what: str = "vxlan") -> list[str]:
         """The MACs whose forwarding entries on vxlan *index* send to *destination* (learned ones too).
 
         The kernel filters a dump of forwarding entries by device only when

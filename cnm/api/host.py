@@ -88,8 +88,9 @@ class Host(InNamespace):
         self.outside = None
         #: its addresses on the uplink (isolated hosts only)
         self._uplink: tuple[IPv4Interface, IPv6Interface] | None = None
-        #: its address on a lab's data plane (a lab's hosts only)
+        #: its address on a lab's data plane, and the namespace it is in (a lab's hosts only)
         self._tunnel_address: IPv4Address | None = None
+        self._tunnels: Namespace | None = None
         self.name = name
         self.token = token
         self._processes = Processes()
@@ -157,7 +158,7 @@ class Host(InNamespace):
                     outside_ns = underlay.namespace
                     host._uplink = (underlay.address, underlay.address6)
                     host._tunnel_address = underlay.tunnel_address.ip
-                    undo.kernel.push(f"host {label!r}: tunnel namespace", underlay.tunnels.delete)
+                    host._tunnels = isolated.make_tunnels(kernel, token, label, underlay, undo.kernel)
                 host.outside = isolated.Outside(outside_ns, host._outside_processes, host._services)
                 isolated.wire_uplink(host._services, host.outside, underlay)
         except BaseException:
@@ -188,6 +189,13 @@ class Host(InNamespace):
         """The host's address on its lab's data plane, where its overlay
         tunnels start (a :class:`cnm.Lab`'s hosts only; 198.18.1.0/24)."""
         return self._tunnel_address
+
+    @property
+    def tunnels(self) -> Namespace | None:
+        """The namespace of the host's tunnel end (a :class:`cnm.Lab`'s hosts
+        only): its data link and its overlays' VXLAN sockets, apart from the
+        host's own namespace so that nothing there can reach the other hosts'."""
+        return self._tunnels
 
     @property
     def outside_address(self) -> IPv4Address | None:

@@ -28,11 +28,14 @@ __all__ = [
     "HOST_ADDRESS6",
     "OUTSIDE_ADDRESS",
     "OUTSIDE_ADDRESS6",
+    "DATA_LINK",
+    "DATA_SUBNET",
     "UPLINK",
     "UPLINK_SUBNET",
     "UPLINK_SUBNET6",
     "Outside",
     "make_namespaces",
+    "make_tunnels",
     "wire_uplink",
 ]
 
@@ -50,21 +53,27 @@ HOST_ADDRESS = IPv4Interface("198.18.0.2/24")
 UPLINK_SUBNET6 = IPv6Network("2001:2::/64")
 OUTSIDE_ADDRESS6 = IPv6Interface("2001:2::1/64")
 HOST_ADDRESS6 = IPv6Interface("2001:2::2/64")
+#: A lab host's data link, in its tunnel namespace, on the lab's data plane:
+#: the segment only the overlay's tunnels cross (see :func:`make_tunnels`).
+DATA_LINK = "eth1"
+DATA_SUBNET = IPv4Network("198.18.1.0/24")
 
 
 @attrs.frozen
 class Underlay:
     """Where a lab's host plugs its uplink in (see :mod:`cnm.api.lab`): the
     lab's outside namespace, the bridge there, and the host's addresses on
-    it; and the host's tunnel namespace, which the lab made (its data link
-    in it, with the *tunnel_address*) and the host removes with itself."""
+    it; and the lab's data plane, where the host's tunnel namespace plugs
+    its data link in (the *port* there), with the *tunnel_address*."""
 
     namespace: Namespace
     bridge: int
     address: IPv4Interface
     address6: IPv6Interface
-    tunnels: Namespace
+    dataplane: Namespace
+    data_bridge: int
     tunnel_address: IPv4Interface
+    port: str
 
 
 class Owner(Protocol):
@@ -121,6 +130,28 @@ def make_namespaces(
     socket.close()
     undo.push(f"host {label!r}: outside namespace", lambda: outside_ns.delete())
     return host_ns, outside_ns
+
+
+def make_tunnels(kernel: Kernel, token: str, label: str, underlay: Underlay, undo: UndoLog) -> Namespace:
+    """A lab host's tunnel namespace, with its undo step on *undo*: the data
+    link in it, a port of the lab's data plane, addressed. The host's overlay
+    networks make their VXLAN devices from there (see
+    :mod:`cnm.drivers.overlay`), so that the tunnels' sockets, and the only
+    route to the other hosts' tunnel ends, are there and nowhere else."""
+    tunnels, socket = kernel.create_namespace(f"cnm-{token}-tunnels", ipv6_off=True)
+    try:
+        undo.push(f"host {label!r}: tunnel namespace", lambda: tunnels.delete())
+        _port, end = kernel.inside(
+            underlay.dataplane,
+            lambda plane: plane.add_veth(
+                underlay.port, mac=random_mac(), alias=f"cnm:{token}:dataplane", master=underlay.data_bridge,
+                peer_name=DATA_LINK, peer_namespace=tunnels,
+            ),
+        )  # goes with the tunnel namespace (a veth pair goes with either end)
+        socket.configure_link(DATA_LINK, [underlay.tunnel_address], [], f"host {label!r}: data link", index=end)
+    finally:
+        socket.close()
+    return tunnels
 
 
 def wire_uplink(services: Services, outside: Outside, underlay: Underlay | None = None) -> None:

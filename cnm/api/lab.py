@@ -12,9 +12,9 @@ sandboxes of several hosts on one wire).
 
 Overlay networks (``lab.create_network``) do not cross the underlay but a
 data plane of their own: a bridge in the namespace ``lab.dataplane``, on
-which each host has a tunnel namespace holding its data link ``eth1``
-(``host.tunnel_address``: 198.18.1.2, .3, ... in order; the data plane's
-port of the host at .N is ``dp-N``). The VXLAN sockets live there, so
+which each host has a tunnel namespace (``host.tunnels``) holding its data
+link ``eth1`` (``host.tunnel_address``: 198.18.1.2, .3, ... in order; the
+data plane's port of the host at .N is ``dp-N``). The VXLAN sockets live there, so
 neither the outside nor any sandbox can reach a tunnel end (see
 :mod:`cnm.drivers.overlay`), as a cluster keeps its data-path network apart
 (Docker swarm's ``--data-path-addr``).
@@ -28,12 +28,15 @@ left.
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
-from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_network
 from typing import Any
+
+import attrs
+
 from .._checks import check_collection, check_name
 from ..drivers import NetworkDriver
 from ..drivers.overlay import LocalPeers, OverlayDriver
@@ -56,9 +59,6 @@ __all__ = ["MAX_HOSTS", "Lab"]
 MAX_HOSTS = 200
 BRIDGE = "underlay"
 DATA_BRIDGE = "dataplane"
-#: The data plane: each host's tunnel namespace has its data link on it, with .2, .3, ...
-DATA_SUBNET = IPv4Network("198.18.1.0/24")
-DATA_LINK = "eth1"
 
 
 class Lab:
@@ -80,6 +80,7 @@ class Lab:
         self.token = record.token
         self._hosts: list[Host] = []
         self._closed = False
+        self._networks_lock = threading.Lock()
         try:
             with transaction() as undo:
                 undo.books.push(f"lab {self.token}: owner record", record.remove)
@@ -107,13 +108,15 @@ class Lab:
                         bridge,
                         IPv4Interface(f"{isolated.UPLINK_SUBNET[2 + i]}/{isolated.UPLINK_SUBNET.prefixlen}"),
                         IPv6Interface(f"{isolated.UPLINK_SUBNET6[2 + i]}/{isolated.UPLINK_SUBNET6.prefixlen}"),
-                        *_tunnel_namespace(kernel, self.dataplane, data_bridge, self.token, i),
+                        self.dataplane,
+                        data_bridge,
+                        IPv4Interface(f"{isolated.DATA_SUBNET[2 + i]}/{isolated.DATA_SUBNET.prefixlen}"),
+                        f"dp-{2 + i}",
                     )
-                    overlay: Callable[[], NetworkDriver] = functools.partial(
-                        OverlayDriver, self.peers, underlay.tunnel_address.ip, tunnels=underlay.tunnels
-                    )
-                    own = {"overlay": overlay, **own_drivers}
+                    overlay = _OverlayFactory(self.peers, underlay.tunnel_address.ip)
+                    own: dict[str, Callable[[], NetworkDriver]] = {"overlay": overlay, **own_drivers}
                     host = Host.on_underlay(underlay, name, firewall=firewall, kernel=kernel, drivers=own)
+                    overlay.host = weakref.ref(host)
                     undo.kernel.push(f"lab {self.token}: host {name!r}", host.close)
                     self._hosts.append(host)
         except BaseException:
@@ -173,6 +176,13 @@ class Lab:
         subnets = _subnets_by_family(where, subnet)
         if ipv4 and 4 not in subnets:
             raise InvalidArgumentError(f"{where}: an IPv4 subnet is needed (the lab does not pick one; or ipv4=False)")
+        with self._networks_lock:  # one network at a time: a /64 picked is taken before the next is picked
+            return self._create_network(name, driver, subnets, ipv4, ipv6, kwargs)
+
+    def _create_network(
+        self, name: str, driver: str, subnets: dict[int, IPv4Network | IPv6Network], ipv4: bool, ipv6: bool, kwargs: Any
+    ) -> list[Network]:
+        where = f"lab {self.token}: network {name!r}"
         if ipv6 and 6 not in subnets:
             subnets[6] = self._free_ula()
         families = sorted(subnets)
@@ -228,6 +238,21 @@ class Lab:
         self.close()
 
 
+@attrs.define
+class _OverlayFactory:
+    """A lab host's overlay driver, once the host (and so its tunnel namespace) exists."""
+
+    peers: LocalPeers
+    vtep: IPv4Address
+    host: weakref.ref[Host] | None = None  # weak: the host holds this factory
+
+    def __call__(self) -> NetworkDriver:
+        host = self.host() if self.host is not None else None
+        if host is None or host.tunnels is None:
+            raise ClosedError("lab: the host of this overlay driver is gone")
+        return OverlayDriver(self.peers, self.vtep, tunnels=host.tunnels)
+
+
 class _LabServices:
     """What the lab's Outside asks of its owner: whether it is still open."""
 
@@ -278,28 +303,6 @@ def _host_names(hosts: object) -> list[str]:
     if twice:
         raise ConflictError(f"lab: host name(s) {', '.join(map(repr, twice))} given more than once")
     return names
-
-
-def _tunnel_namespace(kernel: Kernel, dataplane: Namespace, bridge: int, token: str, i: int) -> tuple[Namespace, IPv4Interface]:
-    """The tunnel namespace of the lab's host number *i* (from 0): its data
-    link ``eth1``, a port (``dp-N``) of the data plane's *bridge*, with the
-    address .N of :data:`DATA_SUBNET` (N = i + 2); the namespace and that address.
-    Made before the host, which then removes it; a failure is swept with
-    the lab's token."""
-    address = IPv4Interface(f"{DATA_SUBNET[2 + i]}/{DATA_SUBNET.prefixlen}")
-    tunnels, socket = kernel.create_namespace(f"cnm-{token}-tunnels-{2 + i}", ipv6_off=True)
-    try:
-        _port, end = kernel.inside(
-            dataplane,
-            lambda plane: plane.add_veth(
-                f"dp-{2 + i}", mac=random_mac(), alias=f"cnm:{token}:dataplane", master=bridge,
-                peer_name=DATA_LINK, peer_namespace=tunnels,
-            ),
-        )
-        socket.configure_link(DATA_LINK, [address], [], f"lab {token}: data link of host {2 + i}", index=end)
-    finally:
-        socket.close()
-    return tunnels, address
 
 
 def _make_underlay(rtnl: Rtnl, namespace: Namespace, token: str) -> int:

@@ -12,9 +12,12 @@ the ports of) its own sandboxes, as on a bridge network. That gateway stays
 on its host: the VXLAN port has neighbour suppression on (ARP and neighbour
 discovery for the bridge's own addresses are answered there, not flooded to
 the peers, which would each answer too), and the firewall drops whatever the
-host itself sends out of the tunnel. So, as in Docker, a host reaches only
-its own sandboxes' overlay addresses (a remote one would answer the gateway
-MAC, which is its own host's); sandboxes reach each other across hosts.
+host itself sends out of the tunnel and whatever the tunnel brings the host
+(the ``nftables`` backend's ``bridge`` table; with the firewall ``"none"``
+nothing does, and hosts hear each other's gateway). So, as in Docker, a host
+reaches only its own sandboxes' overlay addresses (a remote one would answer
+the gateway MAC, which is its own host's); sandboxes reach each other across
+hosts.
 
 Which hosts have a network (and its VNI) comes from a :class:`Peers`: the
 small interface peer discovery sits behind. :class:`LocalPeers` keeps it
@@ -33,9 +36,11 @@ end is not on the host at all: its address is on the host's data link in a
 namespace of its own, on a data plane nothing but the hosts' tunnel
 namespaces is on, and the VXLAN devices are made from there (the kernel
 keeps a VXLAN device's socket in the namespace it was created from) and
-live on the host. Nothing on the host, its uplink's wire (the outside, a
-macvlan sandbox) or behind it then has a route to a tunnel end, nor a
-socket to send to. Without *tunnels*, the kernel's VXLAN socket takes UDP
+live on the host. Nothing with a namespace of its own on the uplink's wire
+(the outside, a macvlan sandbox) or behind the host (a sandbox) then has a
+route to a tunnel end, nor a socket to send to. (What runs in the host's
+own namespace, a ``network_mode="host"`` sandbox included, is the host, and
+root there can reach everything the host can.) Without *tunnels*, the kernel's VXLAN socket takes UDP
 4789 on every address of the host: the firewall still drops UDP 4789 from
 every network's bridge, to the host and through it
 (:mod:`cnm.firewall.nftables.ruleset`), but the uplink's wire must then be

@@ -95,7 +95,8 @@ SANDBOX_PORT_GROUP = 0x636E6D  # "cnm"
 #: into the bridge may leave by the tunnel: a peer would take a frame from
 #: its own gateway MAC (and drop it, and learn that MAC on the tunnel), and
 #: the replies of a remote sandbox to that MAC end at its own host's
-#: gateway. A backend drops what the host sends out of such ports.
+#: gateway. A backend drops what the host sends out of such ports, and what
+#: they bring the host.
 TUNNEL_PORT_GROUP = 0x636E74  # "cnt"
 
 _IFNAMSIZ = 16  # the kernel's limit on interface names, including the NUL

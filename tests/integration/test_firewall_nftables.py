@@ -801,6 +801,7 @@ BRIDGE_CHAINS = {
         "type filter hook forward priority filter; policy accept;",
         f"meta protocol ip6 iifgroup {SANDBOX_PORT_GROUP} jump from_sandbox",
     ],
+    "input": ["type filter hook input priority filter; policy accept;", f"iifgroup {TUNNEL_PORT_GROUP} drop"],
     "output": ["type filter hook output priority filter; policy accept;", f"oifgroup {TUNNEL_PORT_GROUP} drop"],
     "from_sandbox": [
         "icmpv6 type nd-router-advert drop",

@@ -71,10 +71,10 @@ def test_closing_one_host_takes_it_off_the_underlay_and_the_lab_leaves_nothing()
         assert [h.name for h in lab.hosts] == ["h1", "h2"]
         with Server(h2, 9000):
             assert tcp_hello(h1, h2.address, 9000) == b"hello"
-        tunnels = {f"cnm-{lab.token}-tunnels-2", f"cnm-{lab.token}-tunnels-3"}
-        assert tunnels <= set(namespaces())  # each host's tunnel namespace
+        tunnels = {h1.tunnels.name, h2.tunnels.name}
+        assert tunnels == {f"cnm-{h1.token}-tunnels", f"cnm-{h2.token}-tunnels"} and tunnels <= set(namespaces())
         h2.close()
-        assert tunnels & set(namespaces()) == {f"cnm-{lab.token}-tunnels-2"}  # h2's went with it
+        assert tunnels & set(namespaces()) == {h1.tunnels.name}  # h2's went with it
         with pytest.raises(OSError):
             tcp_hello(h1, "198.18.0.3", 9000, timeout=REFUSED_TIMEOUT)
         with Server(lab.outside, 80):
@@ -103,7 +103,7 @@ def test_making_a_lab_is_all_or_nothing():
         assert namespaces() == before, f"step {k}: left {set(namespaces()) - set(before)}"
         k += 1
         assert k < 80
-    assert k > 10  # the outside, its bridge, then each host's namespaces, uplink and firewall
+    assert k > 30  # the outside, the data plane and their bridges, then per host its namespaces, tunnel namespace and data link, uplink and firewall (36 here)
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ from ipaddress import IPv4Address
 import pytest
 
 import cnm
+from cnm.api import isolated
 from cnm.drivers.overlay import FIRST_VNI, LocalPeers, OverlayDriver
 from cnm.ipam.default import ula_prefix
-from cnm.netns import Namespace
-from cnm.testing import FaultInjector, Injected, check_driver
+from cnm.testing import FaultInjector, Injected, check_driver, kernel_state
 from tests.integration.test_all_or_nothing import _host_state
 from tests.integration.traffic import Server, tcp_hello, udp_ping
 from tests.kernelstate import diff
@@ -119,15 +119,16 @@ def test_removing_a_host_removes_its_peers_forwarding_entries(lab):
     assert "198.18.1.4" not in _fdb(h1)
 
 
-@pytest.mark.parametrize("after", [False, True], ids=["refused", "failed-after"])
-def test_a_host_joining_the_overlay_is_all_or_nothing_for_its_peers_too(lab, after):
-    """A failure at each kernel change of h2 joining leaves h2 as it was and h1 without an entry for h2."""
+@pytest.mark.parametrize("when", ["before", "after", "midway"])
+def test_a_host_joining_the_overlay_is_all_or_nothing_for_its_peers_too(lab, when):
+    """A failure at each kernel change of h2 joining (before it, after it, midway through a batch)
+    leaves h2 and its tunnel namespace as they were, and h1 without an entry for h2."""
     h1, h2, _ = lab.hosts
     h1.create_network("ov", "overlay", subnet="10.200.0.0/24", ip_range="10.200.0.0/26")
-    peer_before, host_before = _fdb(h1), _host_state(h2)
+    peer_before, host_before, tunnels_before = _fdb(h1), _host_state(h2), kernel_state(h2.tunnels)
     k = 1
     while True:
-        with FaultInjector(k, after=after) as injector:
+        with FaultInjector(k, after=when == "after", midway=when == "midway") as injector:
             try:
                 h2.create_network("ov", "overlay", subnet="10.200.0.0/24", ip_range="10.200.0.64/26")
             except (cnm.CNMError, Injected):
@@ -136,6 +137,7 @@ def test_a_host_joining_the_overlay_is_all_or_nothing_for_its_peers_too(lab, aft
                 break
         assert _fdb(h1) == peer_before, f"change {k}: h1's entries changed"
         assert not diff(host_before, _host_state(h2)), f"change {k}: h2 changed"
+        assert kernel_state(h2.tunnels) == tunnels_before, f"change {k}: h2's tunnel namespace changed"
         k += 1
         assert k < 50
     assert k >= 5  # the bridge, its sysctl and address, the vxlan, h1's entry, h2's entry
@@ -173,6 +175,37 @@ def test_each_host_keeps_the_anycast_gateway_to_itself(lab):
     assert a_ip not in neighbours, neighbours
 
 
+def _arp_request(sender_mac: str, sender_ip: str, target_ip: str) -> bytes:
+    """A broadcast ARP request: who has *target_ip*, tell *sender_ip* at *sender_mac*."""
+    mac = bytes.fromhex(sender_mac.replace(":", ""))
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, socket.inet_aton(sender_ip), b"\0" * 6, socket.inet_aton(target_ip))
+    return b"\xff" * 6 + mac + b"\x08\x06" + arp
+
+
+def test_a_remote_sandbox_cannot_make_a_host_note_a_neighbour(lab):
+    """Root in a sandbox on h1 asks, across the tunnel, for h2's uplink address with a sender
+    of its choosing: h2 does not answer it, so no neighbour entry (on its overlay bridge) sends
+    h2's traffic for that address into the tunnel."""
+    h1, h2, _ = lab.hosts
+    nets = lab.create_network("ov", subnet="10.200.0.0/24")
+    a = h1.create_sandbox("a", network_mode=nets[0])
+    b = h2.create_sandbox("b", network_mode=nets[1])
+    frame = _arp_request(a.endpoints[0].mac, "10.200.0.99", str(h2.address))
+
+    def send() -> None:
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+            s.bind(("eth0", 0))
+            for _ in range(3):
+                s.send(frame)
+
+    with Server(b, 7000):  # the frames cross: b (on h2) learns nothing from them, but the tunnel works
+        a.call(send)
+        assert tcp_hello(a, b.address(nets[1]).ip, 7000) == b"hello"
+    assert f"{a.endpoints[0].mac} dst {h1.tunnel_address} " in _fdb(h2)  # what a sent reached h2
+    neighbours = h2.run(["ip", "neigh", "show", "dev", nets[1].interface], capture_output=True, text=True, check=True).stdout
+    assert "10.200.0.99" not in neighbours, neighbours
+
+
 def test_an_overlay_carries_ipv6_across_hosts(lab):
     """Dual-stack: one IPv6 /64 for the whole lab (picked by the lab), one range of it per host,
     the same gateway everywhere, IPv6 across hosts with no NAT and out with it; ND for the
@@ -191,8 +224,7 @@ def test_an_overlay_carries_ipv6_across_hosts(lab):
     with Server(lab.outside, 80, address="::") as server:
         assert tcp_hello(a, lab.outside.address6, 80) == b"hello"
     assert server.peers[0][0] == str(h1.address6)  # out behind its host, as on a bridge
-    a.call(_send_udp(str(nets[0].gateway6)))  # a asks for its gateway's MAC (neighbour discovery)
-    assert "lladdr" in a.run(["ip", "-6", "neigh", "show", str(nets[0].gateway6)], capture_output=True, text=True).stdout
+    # a asked for its gateway's MAC (neighbour discovery) to reach the outside: h2 did not hear it.
     neighbours = h2.run(["ip", "-6", "neigh", "show", "dev", nets[1].interface], capture_output=True, text=True, check=True).stdout
     assert str(a6) not in neighbours, neighbours
     only6 = lab.create_network("ov6", subnet="fd00:77::/64", ipv4=False, ipv6=True)
@@ -259,34 +291,6 @@ def _vxlan_frame(vni: int, target: str, port: int, payload: bytes) -> bytes:
     return struct.pack("!B3xI", 0x08, vni << 8) + inner
 
 
-def test_a_sandbox_cannot_inject_vxlan_into_an_overlay_it_is_not_on(lab):
-    """Root in a sandbox on a plain bridge sends VXLAN for the overlay's VNI to its own
-    gateway and to a peer's underlay address: neither reaches the overlay's sandboxes.
-    (Found in review: the kernel's VXLAN socket listens on every address of the host.)"""
-    h1, h2, _ = lab.hosts
-    nets = lab.create_network("ov", subnet="10.200.0.0/24")
-    victim1 = h1.create_sandbox("v1", network_mode=nets[0])
-    victim2 = h2.create_sandbox("v2", network_mode=nets[1])
-    web = h1.create_network("web", subnet="10.40.0.0/24")
-    attacker = h1.create_sandbox("attacker", network_mode=web)
-    targets = [(victim1, str(victim1.address(nets[0]).ip), "10.40.0.1"), (victim2, str(victim2.address(nets[1]).ip), str(h2.address))]
-    for victim, overlay_ip, vtep in targets:
-        with Server(victim, 9999, udp=True) as server:
-            frame = _vxlan_frame(FIRST_VNI, overlay_ip, 9999, b"injected")
-
-            def send(frame: bytes = frame, vtep: str = vtep) -> None:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    for _ in range(5):
-                        s.sendto(frame, (vtep, 4789))
-
-            attacker.call(send)
-            server.thread.join(1.0)
-        assert server.peers == [], f"VXLAN sent to {vtep} reached {victim.name}"
-    # The overlay itself still works.
-    with Server(victim2, 7000):
-        assert tcp_hello(victim1, victim2.address(nets[1]).ip, 7000) == b"hello"
-
-
 def _inject(attacker, vni: int, overlay_ip: str, port: int, vteps: list[str]) -> None:
     """From inside *attacker*: VXLAN for *vni* carrying UDP to *overlay_ip*:*port*, sent to each of *vteps*."""
     frame = _vxlan_frame(vni, overlay_ip, port, b"injected")
@@ -301,6 +305,35 @@ def _inject(attacker, vni: int, overlay_ip: str, port: int, vteps: list[str]) ->
                         pass  # unreachable is what the host wants: the test is what arrives
 
     attacker.call(send)
+
+
+def test_without_a_tunnel_namespace_no_sandbox_sends_vxlan_to_its_host_or_through_it():
+    """An overlay whose VXLAN socket is on the host itself (no tunnel namespace, as a third
+    party may run it). Root in a sandbox on a plain bridge sends VXLAN for the overlay's VNI to
+    its gateway and to the host's uplink address: neither reaches the overlay's sandbox; nor
+    does VXLAN it sends through the host reach a tunnel end in the outside. (Found in review:
+    the kernel's VXLAN socket takes UDP 4789 on every address of the host.) The same frame
+    from the outside does arrive: that wire must be trusted, which is why a lab has a data plane."""
+    overlay = lambda: OverlayDriver(LocalPeers(), isolated.HOST_ADDRESS.ip)  # noqa: E731
+    with cnm.Host.isolated(drivers={"overlay": overlay}) as host:
+        ov = host.create_network("ov", "overlay", subnet="10.200.0.0/24")
+        victim = host.create_sandbox("v", network_mode=ov)
+        target = str(victim.address(ov).ip)
+        web = host.create_network("web", subnet="10.40.0.0/24")
+        attacker = host.create_sandbox("attacker", network_mode=web)
+        for vtep in ("10.40.0.1", str(host.address)):
+            with Server(victim, 9999, udp=True) as server:
+                _inject(attacker, FIRST_VNI, target, 9999, [vtep])
+                server.thread.join(1.0)
+            assert server.peers == [], f"VXLAN sent to {vtep} reached the overlay"
+        with Server(host.outside, 4789, udp=True) as server:
+            _inject(attacker, FIRST_VNI, target, 9999, [str(host.outside.address)])
+            server.thread.join(1.0)
+        assert server.peers == [], "VXLAN went through the host"
+        with Server(victim, 9999, udp=True) as server:
+            _inject(host.outside, FIRST_VNI, target, 9999, [str(host.address)])
+            server.thread.join(2.0)
+        assert server.peers and server.peers[0][0] == "10.200.0.250"
 
 
 class _Here:
@@ -334,9 +367,8 @@ def test_no_one_off_the_data_plane_can_pose_as_a_tunnel_end(lab):
             server.thread.join(1.0)
         assert server.peers == [], f"VXLAN from {attacker!r} reached the overlay"
     # The same frame from a tunnel end does arrive: the test would see an injection.
-    h1_tunnels = Namespace("h1-tunnels", f"/run/netns/cnm-{lab.token}-tunnels-2")
     with Server(victim, 9999, udp=True) as server:
-        h1_tunnels.run(lambda: _inject(_Here(), FIRST_VNI, target, 9999, [str(h2.tunnel_address)]))
+        h1.tunnels.run(lambda: _inject(_Here(), FIRST_VNI, target, 9999, [str(h2.tunnel_address)]))
         server.thread.join(2.0)
     assert server.peers and server.peers[0][0] == "10.200.0.250"
     with pytest.raises(cnm.NotFoundError, match="no such interface"):

@@ -45,7 +45,7 @@ __all__ = ["Batch", "SetSpec", "UnknownOutcome", "commit", "elements_listed", "r
 _BATCH_BEGIN, _BATCH_END = 0x10, 0x11
 NFPROTO_UNSPEC = 0
 NEWTABLE, GETTABLE, DELTABLE = 0, 1, 2
-_NEWCHAIN = 3
+_NEWCHAIN, GETCHAIN = 3, 4
 NEWRULE, GETRULE, _DELRULE = 6, 7, 8
 _NEWSET, GETSET = 9, 10
 _NEWSETELEM, GETSETELEM, _DELSETELEM = 12, 13, 14
@@ -333,15 +333,20 @@ def elements_listed(nl: Netlink, table: str, family: Family, names: Iterable[str
 def everything_listed(nl: Netlink) -> list[tuple[tuple[int, str, str, str, str], int]]:
     """What every nftables table in the socket's namespace holds, whoever made
     it, for "nothing changed" checks: each table ``(family, table, "table",
-    "", "")``, rule ``(family, table, "rule", chain, its user data)`` and set
-    element ``(family, table, "element", set, key)``, bytes in hex, with how
-    many there are of it (rules are known by their label, which several
-    share); sorted."""
+    "", "")``, chain ``(family, table, "chain", name, "")``, rule ``(family,
+    table, "rule", chain, its user data)``, set or map ``(family, table,
+    "set", name, "")`` and element ``(family, table, "element", set, key and
+    value)``, bytes in hex, with how many there are of it (rules are known
+    by their label, which several share); sorted."""
     found: Counter[tuple[int, str, str, str, str]] = Counter()
     tables = nft.nft_table_msg()
     tables["nfgen_family"] = NFPROTO_UNSPEC
     for m in _dump(nl, "*", tables, GETTABLE):
         found[m["nfgen_family"], m.get_attr("NFTA_TABLE_NAME"), "table", "", ""] += 1
+    chains = nft.nft_chain_msg()
+    chains["nfgen_family"] = NFPROTO_UNSPEC
+    for m in _dump(nl, "*", chains, GETCHAIN):
+        found[m["nfgen_family"], m.get_attr("NFTA_CHAIN_TABLE"), "chain", m.get_attr("NFTA_CHAIN_NAME"), ""] += 1
     rules = rule_msg()
     rules["nfgen_family"] = NFPROTO_UNSPEC
     for m in _dump(nl, "*", rules, GETRULE):
@@ -351,14 +356,18 @@ def everything_listed(nl: Netlink) -> list[tuple[tuple[int, str, str, str, str],
     sets["nfgen_family"] = NFPROTO_UNSPEC
     for m in _dump(nl, "*", sets, GETSET):
         family, table, name = m["nfgen_family"], m.get_attr("NFTA_SET_TABLE"), m.get_attr("NFTA_SET_NAME")
+        found[family, table, "set", name, ""] += 1
         msg = nft.nft_set_elem_list_msg()
         msg["nfgen_family"] = family
         msg["attrs"] = [("NFTA_SET_ELEM_LIST_TABLE", table), ("NFTA_SET_ELEM_LIST_SET", name)]
         for reply in _dump(nl, table, msg, GETSETELEM):
             for element in reply.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS") or ():
-                key = element.get_attr("NFTA_SET_ELEM_KEY")
+                key, value = element.get_attr("NFTA_SET_ELEM_KEY"), element.get_attr("NFTA_SET_ELEM_DATA")
                 if key is not None:
-                    found[family, table, "element", name, bytes(key.get_attr("NFTA_DATA_VALUE")).hex()] += 1
+                    text = bytes(key.get_attr("NFTA_DATA_VALUE")).hex()
+                    if value is not None and value.get_attr("NFTA_DATA_VALUE") is not None:
+                        text += ":" + bytes(value.get_attr("NFTA_DATA_VALUE")).hex()
+                    found[family, table, "element", name, text] += 1
     return sorted(found.items())
 
 
