@@ -103,8 +103,8 @@ def request(
         raise InvalidArgumentError(f"{what}: a peer is given for a veth, and only for a veth")
     if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < 2**32:
         raise InvalidArgumentError(f"{what}: group {group!r} is not a device group (0 to 2**32-1)")
-    unknown = sorted(set(port) - set(pack.BRIDGE_PORT_FLAGS))
-    if isinstance(port, str) or unknown or (port and master is None):
+    flags = list(port) if isinstance(port, Collection) and not isinstance(port, str) else None
+    if flags is None or any(not isinstance(f, str) or f not in pack.BRIDGE_PORT_FLAGS for f in flags) or (flags and master is None):
         raise InvalidArgumentError(
             f"{what}: bridge port settings {port!r}: only {sorted(pack.BRIDGE_PORT_FLAGS)}, for a link with a master"
         )

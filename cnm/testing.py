@@ -15,7 +15,7 @@ before the step (it never happens) or, with *after*, once it has happened
 (standing for an answer lost after the kernel acted: its effect must be
 undone too), or, with *midway*, inside a batch: the kernel acts on every
 request of a pipelined rtnetlink write but its last, which it refuses (one
-request alone is refused before it happens). It patches cnm's classes for the whole process while it is
+request alone, or a write that only asks, fails before it happens). It patches cnm's classes for the whole process while it is
 active: use it where nothing else in the process talks to the kernel.
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -81,7 +82,7 @@ class FaultInjector:
                 fire = not injector.fired and injector.count == injector.fail_at
                 if fire:
                     injector.fired = True
-            if fire and injector.midway and batch and len(args[1]) > 1:
+            if fire and injector.midway and batch and len(args[1]) > 1 and not _reads_only(args[1]):
                 return _refuse_last(original, *args, **kwargs)
             if fire and not (injector.after and netlink):
                 raise Injected(errno.EPERM, "injected failure before the step")
@@ -102,6 +103,11 @@ LINK_SYSCTLS = (
     "ipv6/conf/{}/disable_ipv6",
     "ipv6/conf/{}/forwarding",
 )
+
+
+def _reads_only(requests: Any) -> bool:
+    """Whether every request of a pipelined rtnetlink write only asks (RTM_GET*: type 2 mod 4)."""
+    return all(struct.unpack_from("=H", data, 4)[0] % 4 == 2 for _, data in requests)
 
 
 def _refuse_last(transact: Callable[..., Any], nl: Netlink, requests: Any, echoed: Any = ()) -> Any:

@@ -14,13 +14,14 @@ Overlay networks (``lab.create_network``) do not cross the underlay but a
 data plane of their own: a bridge in the namespace ``lab.dataplane``, on
 which each host has a tunnel namespace (``host.tunnels``) holding its data
 link ``eth1`` (``host.tunnel_address``: 198.18.1.2, .3, ... in order; the
-data plane's port of the host at .N is ``dp-N``). The VXLAN sockets live there, so
-neither the outside nor any sandbox can reach a tunnel end (see
-:mod:`cnm.drivers.overlay`), as a cluster keeps its data-path network apart
-(Docker swarm's ``--data-path-addr``).
+data plane's port of the host at .N is ``dp-N``). The VXLAN sockets live
+there, so neither the outside nor any sandbox with a namespace of its own
+can reach a tunnel end (see :mod:`cnm.drivers.overlay`), as a cluster keeps
+its data-path network apart (Docker swarm's ``--data-path-addr``).
 
-Closing the lab closes its hosts, then removes the outside; a host may be
-closed earlier by itself, which takes it off the underlay. All or nothing:
+Closing the lab closes its hosts, then removes the data plane and the
+outside; a host may be closed earlier by itself, which takes it off the
+underlay and the data plane. All or nothing:
 if any part cannot be made, nothing of the lab is left. Like every host, the
 lab has an owner record, so :func:`cnm.gc` removes what a lab's dead process
 left.
@@ -147,7 +148,7 @@ class Lab:
         name: str,
         driver: str = "overlay",
         *,
-        subnet: str | Iterable[str] | None = None,
+        subnet: str | IPv4Network | IPv6Network | Iterable[str | IPv4Network | IPv6Network] | None = None,
         ipv4: bool = True,
         ipv6: bool = False,
         **kwargs: Any,
@@ -269,10 +270,13 @@ def _subnets_by_family(where: str, subnet: object) -> dict[int, IPv4Network | IP
     """*subnet* (None, one, or at most one per family) parsed, by family."""
     if subnet is None:
         return {}
-    given = [subnet] if isinstance(subnet, str) else check_collection(where, "subnet", subnet, "subnets")
+    one = isinstance(subnet, (str, IPv4Network, IPv6Network))  # a network iterates over its addresses
+    given = [subnet] if one else check_collection(where, "subnet", subnet, "subnets")
     found: dict[int, IPv4Network | IPv6Network] = {}
     for item in given:
         try:
+            if not isinstance(item, (str, IPv4Network, IPv6Network)):
+                raise TypeError(type(item).__name__)
             network = ip_network(item)
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentError(f"{where}: subnet {item!r} is not an IP network") from exc

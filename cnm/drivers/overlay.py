@@ -3,7 +3,8 @@
 Like Docker's ``overlay`` driver, on cnm's bridge: on every host that has
 the network, a bridge (MTU 1450, the 50 bytes VXLAN adds taken off the
 underlay's 1500) and, as a port of it, a VXLAN device with the network's
-VNI, sending to UDP 4789 of the other hosts' underlay addresses. Frames for
+VNI, sending to UDP 4789 of the other hosts' tunnel ends (their addresses
+on the underlay: in a lab, on its data plane). Frames for
 unknown MACs, broadcasts and multicast go to every other host (one
 forwarding entry per peer); the kernel learns where each MAC lives from
 what arrives. The bridge carries the network's gateway on every host, with
@@ -176,7 +177,7 @@ class OverlayDriver(BridgeDriver):
     capabilities = Capabilities(families=frozenset({4, 6}), routed=True, spans_hosts=True, tunnel_port=VXLAN_PORT)
 
     def __init__(self, peers: Peers, vtep: IPAddress, *, tunnels: Namespace | None = None) -> None:
-        #: where this host's tunnel end is: its address on the underlay
+        #: where this host's tunnel end is: its address on the underlay (a lab's data plane)
         self.vtep = vtep
         #: the namespace that address is in, if not the host's (a lab host's
         #: tunnel namespace): the VXLAN sockets live there, the devices on the host

@@ -7,7 +7,7 @@ import struct
 import subprocess
 import threading
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 import pytest
 
@@ -261,6 +261,8 @@ def test_a_lab_checks_what_it_is_given_before_making_anything(lab):
         lab.create_network("x", subnet="10.9.0.0/24", ip_range="10.9.0.0/25")
     with pytest.raises(cnm.InvalidArgumentError, match="subnet 'banana' is not an IP network"):
         lab.create_network("x", subnet="banana")
+    with pytest.raises(cnm.InvalidArgumentError, match="subnet 42 is not an IP network"):
+        lab.create_network("x", subnet=[42])
     with pytest.raises(cnm.InvalidArgumentError, match="an IPv4 subnet is needed"):
         lab.create_network("x", ipv6=True)
     with pytest.raises(cnm.InvalidArgumentError, match="more than one IPv4 subnet"):
@@ -269,6 +271,8 @@ def test_a_lab_checks_what_it_is_given_before_making_anything(lab):
         lab.create_network("x", subnet="10.9.0.0/24", ipv6="yes")
     with pytest.raises(cnm.InvalidArgumentError, match="too small for 3 hosts"):
         lab.create_network("x", subnet="10.9.0.0/29")
+    with pytest.raises(cnm.InvalidArgumentError, match="subnet 'fd00::/64' is IPv6.*ipv6=True enables it"):
+        lab.create_network("x", subnet=[IPv4Network("10.9.0.0/24"), IPv6Network("fd00::/64")])  # objects, as one each
     with pytest.raises(cnm.InvalidArgumentError, match="IPv6.*ipv6=True enables it"):
         lab.create_network("x", subnet=["10.9.0.0/24", "fd00:9::/64"])
     assert all(h.networks[2:] == [] for h in lab.hosts)

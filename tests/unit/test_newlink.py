@@ -43,6 +43,8 @@ def test_a_taken_name_and_other_refusals_are_typed_kernel_errors():
         ("x", {"port": ("hairpin",)}, "for a link with a master"),
         ("x", {"port": ("nope",), "master": 3}, "bridge port settings"),
         ("x", {"port": "hairpin", "master": 3}, "bridge port settings"),
+        ("x", {"port": None, "master": 3}, "bridge port settings"),
+        ("x", {"port": [["hairpin"]], "master": 3}, "bridge port settings"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_is_opened(name, settings, reason):
