@@ -27,7 +27,7 @@ from __future__ import annotations
 import errno
 import struct
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -317,17 +317,20 @@ def rules_listed(nl: Netlink, table: str, family: Family) -> list[tuple[str, int
 
 def elements_listed(nl: Netlink, table: str, family: Family, names: Iterable[str]) -> set[tuple[str, bytes]]:
     """(set, key) of every element in the sets or maps *names* of *family*'s table *table*."""
-    keys: set[tuple[str, bytes]] = set()
-    for name in names:
-        msg = nft.nft_set_elem_list_msg()
-        msg["nfgen_family"] = family.nfproto
-        msg["attrs"] = [("NFTA_SET_ELEM_LIST_TABLE", table), ("NFTA_SET_ELEM_LIST_SET", name)]
-        for reply in _dump(nl, table, msg, GETSETELEM):
-            for element in reply.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS") or ():
-                key = element.get_attr("NFTA_SET_ELEM_KEY")
-                if key is not None:
-                    keys.add((name, bytes(key.get_attr("NFTA_DATA_VALUE"))))
-    return keys
+    return {(name, key) for name in names for key, _value in _elements(nl, table, family.nfproto, name)}
+
+
+def _elements(nl: Netlink, table: str, nfproto: int, name: str) -> Iterator[tuple[bytes, bytes | None]]:
+    """(key, value: None in a plain set) of each element of set or map *name* in table *table*."""
+    msg = nft.nft_set_elem_list_msg()
+    msg["nfgen_family"] = nfproto
+    msg["attrs"] = [("NFTA_SET_ELEM_LIST_TABLE", table), ("NFTA_SET_ELEM_LIST_SET", name)]
+    for reply in _dump(nl, table, msg, GETSETELEM):
+        for element in reply.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS") or ():
+            key, value = element.get_attr("NFTA_SET_ELEM_KEY"), element.get_attr("NFTA_SET_ELEM_DATA")
+            if key is not None:
+                data = value.get_attr("NFTA_DATA_VALUE") if value is not None else None
+                yield bytes(key.get_attr("NFTA_DATA_VALUE")), bytes(data) if data is not None else None
 
 
 def everything_listed(nl: Netlink) -> list[tuple[tuple[int, str, str, str, str], int]]:
@@ -339,35 +342,23 @@ def everything_listed(nl: Netlink) -> list[tuple[tuple[int, str, str, str, str],
     value)``, bytes in hex, with how many there are of it (rules are known
     by their label, which several share); sorted."""
     found: Counter[tuple[int, str, str, str, str]] = Counter()
-    tables = nft.nft_table_msg()
-    tables["nfgen_family"] = NFPROTO_UNSPEC
-    for m in _dump(nl, "*", tables, GETTABLE):
+
+    def every(msg: Any, mtype: int) -> list[Any]:
+        msg["nfgen_family"] = NFPROTO_UNSPEC  # every family's
+        return _dump(nl, "*", msg, mtype)
+
+    for m in every(nft.nft_table_msg(), GETTABLE):
         found[m["nfgen_family"], m.get_attr("NFTA_TABLE_NAME"), "table", "", ""] += 1
-    chains = nft.nft_chain_msg()
-    chains["nfgen_family"] = NFPROTO_UNSPEC
-    for m in _dump(nl, "*", chains, GETCHAIN):
+    for m in every(nft.nft_chain_msg(), GETCHAIN):
         found[m["nfgen_family"], m.get_attr("NFTA_CHAIN_TABLE"), "chain", m.get_attr("NFTA_CHAIN_NAME"), ""] += 1
-    rules = rule_msg()
-    rules["nfgen_family"] = NFPROTO_UNSPEC
-    for m in _dump(nl, "*", rules, GETRULE):
+    for m in every(rule_msg(), GETRULE):
         label = bytes(m.get_attr("NFTA_RULE_USERDATA") or b"").hex()
         found[m["nfgen_family"], m.get_attr("NFTA_RULE_TABLE"), "rule", m.get_attr("NFTA_RULE_CHAIN"), label] += 1
-    sets = set_msg()
-    sets["nfgen_family"] = NFPROTO_UNSPEC
-    for m in _dump(nl, "*", sets, GETSET):
+    for m in every(set_msg(), GETSET):
         family, table, name = m["nfgen_family"], m.get_attr("NFTA_SET_TABLE"), m.get_attr("NFTA_SET_NAME")
         found[family, table, "set", name, ""] += 1
-        msg = nft.nft_set_elem_list_msg()
-        msg["nfgen_family"] = family
-        msg["attrs"] = [("NFTA_SET_ELEM_LIST_TABLE", table), ("NFTA_SET_ELEM_LIST_SET", name)]
-        for reply in _dump(nl, table, msg, GETSETELEM):
-            for element in reply.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS") or ():
-                key, value = element.get_attr("NFTA_SET_ELEM_KEY"), element.get_attr("NFTA_SET_ELEM_DATA")
-                if key is not None:
-                    text = bytes(key.get_attr("NFTA_DATA_VALUE")).hex()
-                    if value is not None and value.get_attr("NFTA_DATA_VALUE") is not None:
-                        text += ":" + bytes(value.get_attr("NFTA_DATA_VALUE")).hex()
-                    found[family, table, "element", name, text] += 1
+        for key, value in _elements(nl, table, family, name):
+            found[family, table, "element", name, key.hex() + (":" + value.hex() if value is not None else "")] += 1
     return sorted(found.items())
 
 
