@@ -178,12 +178,11 @@ class Lab:
         if ipv4 and 4 not in subnets:
             raise InvalidArgumentError(f"{where}: an IPv4 subnet is needed (the lab does not pick one; or ipv4=False)")
         with self._networks_lock:  # one network at a time: a /64 picked is taken before the next is picked
-            return self._create_network(name, driver, subnets, ipv4, ipv6, kwargs)
+            return self._create_network(where, name, driver, subnets, ipv4, ipv6, kwargs)
 
     def _create_network(
-        self, name: str, driver: str, subnets: dict[int, IPv4Network | IPv6Network], ipv4: bool, ipv6: bool, kwargs: Any
+        self, where: str, name: str, driver: str, subnets: dict[int, IPv4Network | IPv6Network], ipv4: bool, ipv6: bool, kwargs: Any
     ) -> list[Network]:
-        where = f"lab {self.token}: network {name!r}"
         if ipv6 and 6 not in subnets:
             subnets[6] = self._free_ula()
         families = sorted(subnets)

@@ -295,8 +295,9 @@ def _vxlan_frame(vni: int, target: str, port: int, payload: bytes) -> bytes:
     return struct.pack("!B3xI", 0x08, vni << 8) + inner
 
 
-def _inject(attacker, vni: int, overlay_ip: str, port: int, vteps: list[str]) -> None:
-    """From inside *attacker*: VXLAN for *vni* carrying UDP to *overlay_ip*:*port*, sent to each of *vteps*."""
+def _inject(inside: Callable[[Callable[[], None]], object], vni: int, overlay_ip: str, port: int, vteps: list[str]) -> None:
+    """With *inside* (an owner's ``call``, a namespace's ``run``): VXLAN for *vni* carrying UDP to
+    *overlay_ip*:*port*, sent to each of *vteps*."""
     frame = _vxlan_frame(vni, overlay_ip, port, b"injected")
 
     def send() -> None:
@@ -308,7 +309,7 @@ def _inject(attacker, vni: int, overlay_ip: str, port: int, vteps: list[str]) ->
                     except OSError:
                         pass  # unreachable is what the host wants: the test is what arrives
 
-    attacker.call(send)
+    inside(send)
 
 
 def test_without_a_tunnel_namespace_no_sandbox_sends_vxlan_to_its_host_or_through_it():
@@ -327,25 +328,17 @@ def test_without_a_tunnel_namespace_no_sandbox_sends_vxlan_to_its_host_or_throug
         attacker = host.create_sandbox("attacker", network_mode=web)
         for vtep in ("10.40.0.1", str(host.address)):
             with Server(victim, 9999, udp=True) as server:
-                _inject(attacker, FIRST_VNI, target, 9999, [vtep])
+                _inject(attacker.call, FIRST_VNI, target, 9999, [vtep])
                 server.thread.join(1.0)
             assert server.peers == [], f"VXLAN sent to {vtep} reached the overlay"
         with Server(host.outside, 4789, udp=True) as server:
-            _inject(attacker, FIRST_VNI, target, 9999, [str(host.outside.address)])
+            _inject(attacker.call, FIRST_VNI, target, 9999, [str(host.outside.address)])
             server.thread.join(1.0)
         assert server.peers == [], "VXLAN went through the host"
         with Server(victim, 9999, udp=True) as server:
-            _inject(host.outside, FIRST_VNI, target, 9999, [str(host.address)])
+            _inject(host.outside.call, FIRST_VNI, target, 9999, [str(host.address)])
             server.thread.join(2.0)
         assert server.peers and server.peers[0][0] == "10.200.0.250"
-
-
-class _Here:
-    """``call`` in the calling thread's namespace, for :func:`_inject` from a namespace already entered."""
-
-    @staticmethod
-    def call(fn: Callable[[], None]) -> None:
-        fn()
 
 
 def test_no_one_off_the_data_plane_can_pose_as_a_tunnel_end(lab):
@@ -367,12 +360,12 @@ def test_no_one_off_the_data_plane_can_pose_as_a_tunnel_end(lab):
         # Root there: the data plane's addresses routed via another host.
         attacker.run(["ip", "route", "add", "198.18.1.0/24", "via", str(h3.address)], check=True)
         with Server(victim, 9999, udp=True) as server:
-            _inject(attacker, FIRST_VNI, target, 9999, vteps)
+            _inject(attacker.call, FIRST_VNI, target, 9999, vteps)
             server.thread.join(1.0)
         assert server.peers == [], f"VXLAN from {attacker!r} reached the overlay"
     # The same frame from a tunnel end does arrive: the test would see an injection.
     with Server(victim, 9999, udp=True) as server:
-        h1.tunnels.run(lambda: _inject(_Here(), FIRST_VNI, target, 9999, [str(h2.tunnel_address)]))
+        _inject(h1.tunnels.run, FIRST_VNI, target, 9999, [str(h2.tunnel_address)])
         server.thread.join(2.0)
     assert server.peers and server.peers[0][0] == "10.200.0.250"
     with pytest.raises(cnm.NotFoundError, match="no such interface"):
