@@ -34,7 +34,7 @@ with cnm.Host.isolated("lan") as host:
             conn.sendall(f"the outside saw {peer[0]}".encode())
 
     threading.Thread(target=serve, daemon=True).start()
-    got = a.call(lambda: socket.create_connection((str(host.outside_address), 80), timeout=2).recv(100))
+    got = a.call(lambda: socket.create_connection((str(host.outside_address.ip), 80), timeout=2).recv(100))
     print("a -> outside:", got.decode(), "(its own address: no NAT)")
     server.close()
 print("torn down")
