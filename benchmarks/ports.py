@@ -118,6 +118,7 @@ class Published:
         """Connect from outside to host.address.ip:port; what the server said."""
 
         def go() -> bytes:
+            assert self.host.address is not None
             with socket.create_connection((str(self.host.address.ip), port), timeout=5.0) as c:
                 return c.recv(10)
 
@@ -126,6 +127,7 @@ class Published:
 
     def rate(self, seconds: float) -> float:
         """New TCP connections per second to host.address.ip:8080 over *seconds* (after a warm-up, the first time)."""
+        assert self.host.address is not None
         target = (str(self.host.address.ip), FIRST_PORT)
 
         def window(duration: float) -> float:

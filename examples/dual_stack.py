@@ -27,7 +27,7 @@ def hello(owner: cnm.Sandbox | cnm.Outside, address: object, port: int, server: 
 
 def main() -> None:
     with cnm.Host.isolated("dual") as host:
-        assert host.outside is not None
+        assert host.outside is not None and host.address6 is not None and host.outside_address6 is not None
         net = host.create_network("web", ipv6=True)
         print("subnets:", *net.subnets)
         a, b = host.create_sandbox("a"), host.create_sandbox("b")

@@ -38,10 +38,11 @@ with cnm.Host.isolated() as host:
     thread.start()
 
     def ask() -> bytes:
+        assert host.address is not None
         with socket.create_connection((str(host.address.ip), 30000 + count - 1), timeout=5) as c:
             return c.recv(100)
 
-    assert host.outside is not None  # an isolated host has one
+    assert host.outside is not None and host.address is not None  # an isolated host has both
     print("outside ->", f"{host.address.ip}:{30000 + count - 1}:", host.outside.call(ask).decode())
     thread.join()
     server.close()

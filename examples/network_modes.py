@@ -43,6 +43,7 @@ def answer_once(server: socket.socket, text: str) -> None:
 
 
 with cnm.Host.isolated("modes") as host:
+    assert host.address is not None and host.outside_address is not None  # an isolated host has both
     print("networks:", [(n.name, n.inspect()["Driver"]) for n in host.networks])
     web = host.create_network("web", subnet="10.90.0.0/24")
 

@@ -60,7 +60,7 @@ def check(label: str, client: Owner, address: object, port: int, server: Owner, 
 def main() -> None:
     with cnm.Host.isolated("demo") as host:
         outside = host.outside  # the namespace playing the internet (an isolated host has one)
-        assert outside is not None
+        assert outside is not None and host.address is not None and host.outside_address is not None
         net = host.create_network("web")
         a = host.create_sandbox("a")
         b = host.create_sandbox("b")
