@@ -115,18 +115,20 @@ class Published:
         self.host._services.firewall.add_port_forwards(self.rules, [forward], log)
 
     def ask(self, port: int) -> str:
-        """Connect from outside to host.address:port; what the server said."""
+        """Connect from outside to host.address.ip:port; what the server said."""
 
         def go() -> bytes:
-            with socket.create_connection((str(self.host.address), port), timeout=5.0) as c:
+            assert self.host.address is not None
+            with socket.create_connection((str(self.host.address.ip), port), timeout=5.0) as c:
                 return c.recv(10)
 
         assert self.host.outside is not None
         return self.host.outside.call(go).decode(errors="replace")
 
     def rate(self, seconds: float) -> float:
-        """New TCP connections per second to host.address:8080 over *seconds* (after a warm-up, the first time)."""
-        target = (str(self.host.address), FIRST_PORT)
+        """New TCP connections per second to host.address.ip:8080 over *seconds* (after a warm-up, the first time)."""
+        assert self.host.address is not None
+        target = (str(self.host.address.ip), FIRST_PORT)
 
         def window(duration: float) -> float:
             count = 0

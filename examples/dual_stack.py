@@ -27,7 +27,7 @@ def hello(owner: cnm.Sandbox | cnm.Outside, address: object, port: int, server: 
 
 def main() -> None:
     with cnm.Host.isolated("dual") as host:
-        assert host.outside is not None
+        assert host.outside is not None and host.address6 is not None and host.outside_address6 is not None
         net = host.create_network("web", ipv6=True)
         print("subnets:", *net.subnets)
         a, b = host.create_sandbox("a"), host.create_sandbox("b")
@@ -36,10 +36,10 @@ def main() -> None:
         print("a:", *a.endpoints[0].addresses)
         print("b:", *b.endpoints[0].addresses)
         with serve_once(a, 80) as server:
-            seen = hello(host.outside, host.address6, 8080, server)
-        print(f"outside -> [{host.address6}]:8080 reached a (server saw {seen})")
+            seen = hello(host.outside, host.address6.ip, 8080, server)
+        print(f"outside -> [{host.address6.ip}]:8080 reached a (server saw {seen})")
         with serve_once(host.outside, 9000) as server:
-            seen = hello(b, host.outside_address6, 9000, server)
+            seen = hello(b, host.outside_address6.ip, 9000, server)
         print(f"b -> outside over IPv6 (server saw {seen}, the host's address)")
         settings = a.inspect()["Networks"]["web"]
         print("inspect:", settings["GlobalIPv6Address"], "gateway", settings["IPv6Gateway"])

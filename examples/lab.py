@@ -34,13 +34,14 @@ with cnm.Lab(["h1", "h2", "h3"]) as lab:
     for host in lab.hosts:
         print(host.name, "on the underlay at", host.address, "and", host.address6, "- tunnels from", host.tunnel_address)
     h1, h2, h3 = lab.hosts
+    assert h3.address is not None  # a lab's hosts are isolated hosts: each has one
     # A web sandbox on h3, published on its host: reached from another host and from the outside.
     web = h3.create_network("web", subnet="10.40.0.0/24")
     box = h3.create_sandbox("web", network_mode=web, ports=["8080:80"])
     answer_once(box, 80)
-    print("h1 -> h3:8080:", ask(h1, h3.address, 8080))
+    print("h1 -> h3:8080:", ask(h1, h3.address.ip, 8080))
     answer_once(box, 80)
-    print("outside -> h3:8080:", ask(lab.outside, h3.address, 8080))
+    print("outside -> h3:8080:", ask(lab.outside, h3.address.ip, 8080))
     # Sandboxes of h1 and h2 on one wire, by macvlan on each host's uplink.
     a, b = (
         h.create_sandbox(n, network_mode=h.create_network("lan", "macvlan", subnet="198.18.0.0/24",

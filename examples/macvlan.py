@@ -14,7 +14,7 @@ import threading
 import cnm
 
 with cnm.Host.isolated("lan") as host:
-    assert host.outside is not None and host.uplink is not None  # an isolated host has both
+    assert host.outside is not None and host.uplink is not None and host.outside_address is not None  # an isolated host has them
     lan = host.create_network(
         "lan",
         "macvlan",
@@ -34,7 +34,8 @@ with cnm.Host.isolated("lan") as host:
             conn.sendall(f"the outside saw {peer[0]}".encode())
 
     threading.Thread(target=serve, daemon=True).start()
-    got = a.call(lambda: socket.create_connection((str(host.outside_address), 80), timeout=2).recv(100))
+    outside = str(host.outside_address.ip)
+    got = a.call(lambda: socket.create_connection((outside, 80), timeout=2).recv(100))
     print("a -> outside:", got.decode(), "(its own address: no NAT)")
     server.close()
 print("torn down")

@@ -38,11 +38,12 @@ with cnm.Host.isolated() as host:
     thread.start()
 
     def ask() -> bytes:
-        with socket.create_connection((str(host.address), 30000 + count - 1), timeout=5) as c:
+        assert host.address is not None
+        with socket.create_connection((str(host.address.ip), 30000 + count - 1), timeout=5) as c:
             return c.recv(100)
 
-    assert host.outside is not None  # an isolated host has one
-    print("outside ->", f"{host.address}:{30000 + count - 1}:", host.outside.call(ask).decode())
+    assert host.outside is not None and host.address is not None  # an isolated host has both
+    print("outside ->", f"{host.address.ip}:{30000 + count - 1}:", host.outside.call(ask).decode())
     thread.join()
     server.close()
 

@@ -43,6 +43,7 @@ def answer_once(server: socket.socket, text: str) -> None:
 
 
 with cnm.Host.isolated("modes") as host:
+    assert host.address is not None and host.outside_address is not None  # an isolated host has both
     print("networks:", [(n.name, n.inspect()["Driver"]) for n in host.networks])
     web = host.create_network("web", subnet="10.90.0.0/24")
 
@@ -55,18 +56,18 @@ with cnm.Host.isolated("modes") as host:
     answer_once(hello_server(app, 9000, "127.0.0.1"), "hello over the pod's loopback")
     print("pod -> 127.0.0.1:9000:", ask(pod, "127.0.0.1", 9000))
     answer_once(hello_server(app, 80), "hello from app, through the pod's port")
-    print("outside -> host:8080:", ask(host.outside, host.address, 8080))
+    print("outside -> host:8080:", ask(host.outside, host.address.ip, 8080))
     print("app inspect:", app.inspect())
 
     # docker run --network host  (the host's own namespace: no publishing needed)
     h = host.create_sandbox("h", network_mode="host")
     answer_once(hello_server(h, 7000), "hello from the host network")
-    print("outside -> host:7000:", ask(host.outside, host.address, 7000))
+    print("outside -> host:7000:", ask(host.outside, host.address.ip, 7000))
     print("h key is the host's:", h.key == host.namespace.path)
 
     # docker run --network none  (loopback only)
     n = host.create_sandbox("n", network_mode="none")
-    print("none -> outside:", ask(n, host.outside_address, 80))
+    print("none -> outside:", ask(n, host.outside_address.ip, 80))
     try:
         web.connect(n)
     except cnm.ConflictError as exc:

@@ -60,7 +60,7 @@ def check(label: str, client: Owner, address: object, port: int, server: Owner, 
 def main() -> None:
     with cnm.Host.isolated("demo") as host:
         outside = host.outside  # the namespace playing the internet (an isolated host has one)
-        assert outside is not None
+        assert outside is not None and host.address is not None and host.outside_address is not None
         net = host.create_network("web")
         a = host.create_sandbox("a")
         b = host.create_sandbox("b")
@@ -76,9 +76,9 @@ def main() -> None:
 
         print("traffic:")
         check("same bridge", a, b.address(net).ip, 7000, b, 7000)
-        check("outbound, masqueraded", a, host.outside_address, 9000, outside, 9000)
-        check("published port", outside, host.address, 8080, a, 80)
-        check("published, hairpin", b, host.address, 8080, a, 80)
+        check("outbound, masqueraded", a, host.outside_address.ip, 9000, outside, 9000)
+        check("published port", outside, host.address.ip, 8080, a, 80)
+        check("published, hairpin", b, host.address.ip, 8080, a, 80)
         check("published, localhost", host, "127.0.0.1", 8080, a, 80)
 
         print("links in the host namespace (ip -br link, run inside it):")

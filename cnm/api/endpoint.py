@@ -39,6 +39,8 @@ class Endpoint:
         self.ports = record.ports
 
     def __repr__(self) -> str:
+        if self._record.deleted:
+            return f"<Endpoint {self.name!r} on {self.network.name!r} deleted>"
         sandbox = self._record.sandbox
         where = f" in {sandbox.name!r}" if sandbox is not None and self._record.joined else ""
         return f"<Endpoint {self.name!r} {' '.join(map(str, self.addresses))} on {self.network.name!r}{where}>"

@@ -89,7 +89,7 @@ class Host(InNamespace):
         #: its addresses on the uplink (isolated hosts only)
         self._uplink: tuple[IPv4Interface, IPv6Interface] | None = None
         #: its address on a lab's data plane, and the namespace it is in (a lab's hosts only)
-        self._tunnel_address: IPv4Address | None = None
+        self._tunnel_address: IPv4Interface | None = None
         self._tunnels: Namespace | None = None
         self.name = name
         self.token = token
@@ -119,7 +119,9 @@ class Host(InNamespace):
         """A fresh host namespace, with ``host.outside`` linked to it by a veth.
 
         The host has ``address`` 198.18.0.2/24 on its ``eth0``, the outside has
-        ``outside_address`` 198.18.0.1 and is the host's default gateway.
+        ``outside_address`` 198.18.0.1/24 and is the host's default gateway
+        (addresses with their prefix, as :class:`ipaddress.IPv4Interface`:
+        ``host.address.ip`` is the bare address).
         *kernel* and *drivers* are as for ``Host()``.
         """
         return cls.on_underlay(None, name, firewall=firewall, kernel=kernel, drivers=drivers)
@@ -157,7 +159,7 @@ class Host(InNamespace):
                 else:
                     outside_ns = underlay.namespace
                     host._uplink = (underlay.address, underlay.address6)
-                    host._tunnel_address = underlay.tunnel_address.ip
+                    host._tunnel_address = underlay.tunnel_address
                     host._tunnels = isolated.make_tunnels(kernel, token, label, underlay, undo.kernel)
                 host.outside = isolated.Outside(outside_ns, host._outside_processes, host._services)
                 isolated.wire_uplink(host._services, host.outside, underlay)
@@ -173,10 +175,17 @@ class Host(InNamespace):
 
     # ---- properties ------------------------------------------------------------
 
+    # The addresses below are interfaces (address and prefix: 198.18.0.2/24),
+    # as ``sandbox.address(network)`` and ``endpoint.address`` are, and as
+    # Docker's inspect writes an endpoint's address (172.17.0.2/16): an
+    # address on a link always comes with its subnet. ``.ip`` is the bare
+    # address, to connect to.
+
     @property
-    def address(self) -> IPv4Address | None:
-        """The host's address on its uplink (isolated hosts only)."""
-        return self._uplink[0].ip if self._uplink is not None else None
+    def address(self) -> IPv4Interface | None:
+        """The host's address on its uplink, with its prefix (isolated hosts
+        only): ``host.address.ip`` to connect to."""
+        return self._uplink[0] if self._uplink is not None else None
 
     @property
     def uplink(self) -> str | None:
@@ -185,7 +194,7 @@ class Host(InNamespace):
         return isolated.UPLINK if self.outside is not None else None
 
     @property
-    def tunnel_address(self) -> IPv4Address | None:
+    def tunnel_address(self) -> IPv4Interface | None:
         """The host's address on its lab's data plane, where its overlay
         tunnels start (a :class:`cnm.Lab`'s hosts only; 198.18.1.0/24)."""
         return self._tunnel_address
@@ -198,16 +207,18 @@ class Host(InNamespace):
         return self._tunnels
 
     @property
-    def outside_address(self) -> IPv4Address | None:
+    def outside_address(self) -> IPv4Interface | None:
+        """The outside's address on the uplink, the host's default gateway (isolated hosts only)."""
         return self.outside.address if self.outside is not None else None
 
     @property
-    def address6(self) -> IPv6Address | None:
-        """The host's IPv6 address on its uplink (isolated hosts only)."""
-        return self._uplink[1].ip if self._uplink is not None else None
+    def address6(self) -> IPv6Interface | None:
+        """The host's IPv6 address on its uplink, with its prefix (isolated hosts only)."""
+        return self._uplink[1] if self._uplink is not None else None
 
     @property
-    def outside_address6(self) -> IPv6Address | None:
+    def outside_address6(self) -> IPv6Interface | None:
+        """The outside's IPv6 address on the uplink (isolated hosts only)."""
         return self.outside.address6 if self.outside is not None else None
 
     @property

@@ -8,7 +8,7 @@ can be swept), and the uplink between them.
 from __future__ import annotations
 
 import threading
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
@@ -92,8 +92,9 @@ class Outside(InNamespace):
 
     def __init__(self, namespace: Namespace, processes: Processes, services: Owner) -> None:
         self.namespace = namespace
-        self.address: IPv4Address = OUTSIDE_ADDRESS.ip
-        self.address6: IPv6Address = OUTSIDE_ADDRESS6.ip
+        #: its addresses on the uplink, with their prefix (as ``host.address``)
+        self.address: IPv4Interface = OUTSIDE_ADDRESS
+        self.address6: IPv6Interface = OUTSIDE_ADDRESS6
         self._processes = processes
         self._services = services  # type: ignore[assignment]  # a host's Services, or a lab's Owner
 
@@ -101,7 +102,7 @@ class Outside(InNamespace):
         self._services.check_open()
 
     def __repr__(self) -> str:
-        return f"<Outside {self.namespace.name} {self.address}>"
+        return f"<Outside {self.namespace.name} {self.address.ip}>"
 
 
 def make_namespaces(

@@ -13,7 +13,7 @@ sandboxes of several hosts on one wire).
 Overlay networks (``lab.create_network``) do not cross the underlay but a
 data plane of their own: a bridge in the namespace ``lab.dataplane``, on
 which each host has a tunnel namespace (``host.tunnels``) holding its data
-link ``eth1`` (``host.tunnel_address``: 198.18.1.2, .3, ... in order; the
+link ``eth1`` (``host.tunnel_address``: 198.18.1.2/24, .3, ... in order; the
 data plane's port of the host at .N is ``dp-N``). The VXLAN sockets live
 there, so neither the outside nor any sandbox with a namespace of its own
 can reach a tunnel end (see :mod:`cnm.drivers.overlay`), as a cluster keeps

@@ -47,7 +47,13 @@ class Network:
         return self._services.host
 
     def __repr__(self) -> str:
-        return f"<Network {self.name!r} {' '.join(map(str, self.subnets))} on {self.interface}>"
+        # The predefined networks have no subnet and no interface: their driver says what they are.
+        parts = [repr(self.name), f"({self.driver})", *map(str, self.subnets)]
+        if self._record.deleted:
+            parts.append("deleted")  # (its interface is gone)
+        elif self.interface:
+            parts.append(f"on {self.interface}")
+        return f"<Network {' '.join(parts)}>"
 
     @property
     def driver(self) -> str:

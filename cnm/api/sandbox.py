@@ -34,7 +34,7 @@ class Sandbox(InNamespace):
         self.id = record.id
 
     def __repr__(self) -> str:
-        return f"<Sandbox {self.name!r} {self.namespace.path}>"
+        return f"<Sandbox {self.name!r} {'deleted' if self._record.deleted else self.namespace.path}>"
 
     @property
     def namespace(self) -> Namespace:  # type: ignore[override]

@@ -66,9 +66,14 @@ Rules every driver and pool keeps
   a silent no-op: "already gone" is success, which lets teardown run twice or
   after a partial failure without special cases.
 * **Not thread-safe.** cnm serialises calls per host; a driver needs no locks.
-* **In memory only.** A pool keeps no files. After a restart, cnm rebuilds a
-  pool by requesting it again with the network's subnet and re-allocating
-  each endpoint's address with ``allocate(ip)``.
+* **In memory only.** A pool keeps no files and lives as long as its
+  network: nothing outlives the process. cnm does not restore a host's
+  networks in a later process today; a host whose process ended without
+  closing it is removed by :func:`cnm.gc`, addresses and all. (When cnm
+  keeps state, it will rebuild a pool by requesting it again with the
+  network's subnet and allocating each endpoint's address with
+  ``allocate(ip)``, so a driver that follows this contract needs nothing
+  more.)
 * **One family per pool.** A pool's subnet, range, gateway and addresses are
   all IPv4 or all IPv6 (``pool.subnet.version``). A value of the other
   family is an :class:`~cnm.errors.InvalidArgumentError` where it is an

@@ -50,8 +50,8 @@ def ula_prefix(seed: str) -> IPv6Network:
     RFC 4193 asks for a 40-bit Global ID drawn at random, so that two sites
     that ever meet are unlikely to clash, and suggests hashing something
     unique to the site. Here that is *seed*: the first 40 bits of its
-    SHA-256. The same seed always gives the same prefix, so a host's IPv6
-    subnets survive a restart; different hosts get different prefixes.
+    SHA-256. The same seed always gives the same prefix, so a host picks the
+    same IPv6 subnets in every run; different hosts get different prefixes.
     """
     global_id = int.from_bytes(hashlib.sha256(seed.encode()).digest()[:5], "big")
     return IPv6Network(((0xFD << 120) | (global_id << 80), 48))

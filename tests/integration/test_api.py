@@ -264,7 +264,7 @@ def test_publishing_on_an_address_the_host_lacks_is_refused(host):
     with pytest.raises(cnm.InvalidArgumentError, match="10.1.2.3"):
         net.connect(a, ports=["10.1.2.3:8080:80"])
     assert net.endpoints == [] and a.endpoints == []
-    net.connect(a, ports=[f"{host.address}:8080:80"])
+    net.connect(a, ports=[f"{host.address.ip}:8080:80"])
 
 
 def test_names_that_look_like_cnms_own_do_not_collide():

@@ -46,8 +46,8 @@ def test_bulk_sandboxes_are_connected_like_single_ones(host):
         assert tcp_hello(sandboxes[8], sandboxes[3].address(net).ip, 7000) == b"hello"
     assert server.peers[0][0] == str(sandboxes[8].address(net).ip)
     with Server(last, 80) as server:
-        assert tcp_hello(host.outside, host.address, 20011) == b"hello"
-    assert server.peers[0][0] == str(host.outside_address)
+        assert tcp_hello(host.outside, host.address.ip, 20011) == b"hello"
+    assert server.peers[0][0] == str(host.outside_address.ip)
 
 
 def test_bulk_requests_take_static_addresses_macs_and_names(host):
@@ -134,7 +134,7 @@ def test_ports_published_in_several_batches_are_all_or_nothing(host, monkeypatch
     assert len(commits) == 3
     assert _published_elements(host) == 6
     with Server(made[4], 80):
-        assert tcp_hello(host.outside, host.address, 20004) == b"hello"
+        assert tcp_hello(host.outside, host.address.ip, 20004) == b"hello"
     host.delete_sandboxes(made)
     monkeypatch.setattr(NftablesFirewall, "_commit", real_commit)
     _sweep(host, monkeypatch, lambda: host.create_sandboxes(_requests(5), network=net), after)
@@ -179,7 +179,7 @@ def test_delete_sandboxes_withdraws_all_ports_in_one_transaction(host, monkeypat
     assert len(commits) == 1 and "6 removals" in commits[0]
     assert _published_elements(host) == 1  # keep's is still there
     with Server(keep, 80) as server:
-        assert tcp_hello(host.outside, host.address, 8080) == b"hello"
+        assert tcp_hello(host.outside, host.address.ip, 8080) == b"hello"
 
 
 def test_if_the_one_transaction_is_refused_each_sandbox_withdraws_its_own(host, monkeypatch):

@@ -31,22 +31,22 @@ def test_two_sandboxes_reach_each_other_and_their_gateway(host, web):
 def test_sandbox_reaches_outside_masqueraded(host, web):
     net, a, _ = web
     with Server(host.outside, 9000) as server:
-        assert tcp_hello(a, host.outside_address, 9000) == b"hello"
-    assert server.peers == [(str(host.address), server.peers[0][1])]
+        assert tcp_hello(a, host.outside_address.ip, 9000) == b"hello"
+    assert server.peers == [(str(host.address.ip), server.peers[0][1])]
 
 
 def test_published_port_from_outside(host, web):
     net, a, _ = web
     with Server(a, 80) as server:
-        assert tcp_hello(host.outside, host.address, 8080) == b"hello"
+        assert tcp_hello(host.outside, host.address.ip, 8080) == b"hello"
     # DNAT only: the sandbox sees the real client.
-    assert server.peers[0][0] == str(host.outside_address)
+    assert server.peers[0][0] == str(host.outside_address.ip)
 
 
 @pytest.mark.parametrize("target", ["127.0.0.1", "address"])
 def test_published_port_from_the_host_itself(host, web, target):
     net, a, _ = web
-    address = host.address if target == "address" else target
+    address = host.address.ip if target == "address" else target
     with Server(a, 80):
         assert tcp_hello(host, address, 8080) == b"hello"
 
@@ -54,18 +54,18 @@ def test_published_port_from_the_host_itself(host, web, target):
 def test_published_port_hairpin_from_a_sandbox_on_the_same_bridge(host, web):
     net, a, b = web
     with Server(a, 80):
-        assert tcp_hello(b, host.address, 8080) == b"hello"
+        assert tcp_hello(b, host.address.ip, 8080) == b"hello"
 
 
 def test_published_port_hairpin_to_itself(host, web):
     net, a, _ = web
     with Server(a, 80, count=1):
-        assert tcp_hello(a, host.address, 8080) == b"hello"
+        assert tcp_hello(a, host.address.ip, 8080) == b"hello"
 
 
 def test_unpublished_port_is_not_reachable_from_outside(host, web):
     net, a, _ = web
-    assert_unreachable(host.outside, host.address, 8081, a, server_port=81, error=OSError)
+    assert_unreachable(host.outside, host.address.ip, 8081, a, server_port=81, error=OSError)
 
 
 def test_udp_published_port_and_host_ip(host):
@@ -73,11 +73,11 @@ def test_udp_published_port_and_host_ip(host):
     a = host.create_sandbox("a")
     net.connect(a, ports=["5353:53/udp", "127.0.0.1:9090:90"])
     with Server(a, 53, udp=True):
-        assert udp_ping(host.outside, host.address, 5353) == b"pong:ping"
+        assert udp_ping(host.outside, host.address.ip, 5353) == b"pong:ping"
     with Server(a, 90):
         assert tcp_hello(host, "127.0.0.1", 9090) == b"hello"
     # Bound to 127.0.0.1 only: not reachable through the uplink address.
-    assert_unreachable(host.outside, host.address, 9090, a, server_port=90, error=OSError)
+    assert_unreachable(host.outside, host.address.ip, 9090, a, server_port=90, error=OSError)
 
 
 def test_ephemeral_host_port_is_published(host):
@@ -87,7 +87,7 @@ def test_ephemeral_host_port_is_published(host):
     (published,) = endpoint.published
     assert 49153 <= published.host_port <= 60999
     with Server(a, 80):
-        assert tcp_hello(host.outside, host.address, published.host_port) == b"hello"
+        assert tcp_hello(host.outside, host.address.ip, published.host_port) == b"hello"
     assert a.inspect()["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(published.host_port)}]}
 
 
@@ -103,7 +103,7 @@ def test_internal_network_has_no_way_out(host):
     assert "default" not in routes  # an internal network gives no default route
     # Even a sandbox that routes through the gateway by itself gets nowhere: the host drops it.
     a.run(["ip", "route", "add", "default", "via", str(net.gateway)], check=True)
-    assert_unreachable(a, host.outside_address, 9000, host.outside)
+    assert_unreachable(a, host.outside_address.ip, 9000, host.outside)
 
 
 def test_two_networks_sandbox_on_both(host):
@@ -119,5 +119,5 @@ def test_two_networks_sandbox_on_both(host):
     with Server(db, 5432):
         assert tcp_hello(a, db.address(back).ip, 5432) == b"hello"
     with Server(host.outside, 9000) as server:
-        assert tcp_hello(a, host.outside_address, 9000) == b"hello"
-    assert server.peers[0][0] == str(host.address)  # out through the route-giving network, masqueraded
+        assert tcp_hello(a, host.outside_address.ip, 9000) == b"hello"
+    assert server.peers[0][0] == str(host.address.ip)  # out through the route-giving network, masqueraded

@@ -78,7 +78,7 @@ def test_macvlan():
 
 def test_lab():
     out = run_example("lab.py")
-    assert "h3 on the underlay at 198.18.0.4 and 2001:2::4 - tunnels from 198.18.1.4" in out
+    assert "h3 on the underlay at 198.18.0.4/24 and 2001:2::4/64 - tunnels from 198.18.1.4/24" in out
     assert "h1 -> h3:8080: seen from 198.18.0.2" in out
     assert "outside -> h3:8080: seen from 198.18.0.1" in out
     assert "a on h1 -> b on h2: seen from 198.18.0.128" in out  # one wire, no NAT

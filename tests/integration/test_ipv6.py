@@ -123,25 +123,25 @@ def test_an_ipv6_only_network(host):
 def test_a_sandbox_reaches_the_outside_over_ipv6_masqueraded(host, dual):
     _, a, _ = dual
     with Server(host.outside, 9000, address="::") as server:
-        assert tcp_hello(a, host.outside_address6, 9000) == b"hello"
-    assert server.peers[0][0] == str(host.address6), "the outside sees the host's address"
+        assert tcp_hello(a, host.outside_address6.ip, 9000) == b"hello"
+    assert server.peers[0][0] == str(host.address6.ip), "the outside sees the host's address"
     with Server(host.outside, 9001, address="::", udp=True) as server:
-        assert udp_ping(a, host.outside_address6, 9001) == b"pong:ping"
-    assert server.peers[0][0] == str(host.address6)
+        assert udp_ping(a, host.outside_address6.ip, 9001) == b"pong:ping"
+    assert server.peers[0][0] == str(host.address6.ip)
 
 
 def test_the_outside_reaches_published_ports_over_ipv6(host, dual):
     net, _, b = dual
     with Server(b, 80, address="::") as server:
-        assert tcp_hello(host.outside, host.address6, 8080) == b"hello"
-    assert server.peers[0][0] == str(host.outside_address6), "no source NAT on the way in"
+        assert tcp_hello(host.outside, host.address6.ip, 8080) == b"hello"
+    assert server.peers[0][0] == str(host.outside_address6.ip), "no source NAT on the way in"
     with Server(b, 443, address="::"):
-        assert tcp_hello(host.outside, host.address6, 8443) == b"hello"
+        assert tcp_hello(host.outside, host.address6.ip, 8443) == b"hello"
     with Server(b, 80, address="0.0.0.0"):
-        assert tcp_hello(host.outside, host.address, 8080) == b"hello", "8080:80 is published on IPv4 too"
+        assert tcp_hello(host.outside, host.address.ip, 8080) == b"hello", "8080:80 is published on IPv4 too"
     with Server(b, 443, address="0.0.0.0") as server:
         with pytest.raises(OSError):
-            tcp_hello(host.outside, host.address, 8443, timeout=REFUSED_TIMEOUT)
+            tcp_hello(host.outside, host.address.ip, 8443, timeout=REFUSED_TIMEOUT)
     assert server.peers == [], "[::]:8443 is IPv6 only"
     ports = b.inspect()["Ports"]
     assert ports["80/tcp"] == [{"HostIp": "0.0.0.0", "HostPort": "8080"}, {"HostIp": "::", "HostPort": "8080"}]
@@ -151,16 +151,16 @@ def test_the_outside_reaches_published_ports_over_ipv6(host, dual):
 def test_a_port_published_on_one_ipv6_host_address(host):
     net = host.create_network("web", ipv6=True)
     a = host.create_sandbox("a")
-    net.connect(a, ports=[f"[{host.address6}]:8081:81"])
+    net.connect(a, ports=[f"[{host.address6.ip}]:8081:81"])
     with Server(a, 81, address="::"):
-        assert tcp_hello(host.outside, host.address6, 8081) == b"hello"
-    assert a.inspect()["Ports"]["81/tcp"] == [{"HostIp": str(host.address6), "HostPort": "8081"}]
+        assert tcp_hello(host.outside, host.address6.ip, 8081) == b"hello"
+    assert a.inspect()["Ports"]["81/tcp"] == [{"HostIp": str(host.address6.ip), "HostPort": "8081"}]
 
 
 def test_hairpin_over_ipv6(host, dual):
     _, a, b = dual
     with Server(b, 80, address="::") as server:
-        assert tcp_hello(a, host.address6, 8080) == b"hello"
+        assert tcp_hello(a, host.address6.ip, 8080) == b"hello"
     assert len(server.peers) == 1
 
 
@@ -181,18 +181,18 @@ def test_an_internal_network_keeps_its_ipv6_traffic_on_its_bridge(host):
     assert "default" not in _run(a, "ip", "-6", "route")
     assert tcp_hello_over(a, b, str(eb.ip6)) == b"hello"
     a.run(["ip", "-6", "route", "add", "default", "via", str(net.gateway6)], check=True)  # the attacker tries anyway
-    _unreachable6(a, host.outside_address6, 9000, host.outside)
+    _unreachable6(a, host.outside_address6.ip, 9000, host.outside)
 
 
 def test_the_outside_does_not_reach_unpublished_ipv6_ports_directly(host, dual):
     net, a, b = dual
-    host.outside.run(["ip", "-6", "route", "add", str(net.subnet6), "via", str(host.address6)], check=True)
+    host.outside.run(["ip", "-6", "route", "add", str(net.subnet6), "via", str(host.address6.ip)], check=True)
     _unreachable6(host.outside, a.address(net, 6).ip, 7000, a)
     _unreachable6(host.outside, b.address(net, 6).ip, 80, b), "the container port of a mapping, addressed directly"
     with Server(b, 80, address="::"):
-        assert tcp_hello(host.outside, host.address6, 8080) == b"hello", "the published port still works"
+        assert tcp_hello(host.outside, host.address6.ip, 8080) == b"hello", "the published port still works"
     with Server(host, 7001, address="::"):
-        assert tcp_hello(a, host.address6, 7001) == b"hello", "a sandbox still reaches the host"
+        assert tcp_hello(a, host.address6.ip, 7001) == b"hello", "a sandbox still reaches the host"
 
 
 def test_a_sandbox_gets_nothing_from_the_host_ipv6_loopback(host, dual):
@@ -227,7 +227,7 @@ def test_bulk_sandboxes_on_a_dual_stack_network(host):
     a, b = made
     assert str(a.address(net, 6).ip) == "fd00:7::a" and str(b.address(net, 6).ip) == "fd00:7::2"
     with Server(a, 80, address="::"):
-        assert tcp_hello(host.outside, host.address6, 8080) == b"hello"
+        assert tcp_hello(host.outside, host.address6.ip, 8080) == b"hello"
     assert tcp_hello_over(b, a, "fd00:7::a") == b"hello"
     host.delete_sandboxes(made)
     assert net.endpoints == []

@@ -44,15 +44,15 @@ def test_each_network_still_reaches_the_outside(host, two):
     front, back, a, b = two
     for sandbox in (a, b):
         with Server(host.outside, 9000) as server:
-            assert tcp_hello(sandbox, host.outside_address, 9000) == b"hello"
-        assert server.peers[0][0] == str(host.address)
+            assert tcp_hello(sandbox, host.outside_address.ip, 9000) == b"hello"
+        assert server.peers[0][0] == str(host.address.ip)
 
 
 def test_a_published_port_is_reachable_from_another_network(host, two):
     """Through the host's address, as Docker allows: DNAT makes it a published-port connection."""
     front, back, a, b = two
     with Server(a, 80) as server:
-        assert tcp_hello(b, host.address, 8080) == b"hello"
+        assert tcp_hello(b, host.address.ip, 8080) == b"hello"
     assert len(server.peers) == 1
     # ...and only the published port: the same sandbox's other ports stay out of reach.
     assert_unreachable(b, a.address(front).ip, 81, a)
@@ -63,8 +63,8 @@ def test_a_published_port_still_works_from_outside_and_its_own_network(host, two
     c = host.create_sandbox("c")
     front.connect(c)
     with Server(a, 80, count=2) as server:
-        assert tcp_hello(host.outside, host.address, 8080) == b"hello"
-        assert tcp_hello(c, host.address, 8080) == b"hello"
+        assert tcp_hello(host.outside, host.address.ip, 8080) == b"hello"
+        assert tcp_hello(c, host.address.ip, 8080) == b"hello"
     assert len(server.peers) == 2
 
 
@@ -106,7 +106,7 @@ def test_the_other_networks_stay_isolated_when_one_goes(host, two):
     back.delete(force=True)
     assert_unreachable(a, c.address(third).ip, 7000, c)
     with Server(a, 80):
-        assert tcp_hello(c, host.address, 8080) == b"hello"
+        assert tcp_hello(c, host.address.ip, 8080) == b"hello"
 
 
 def test_an_internal_network_stays_closed_to_other_networks(host, two):

@@ -18,7 +18,6 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6
 import pytest
 
 from cnm.errors import CNMError, InterfaceExistsError, InvalidArgumentError, KernelError, MissingKernelFeatureError
-from cnm._newlink import info_data
 from cnm.kernel import Link, Peer, Route, Rtnl
 from cnm.netlink import Netlink
 from cnm.netns import Namespace
@@ -276,17 +275,6 @@ def test_bad_arguments_are_refused_before_any_change(host, rtnl, kind, name, kwa
     with pytest.raises(InvalidArgumentError, match=reason):
         rtnl.add_link(kind, name, **kwargs)
     assert not diff(before, state(host.namespace))
-
-
-def test_value_names_and_key_spellings_of_link_settings():
-    assert info_data("ipvlan", {"ipvlan_mode": "L3"}, "x") == [("IFLA_IPVLAN_MODE", 1)]
-    assert info_data("vxlan", {"IFLA_VXLAN_ID": 1, "vxlan_port": 4789}, "x") == [
-        ("IFLA_VXLAN_ID", 1),
-        ("IFLA_VXLAN_PORT", 4789),
-    ]
-    assert info_data("macvlan", {"MACVLAN_MODE": "bridge"}, "x") == [("IFLA_MACVLAN_MODE", "bridge")]
-    assert info_data("vlan", {"vlan_id": 10}, "x") == [("IFLA_VLAN_ID", 10)]
-    assert info_data("dummy", None, "x") == []
 
 
 class _Injected(OSError):

@@ -19,18 +19,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_hosts_share_one_underlay_and_one_outside(lab):
     h1, h2, h3 = lab.hosts
-    assert [(h.name, str(h.address), str(h.address6)) for h in lab.hosts] == [
+    assert [(h.name, str(h.address.ip), str(h.address6.ip)) for h in lab.hosts] == [
         ("h1", "198.18.0.2", "2001:2::2"), ("h2", "198.18.0.3", "2001:2::3"), ("h3", "198.18.0.4", "2001:2::4"),
     ]  # fmt: skip
     assert lab.host("h2") is h2 and h1.outside.namespace.path == lab.outside.namespace.path
     with Server(h2, 9000) as server:
-        assert tcp_hello(h1, h2.address, 9000) == b"hello"
+        assert tcp_hello(h1, h2.address.ip, 9000) == b"hello"
     assert server.peers == [("198.18.0.2", server.peers[0][1])]  # straight across, no NAT
     with Server(h3, 9000, address="::") as server:
-        assert tcp_hello(h2, h3.address6, 9000) == b"hello"
+        assert tcp_hello(h2, h3.address6.ip, 9000) == b"hello"
     assert server.peers[0][0] == "2001:2::3"
     with Server(lab.outside, 80) as server:
-        assert tcp_hello(h3, lab.outside.address, 80) == b"hello"
+        assert tcp_hello(h3, lab.outside.address.ip, 80) == b"hello"
     assert server.peers[0][0] == "198.18.0.4"
 
 
@@ -39,12 +39,12 @@ def test_a_published_port_on_one_host_is_reached_from_the_others_and_the_outside
     web = h3.create_network("web", subnet="10.40.0.0/24")
     server_box = h3.create_sandbox("web", network_mode=web, ports=["8080:80"])
     with Server(server_box, 80, count=3) as server:
-        assert tcp_hello(h1, h3.address, 8080) == b"hello"
-        assert tcp_hello(lab.outside, h3.address, 8080) == b"hello"
+        assert tcp_hello(h1, h3.address.ip, 8080) == b"hello"
+        assert tcp_hello(lab.outside, h3.address.ip, 8080) == b"hello"
         # A sandbox of another host, masqueraded as its host on the way.
         mine = h1.create_network("mine", subnet="10.41.0.0/24")
         client = h1.create_sandbox("client", network_mode=mine)
-        assert tcp_hello(client, h3.address, 8080) == b"hello"
+        assert tcp_hello(client, h3.address.ip, 8080) == b"hello"
     assert [p[0] for p in server.peers] == ["198.18.0.2", "198.18.0.1", "198.18.0.2"]
 
 
@@ -70,7 +70,7 @@ def test_closing_one_host_takes_it_off_the_underlay_and_the_lab_leaves_nothing()
         h1, h2 = lab.hosts
         assert [h.name for h in lab.hosts] == ["h1", "h2"]
         with Server(h2, 9000):
-            assert tcp_hello(h1, h2.address, 9000) == b"hello"
+            assert tcp_hello(h1, h2.address.ip, 9000) == b"hello"
         tunnels = {h1.tunnels.name, h2.tunnels.name}
         assert tunnels == {f"cnm-{h1.token}-tunnels", f"cnm-{h2.token}-tunnels"} and tunnels <= set(namespaces())
         h2.close()
@@ -78,7 +78,7 @@ def test_closing_one_host_takes_it_off_the_underlay_and_the_lab_leaves_nothing()
         with pytest.raises(OSError):
             tcp_hello(h1, "198.18.0.3", 9000, timeout=REFUSED_TIMEOUT)
         with Server(lab.outside, 80):
-            assert tcp_hello(h1, lab.outside.address, 80) == b"hello"
+            assert tcp_hello(h1, lab.outside.address.ip, 80) == b"hello"
     finally:
         lab.close()
     lab.close()  # idempotent

@@ -65,10 +65,10 @@ def test_macvlan_sandboxes_sit_on_the_parents_network_without_nat(host):
     b = host.create_sandbox("b", network_mode=net)
     assert (str(a.address(net)), str(b.address(net))) == ("198.18.0.128/24", "198.18.0.129/24")
     with Server(host.outside, 80) as server:
-        assert tcp_hello(a, host.outside_address, 80) == b"hello"
+        assert tcp_hello(a, host.outside_address.ip, 80) == b"hello"
     assert server.peers[0][0] == "198.18.0.128"  # straight on the wire, no NAT
     with Server(host.outside, 53, udp=True) as server:
-        assert udp_ping(b, host.outside_address, 53) == b"pong:ping"
+        assert udp_ping(b, host.outside_address.ip, 53) == b"pong:ping"
     assert server.peers[0][0] == "198.18.0.129"
     with Server(b, 8080):  # bridge mode: siblings reach each other
         assert tcp_hello(a, b.address(net).ip, 8080) == b"hello"
@@ -93,7 +93,7 @@ def test_macvlan_private_and_vepa_siblings_do_not_reach_each_other(host, mode):
     b = host.create_sandbox("b", network_mode=net)
     assert_unreachable(a, b.address(net).ip, 8080, b, error=OSError)
     with Server(host.outside, 80):
-        assert tcp_hello(a, host.outside_address, 80) == b"hello"
+        assert tcp_hello(a, host.outside_address.ip, 80) == b"hello"
     assert net.inspect()["Options"] == {"parent": "eth0", "macvlan_mode": mode}
 
 
@@ -101,7 +101,7 @@ def test_macvlan_passthru_gives_the_parent_to_one_sandbox(host):
     net = _network(host, "macvlan", "passthru")
     a = host.create_sandbox("a", network_mode=net)
     with Server(host.outside, 80) as server:
-        assert tcp_hello(a, host.outside_address, 80) == b"hello"
+        assert tcp_hello(a, host.outside_address.ip, 80) == b"hello"
     assert server.peers[0][0] == "198.18.0.128"
     before = _host_state(host)
     with pytest.raises(cnm.ConflictError, match="passthru gives parent 'eth0' to one sandbox only"):
@@ -226,7 +226,7 @@ def test_ipvlan_l2_sandboxes_share_the_parents_mac_and_reach_the_outside(host):
     with Rtnl(host.namespace) as rtnl:
         assert _link(a).mac == rtnl.link("eth0").mac == _link(b).mac
     with Server(host.outside, 80) as server:
-        assert tcp_hello(a, host.outside_address, 80) == b"hello"
+        assert tcp_hello(a, host.outside_address.ip, 80) == b"hello"
     assert server.peers[0][0] == "198.18.0.128"
     with Server(b, 8080):
         assert tcp_hello(a, b.address(net).ip, 8080) == b"hello"
@@ -242,4 +242,4 @@ def test_ipvlan_l3_routes_by_the_interface_itself_with_no_gateway(host, mode):
     assert "default dev eth0" in shown and "via" not in shown
     assert a.inspect()["Networks"]["ipvlan"]["Gateway"] == ""
     with pytest.raises(OSError):  # the outside has no route back to 10.71.0.0/24
-        tcp_hello(a, host.outside_address, 80, timeout=REFUSED_TIMEOUT)
+        tcp_hello(a, host.outside_address.ip, 80, timeout=REFUSED_TIMEOUT)

@@ -66,8 +66,8 @@ def test_host_mode_is_the_hosts_own_namespace_reachable_without_publishing(host)
     assert _links(s) == _links(host)  # it sees the host's interfaces (uplink, bridge...)
     assert net.interface in _links(s)
     with Server(s, 8080) as server:
-        assert tcp_hello(host.outside, host.address, 8080) == b"hello"
-    assert server.peers[0][0] == str(host.outside_address)  # straight in, no NAT
+        assert tcp_hello(host.outside, host.address.ip, 8080) == b"hello"
+    assert server.peers[0][0] == str(host.outside_address.ip)  # straight in, no NAT
     # inspect, as Docker shows a container on the host network
     (endpoint,) = host.network("host").endpoints
     assert s.inspect()["SandboxKey"] == host.namespace.path
@@ -100,7 +100,7 @@ def test_host_mode_refuses_ports_and_other_networks_and_its_deletion_leaves_the_
     # The host still works: a sandbox on the bridge is reachable through a published port.
     web = host.create_sandbox("w", network_mode=net, ports=["8080:80"])
     with Server(web, 80):
-        assert tcp_hello(host.outside, host.address, 8080) == b"hello"
+        assert tcp_hello(host.outside, host.address.ip, 8080) == b"hello"
 
 
 # ---- none ---------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def test_none_mode_has_loopback_only_and_reaches_nothing(host):
         assert rtnl.routes(4) == [] and rtnl.routes(6) == []
     with Server(s, 7000):
         assert tcp_hello(s, "127.0.0.1", 7000) == b"hello"
-    for address in (host.address, host.outside_address):
+    for address in (host.address.ip, host.outside_address.ip):
         with pytest.raises(OSError) as caught:
             tcp_hello(s, address, 80, timeout=REFUSED_TIMEOUT)
         assert caught.value.errno == 101  # ENETUNREACH: it has no route anywhere
@@ -144,7 +144,7 @@ def test_sharers_see_the_same_interfaces_and_talk_over_loopback(host):
         assert tcp_hello(side, "127.0.0.1", 9000) == b"hello"
     # A server of a sharer is the pod's: reached through the pod's published port.
     with Server(app, 80):
-        assert tcp_hello(host.outside, host.address, 8080) == b"hello"
+        assert tcp_hello(host.outside, host.address.ip, 8080) == b"hello"
     assert app.inspect() == {"SandboxID": "", "SandboxKey": "", "Ports": {}, "Networks": {}}
     assert pod.inspect()["Networks"]["web"]["IPAddress"] == "10.63.0.2"
     with pytest.raises(cnm.ConflictError, match="shares the namespace of sandbox 'pod'"):
@@ -192,7 +192,7 @@ def test_network_mode_a_network_connects_in_the_same_call(host):
     by_name = host.create_sandbox("a", network_mode="web", ip="10.65.0.9", ports=["8080:80"])
     assert by_name.network_mode == "web" and str(by_name.address(net).ip) == "10.65.0.9"
     with Server(by_name, 80):
-        assert tcp_hello(host.outside, host.address, 8080) == b"hello"
+        assert tcp_hello(host.outside, host.address.ip, 8080) == b"hello"
     before = _host_state(host)
     with pytest.raises(cnm.ConflictError, match="8080"):
         host.create_sandbox("b", network_mode=net, ports=["8080:80"])

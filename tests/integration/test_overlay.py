@@ -87,7 +87,7 @@ def test_the_traffic_crosses_the_data_plane_as_vxlan(lab):
         thread.join()
         sniffer.close()
     assert ("198.18.1.2", "198.18.1.3", 4789) in seen and ("198.18.1.3", "198.18.1.2", 4789) in seen
-    assert (str(h1.tunnel_address), str(h2.tunnel_address)) == ("198.18.1.2", "198.18.1.3")
+    assert (str(h1.tunnel_address.ip), str(h2.tunnel_address.ip)) == ("198.18.1.2", "198.18.1.3")
 
 
 def test_published_ports_on_an_overlay_sandbox_work_as_on_a_bridge(lab):
@@ -96,11 +96,11 @@ def test_published_ports_on_an_overlay_sandbox_work_as_on_a_bridge(lab):
     b = h2.create_sandbox("b", network_mode=nets[1], ports=["8080:80"])
     a = h1.create_sandbox("a", network_mode=nets[0])
     with Server(b, 80, count=2) as server:
-        assert tcp_hello(lab.outside, h2.address, 8080) == b"hello"
-        assert tcp_hello(h1, h2.address, 8080) == b"hello"
+        assert tcp_hello(lab.outside, h2.address.ip, 8080) == b"hello"
+        assert tcp_hello(h1, h2.address.ip, 8080) == b"hello"
     assert [p[0] for p in server.peers] == ["198.18.0.1", "198.18.0.2"]
     with Server(lab.outside, 80) as server:  # outbound: each host NATs its own sandboxes
-        assert tcp_hello(a, lab.outside.address, 80) == b"hello"
+        assert tcp_hello(a, lab.outside.address.ip, 80) == b"hello"
     assert server.peers[0][0] == "198.18.0.2"
 
 
@@ -169,7 +169,7 @@ def test_each_host_keeps_the_anycast_gateway_to_itself(lab):
     gateway_mac = a.run(["ip", "neigh", "show", "10.200.0.1"], capture_output=True, text=True, check=True).stdout.split()[-2]
     a_mac = a.endpoints[0].mac
     fdb = _fdb(h2)
-    assert f"{a_mac} dst {h1.tunnel_address} " in fdb  # learning works in this window
+    assert f"{a_mac} dst {h1.tunnel_address.ip} " in fdb  # learning works in this window
     assert gateway_mac not in fdb, fdb
     neighbours = h2.run(["ip", "neigh", "show", "dev", nets[1].interface], capture_output=True, text=True, check=True).stdout
     assert a_ip not in neighbours, neighbours
@@ -190,7 +190,7 @@ def test_a_remote_sandbox_cannot_make_a_host_note_a_neighbour(lab):
     nets = lab.create_network("ov", subnet="10.200.0.0/24")
     a = h1.create_sandbox("a", network_mode=nets[0])
     b = h2.create_sandbox("b", network_mode=nets[1])
-    frame = _arp_request(a.endpoints[0].mac, "10.200.0.99", str(h2.address))
+    frame = _arp_request(a.endpoints[0].mac, "10.200.0.99", str(h2.address.ip))
 
     def send() -> None:
         with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
@@ -201,7 +201,7 @@ def test_a_remote_sandbox_cannot_make_a_host_note_a_neighbour(lab):
     with Server(b, 7000):  # the frames cross: b (on h2) learns nothing from them, but the tunnel works
         a.call(send)
         assert tcp_hello(a, b.address(nets[1]).ip, 7000) == b"hello"
-    assert f"{a.endpoints[0].mac} dst {h1.tunnel_address} " in _fdb(h2)  # what a sent reached h2
+    assert f"{a.endpoints[0].mac} dst {h1.tunnel_address.ip} " in _fdb(h2)  # what a sent reached h2
     neighbours = h2.run(["ip", "neigh", "show", "dev", nets[1].interface], capture_output=True, text=True, check=True).stdout
     assert "10.200.0.99" not in neighbours, neighbours
 
@@ -222,8 +222,8 @@ def test_an_overlay_carries_ipv6_across_hosts(lab):
         assert tcp_hello(a, b6, 7000) == b"hello"
     assert server.peers[0][0] == str(a6)  # no NAT inside the overlay
     with Server(lab.outside, 80, address="::") as server:
-        assert tcp_hello(a, lab.outside.address6, 80) == b"hello"
-    assert server.peers[0][0] == str(h1.address6)  # out behind its host, as on a bridge
+        assert tcp_hello(a, lab.outside.address6.ip, 80) == b"hello"
+    assert server.peers[0][0] == str(h1.address6.ip)  # out behind its host, as on a bridge
     # a asked for its gateway's MAC (neighbour discovery) to reach the outside: h2 did not hear it.
     neighbours = h2.run(["ip", "-6", "neigh", "show", "dev", nets[1].interface], capture_output=True, text=True, check=True).stdout
     assert str(a6) not in neighbours, neighbours
@@ -326,17 +326,17 @@ def test_without_a_tunnel_namespace_no_sandbox_sends_vxlan_to_its_host_or_throug
         target = str(victim.address(ov).ip)
         web = host.create_network("web", subnet="10.40.0.0/24")
         attacker = host.create_sandbox("attacker", network_mode=web)
-        for vtep in ("10.40.0.1", str(host.address)):
+        for vtep in ("10.40.0.1", str(host.address.ip)):
             with Server(victim, 9999, udp=True) as server:
                 _inject(attacker.call, FIRST_VNI, target, 9999, [vtep])
                 server.thread.join(1.0)
             assert server.peers == [], f"VXLAN sent to {vtep} reached the overlay"
         with Server(host.outside, 4789, udp=True) as server:
-            _inject(attacker.call, FIRST_VNI, target, 9999, [str(host.outside.address)])
+            _inject(attacker.call, FIRST_VNI, target, 9999, [str(host.outside.address.ip)])
             server.thread.join(1.0)
         assert server.peers == [], "VXLAN went through the host"
         with Server(victim, 9999, udp=True) as server:
-            _inject(host.outside.call, FIRST_VNI, target, 9999, [str(host.address)])
+            _inject(host.outside.call, FIRST_VNI, target, 9999, [str(host.address.ip)])
             server.thread.join(2.0)
         assert server.peers and server.peers[0][0] == "10.200.0.250"
 
@@ -355,17 +355,17 @@ def test_no_one_off_the_data_plane_can_pose_as_a_tunnel_end(lab):
         "lan", "macvlan", subnet="198.18.0.0/24", gateway="198.18.0.1", ip_range="198.18.0.128/26", options={"parent": h1.uplink}
     )
     wire = h1.create_sandbox("wire", network_mode=lan)
-    vteps = [str(h2.address), str(h2.tunnel_address)]
+    vteps = [str(h2.address.ip), str(h2.tunnel_address.ip)]
     for attacker in (lab.outside, wire):
         # Root there: the data plane's addresses routed via another host.
-        attacker.run(["ip", "route", "add", "198.18.1.0/24", "via", str(h3.address)], check=True)
+        attacker.run(["ip", "route", "add", "198.18.1.0/24", "via", str(h3.address.ip)], check=True)
         with Server(victim, 9999, udp=True) as server:
             _inject(attacker.call, FIRST_VNI, target, 9999, vteps)
             server.thread.join(1.0)
         assert server.peers == [], f"VXLAN from {attacker!r} reached the overlay"
     # The same frame from a tunnel end does arrive: the test would see an injection.
     with Server(victim, 9999, udp=True) as server:
-        _inject(h1.tunnels.run, FIRST_VNI, target, 9999, [str(h2.tunnel_address)])
+        _inject(h1.tunnels.run, FIRST_VNI, target, 9999, [str(h2.tunnel_address.ip)])
         server.thread.join(2.0)
     assert server.peers and server.peers[0][0] == "10.200.0.250"
     with pytest.raises(cnm.NotFoundError, match="no such interface"):

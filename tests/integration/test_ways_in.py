@@ -87,7 +87,7 @@ def test_the_host_itself_still_reaches_loopback_services_and_ports(host, web):
 
 def test_a_neighbour_on_the_uplink_gets_nothing_from_the_host_loopback(host, web):
     outside = host.outside
-    route_loopback_via(outside, "eth0", host.address)
+    route_loopback_via(outside, "eth0", host.address.ip)
     with Server(host, HOST_SERVICE, address="127.0.0.1") as listening:
         with pytest.raises(TimeoutError):
             tcp_hello(outside, "127.0.0.1", HOST_SERVICE, timeout=REFUSED_TIMEOUT)
@@ -103,7 +103,7 @@ def test_a_neighbour_on_the_uplink_gets_nothing_from_the_host_loopback(host, web
 def routed(host, web):
     """The outside routes web's subnet via the host, as a neighbour on the uplink could."""
     net, a, b = web
-    host.outside.run(["ip", "route", "add", str(net.subnet), "via", str(host.address)], check=True)
+    host.outside.run(["ip", "route", "add", str(net.subnet), "via", str(host.address.ip)], check=True)
     return web
 
 
@@ -119,15 +119,15 @@ def test_the_outside_does_not_reach_unpublished_ports_directly(host, routed):
 def test_the_published_port_and_outbound_traffic_still_work_when_routed(host, routed):
     net, a, b = routed
     with Server(b, 81) as server:
-        assert tcp_hello(host.outside, host.address, 8081) == b"hello"
-    assert server.peers[0][0] == str(host.outside_address)  # DNAT only: the client's own address
+        assert tcp_hello(host.outside, host.address.ip, 8081) == b"hello"
+    assert server.peers[0][0] == str(host.outside_address.ip)  # DNAT only: the client's own address
     # Connections the sandboxes open go out masqueraded, and their replies come back.
     for sandbox in (a, b):
         with Server(host.outside, 9000) as outside_server:
-            assert tcp_hello(sandbox, host.outside_address, 9000) == b"hello"
-        assert outside_server.peers[0][0] == str(host.address)
+            assert tcp_hello(sandbox, host.outside_address.ip, 9000) == b"hello"
+        assert outside_server.peers[0][0] == str(host.address.ip)
     with Server(host.outside, 9053, udp=True):
-        assert udp_ping(a, host.outside_address, 9053) == b"pong:ping"
+        assert udp_ping(a, host.outside_address.ip, 9053) == b"pong:ping"
 
 
 def test_the_host_still_reaches_its_sandboxes_directly(host, routed):

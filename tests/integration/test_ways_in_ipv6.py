@@ -98,20 +98,20 @@ def v6only(host, request):
     net.connect(a)
     other.connect(t, ports=["8081:81", "8081:81/udp"])
     host.outside.run(["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.eth0.rp_filter=0"], check=True)
-    host.outside.run(["ip", "route", "add", "10.99.0.0/24", "via", str(host.address)], check=True)
+    host.outside.run(["ip", "route", "add", "10.99.0.0/24", "via", str(host.address.ip)], check=True)
     give_itself_ipv4(host, a, net)
     return net, other, a, t
 
 
 def test_an_ipv6_only_network_sends_no_ipv4_to_the_outside(host, v6only):
     net, other, a, t = v6only
-    assert_ipv4_gets_nowhere(a, host.outside, str(host.outside.address), 9999)
+    assert_ipv4_gets_nowhere(a, host.outside, str(host.outside.address.ip), 9999)
 
 
 def test_an_ipv6_only_network_sends_no_ipv4_to_other_networks(host, v6only):
     net, other, a, t = v6only
     # Through a port published on the host's address (DNAT), and to the sandbox's own address.
-    assert_ipv4_gets_nowhere(a, t, str(host.address), 8081, 81)
+    assert_ipv4_gets_nowhere(a, t, str(host.address.ip), 8081, 81)
     assert_ipv4_gets_nowhere(a, t, str(t.address(other).ip), 7000)
 
 
@@ -123,11 +123,11 @@ def test_the_ipv6_only_network_still_works_over_ipv6(host, v6only):
         assert tcp_hello(a, b.address(net, 6).ip, 80) == b"hello"
     if not net.internal:
         with Server(host.outside, 80, address="::") as server:
-            assert tcp_hello(a, host.outside.address6, 80) == b"hello"
+            assert tcp_hello(a, host.outside.address6.ip, 80) == b"hello"
         assert server.peers and server.peers[0][0] != str(a.address(net, 6).ip)  # masqueraded
     # The IPv4 network next to it is as before.
     with Server(host.outside, 80) as server:
-        assert tcp_hello(t, host.outside.address, 80) == b"hello"
+        assert tcp_hello(t, host.outside.address.ip, 80) == b"hello"
 
 
 # ---- router advertisements from a sandbox -------------------------------------------
@@ -178,10 +178,10 @@ def test_router_advertisements_on_an_ipv4_only_network_reach_no_neighbour(host):
     # The victim's join to a dual-stack network afterwards works, with its gateway as the IPv6 route out.
     dual = host.create_network("dual", ipv6=True)
     dual.connect(victim)
-    route = victim.run(["ip", "-6", "route", "get", str(host.outside.address6)], check=True, capture_output=True, text=True)
+    route = victim.run(["ip", "-6", "route", "get", str(host.outside.address6.ip)], check=True, capture_output=True, text=True)
     assert f"via {dual.gateway6} dev eth1" in route.stdout
     with Server(host.outside, 80, address="::"):
-        assert tcp_hello(victim, host.outside.address6, 80) == b"hello"
+        assert tcp_hello(victim, host.outside.address6.ip, 80) == b"hello"
 
 
 def test_router_advertisements_on_a_dual_stack_network_reach_no_neighbour(host):
@@ -191,7 +191,7 @@ def test_router_advertisements_on_a_dual_stack_network_reach_no_neighbour(host):
     dual.connect(victim)
     rogue_router(attacker)
     assert hijacked(victim) == []
-    route = victim.run(["ip", "-6", "route", "get", str(host.outside.address6)], check=True, capture_output=True, text=True)
+    route = victim.run(["ip", "-6", "route", "get", str(host.outside.address6.ip)], check=True, capture_output=True, text=True)
     assert f"via {dual.gateway6} dev eth0" in route.stdout
     # Neighbours still talk IPv6 (neighbour discovery is multicast ICMPv6 too).
     with Server(victim, 80, address="::"):

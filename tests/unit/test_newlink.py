@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from cnm._newlink import creation_error, request
+from cnm._newlink import creation_error, info_data, request
 from cnm.errors import InterfaceExistsError, InvalidArgumentError, KernelError, MissingKernelFeatureError
 from cnm.kernel import Link, Peer, Route, Rtnl
 from cnm.netns import Namespace
@@ -72,3 +72,14 @@ def test_the_values_are_public_in_cnm_kernel():
     for value in (Link, Peer, Route):
         assert value.__module__ == "cnm.kernel"
     assert Rtnl.__module__ == "cnm.kernel" and not hasattr(Rtnl, "configure_interface")
+
+
+def test_value_names_and_key_spellings_of_link_settings():
+    assert info_data("ipvlan", {"ipvlan_mode": "L3"}, "x") == [("IFLA_IPVLAN_MODE", 1)]
+    assert info_data("vxlan", {"IFLA_VXLAN_ID": 1, "vxlan_port": 4789}, "x") == [
+        ("IFLA_VXLAN_ID", 1),
+        ("IFLA_VXLAN_PORT", 4789),
+    ]
+    assert info_data("macvlan", {"MACVLAN_MODE": "bridge"}, "x") == [("IFLA_MACVLAN_MODE", "bridge")]
+    assert info_data("vlan", {"vlan_id": 10}, "x") == [("IFLA_VLAN_ID", 10)]
+    assert info_data("dummy", None, "x") == []

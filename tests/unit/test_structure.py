@@ -18,11 +18,10 @@
     ``cnm._plugins``) may be imported by every module inside the package
     holding it, since that is how internals shared by the library are spelled.
 
-Violations a module may carry while it is being reshaped are listed in
-:data:`KNOWN_VIOLATIONS_TO_REMOVE`, which is empty: every module must pass,
-and an entry there that is no longer found fails the test until it is
-removed. (host.py's and nftables.py's, listed there at first, went with
-their splits into cnm/api/ and cnm/firewall/nftables/.)
+Every module must pass: there is no list of tolerated violations (the one
+there was, emptied when host.py and nftables.py were split into cnm/api/ and
+cnm/firewall/nftables/, went with its test, which could not fail while the
+list was empty). A module being reshaped is split before it lands.
 """
 
 from __future__ import annotations
@@ -38,11 +37,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "cnm"
 MAX_LINES = 500
-
-#: Violations to remove as the modules named are split: remove each entry as
-#: it goes (a stale one fails the test). Entries are findings without their
-#: line number (lines move with every edit), ``path: what``.
-KNOWN_VIOLATIONS_TO_REMOVE: frozenset[str] = frozenset()
 
 #: Private attributes of third-party objects that cnm reads on purpose:
 #: (module path, attribute) -> why. Empty today: cnm uses pyroute2's message
@@ -103,8 +97,7 @@ def size_violations(path: Path, root: Path = ROOT) -> Iterator[str]:
     if count > MAX_LINES:
         share = documentation_share(source)
         if share < 0.5:
-            # The line count goes where a line number goes, so the rest stays
-            # the same as the module changes (see without_line).
+            # The line count goes where a line number goes in the other findings.
             yield f"{relative(path, root)}:{count}: is over {MAX_LINES} lines and less than half documentation"
 
 
@@ -247,17 +240,6 @@ def private_import_violations(path: Path, root: Path = ROOT) -> Iterator[str]:
 # ---- the checks ---------------------------------------------------------------------------
 
 
-def without_line(finding: str) -> str:
-    path, _line, rest = finding.split(":", 2)
-    return f"{path}:{rest}"
-
-
-def check(findings: list[str]) -> None:
-    """Fail on every finding not in KNOWN_VIOLATIONS_TO_REMOVE."""
-    new = [f for f in findings if without_line(f) not in KNOWN_VIOLATIONS_TO_REMOVE]
-    assert not new, "\n".join(new)
-
-
 CHECKS = {
     "size": size_violations,
     "private attributes": private_access_violations,
@@ -267,14 +249,8 @@ CHECKS = {
 
 @pytest.mark.parametrize("check_name", CHECKS)
 def test_cnm_keeps_its_shape(check_name: str) -> None:
-    check([finding for path in modules() for finding in CHECKS[check_name](path)])
-
-
-def test_every_known_violation_is_still_there() -> None:
-    """So that the list only shrinks: a fixed violation must leave KNOWN_VIOLATIONS_TO_REMOVE."""
-    found = {without_line(f) for path in modules() for check_ in CHECKS.values() for f in check_(path)}
-    stale = sorted(KNOWN_VIOLATIONS_TO_REMOVE - found)
-    assert not stale, "no longer found, remove from KNOWN_VIOLATIONS_TO_REMOVE:\n" + "\n".join(stale)
+    findings = [finding for path in modules() for finding in CHECKS[check_name](path)]
+    assert not findings, "\n".join(findings)
 
 
 # ---- the checks catch what they are for ------------------------------------------------------
