@@ -13,12 +13,16 @@ with the inverse of each change registered where the change was made.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._ip import IPAddress, IPInterface, IPNetwork
+from ..owner import OWNER_ENV
 from ..undo import Undo
 
 if TYPE_CHECKING:
@@ -32,28 +36,62 @@ if TYPE_CHECKING:
     from .network import Network
     from .sandbox import Sandbox
 
-__all__ = ["EndpointRecord", "NetworkRecord", "Processes", "SandboxRecord"]
+__all__ = ["STOP_GRACE", "EndpointRecord", "NetworkRecord", "Processes", "SandboxRecord", "stop_all"]
+
+
+#: how long processes get after SIGTERM before SIGKILL, all together (seconds)
+STOP_GRACE = 1.0
 
 
 class Processes:
-    """The processes started in one namespace (``popen``), killed when it goes."""
+    """The processes started in one namespace (``popen``), ended when it goes.
 
-    __slots__ = ("running",)
+    Each is marked as its host's in its environment (:data:`cnm.owner.OWNER_ENV`),
+    so that :func:`cnm.gc` knows which processes in a dead host's namespaces
+    cnm started, and ends those (their children inherit the mark).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("running", "token")
+
+    def __init__(self, token: str) -> None:
         self.running: list[subprocess.Popen[Any]] = []
+        #: the owner token of the host the processes belong to
+        self.token = token
+
+    def marked(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """*kwargs* of a ``subprocess`` call, with the host's mark added to its environment."""
+        env = dict(os.environ if kwargs.get("env") is None else kwargs["env"])
+        env[OWNER_ENV] = self.token
+        return {**kwargs, "env": env}
 
     def add(self, proc: subprocess.Popen[Any]) -> None:
         self.running[:] = [p for p in self.running if p.poll() is None]  # forget the finished
         self.running.append(proc)
 
     def stop(self) -> None:
-        """Kill and reap every process still running."""
-        for proc in self.running:
-            if proc.poll() is None:
-                proc.kill()
+        """End every process still running (see :func:`stop_all`)."""
+        stop_all([self])
+
+
+def stop_all(groups: Iterable[Processes], grace: float = STOP_GRACE) -> None:
+    """End every process still running in *groups*: SIGTERM to all at once,
+    then up to *grace* seconds for all of them together to exit, then SIGKILL
+    to the rest; each is reaped. Returns at once when none runs."""
+    groups = list(groups)
+    procs = [p for g in groups for p in g.running if p.poll() is None]
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
             proc.wait()
-        self.running.clear()
+    for group in groups:
+        for proc in group.running:
+            proc.wait()  # those that had ended by themselves, reaped
+        group.running.clear()
 
 
 @attrs.define(eq=False)

@@ -125,7 +125,7 @@ class Sandbox(InNamespace):
 def new_record(services: Services, host: Host, name: str) -> SandboxRecord:
     """The record (and handle) of a sandbox whose namespace is still to be made."""
     namespace = Namespace(f"cnm-{services.token}-sb-{name}", services.sandbox_path(name))
-    record = SandboxRecord(handle=None, name=name, id=new_id(), namespace=namespace, processes=Processes())  # type: ignore[arg-type]
+    record = SandboxRecord(handle=None, name=name, id=new_id(), namespace=namespace, processes=Processes(services.token))  # type: ignore[arg-type]
     record.handle = Sandbox(services, host, record)
     return record
 
