@@ -23,7 +23,7 @@ import pytest
 
 import cnm
 from cnm.netns import MOUNT_DIRS, NETNS_DIR, MountDir, Namespace
-from cnm.owner import pin_path, process_start, record_path
+from cnm.owner import process_start, record_path
 
 # The child builds a host with the token it is given (so that the test knows
 # what to look for even when the child dies before saying anything), then a
@@ -66,6 +66,11 @@ POINTS = [
     ("sandbox 19", 0.05),
     ("built", 0.0),
 ]
+
+
+def pin_path(token: str) -> str:
+    """Where a ``cnm.Host()`` pins its namespace (spelled out: it is part of what gc promises)."""
+    return os.path.join(MOUNT_DIRS, token + ".netns")
 
 
 def _ip(*argv: str, netns: str | None = None) -> str:
