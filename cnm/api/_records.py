@@ -14,6 +14,7 @@ with the inverse of each change registered where the change was made.
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import time
 from collections.abc import Iterable
@@ -75,22 +76,33 @@ class Processes:
 
 def stop_all(groups: Iterable[Processes], grace: float = STOP_GRACE) -> None:
     """End every process still running in *groups*: SIGTERM to all at once,
-    then up to *grace* seconds for all of them together to exit, then SIGKILL
-    to the rest; each is reaped. Returns at once when none runs."""
+    then up to *grace* seconds for all of them together to exit (woken by
+    each one's pidfd as it does), then SIGKILL to the rest; each is reaped.
+    Returns at once when none runs."""
     groups = list(groups)
     procs = [p for g in groups for p in g.running if p.poll() is None]
-    for proc in procs:
-        proc.terminate()
-    deadline = time.monotonic() + grace
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+    pidfds: dict[int, subprocess.Popen[Any]] = {}
+    try:
+        for proc in procs:
+            # Not reaped yet, so the pid is still this process's.
+            pidfds[os.pidfd_open(proc.pid)] = proc
+            proc.terminate()
+        deadline = time.monotonic() + grace
+        while pidfds and (left := deadline - time.monotonic()) > 0:
+            poller = select.poll()
+            for fd in pidfds:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll(int(left * 1000) + 1):
+                os.close(fd)
+                del pidfds[fd]
+        for proc in pidfds.values():
             proc.kill()
-            proc.wait()
+    finally:
+        for fd in pidfds:
+            os.close(fd)
     for group in groups:
         for proc in group.running:
-            proc.wait()  # those that had ended by themselves, reaped
+            proc.wait()
         group.running.clear()
 
 

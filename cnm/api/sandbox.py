@@ -90,6 +90,9 @@ class Sandbox(InNamespace):
     def delete(self, *, sharers: bool = False) -> None:
         """Delete the sandbox: its processes, its namespace and its interfaces.
 
+        Processes started with ``popen`` get SIGTERM, then SIGKILL if they
+        have not exited within a second (see :meth:`popen`).
+
         Endpoints made by ``network.connect`` are deleted; endpoints that were
         created separately and joined are left (they keep their address).
         Idempotent; after a failed step, calling it again retries what is left.
