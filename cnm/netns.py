@@ -367,13 +367,13 @@ class Namespace:
         return self.quick(lambda: _read_proc_sys(key))
 
 
-#: descriptors of MountDirs this process made (their liveness locks)
-_held_dirs: set[int] = set()
+#: the MountDirs this process made, by path: the descriptor holding each one's lock
+_held_dirs: dict[str, int] = {}
 
 
 def _forget_dirs_after_fork() -> None:
     # A forked child's copies would keep its parent's hosts looking alive.
-    for fd in _held_dirs:
+    for fd in _held_dirs.values():
         try:
             os.close(fd)
         except OSError:
@@ -400,11 +400,10 @@ class MountDir:
     the nsfs mounts go with the unmount.)
     """
 
-    __slots__ = ("path", "_lock")
+    __slots__ = ("path",)
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._lock: int | None = None
 
     def __repr__(self) -> str:
         return f"MountDir({self.path!r})"
@@ -430,10 +429,8 @@ class MountDir:
                 f"namespace directory {path}: mount tmpfs",
             )
             _check(_libc.mount(None, path.encode(), None, _MS_SHARED, None), f"namespace directory {path}: make shared")
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            made._lock = fd
-            _held_dirs.add(fd)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _held_dirs[path] = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fcntl.flock(_held_dirs[path], fcntl.LOCK_EX)
         except BaseException:
             made.delete()
             raise
@@ -464,10 +461,9 @@ class MountDir:
 
         Already gone is success; ``/run/cnm`` itself goes too once empty.
         """
-        if self._lock is not None:
-            _held_dirs.discard(self._lock)
-            os.close(self._lock)
-            self._lock = None
+        lock = _held_dirs.pop(self.path, None)  # whichever handle of it made it
+        if lock is not None:
+            os.close(lock)
         rc = _libc.umount2(self.path.encode(), _MNT_DETACH | _UMOUNT_NOFOLLOW)
         if rc != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
             code = ctypes.get_errno()

@@ -354,3 +354,46 @@ def test_gc_reports_and_ends_what_a_killed_host_started(scratch):
             child.wait()
         if token is not None:
             _remove_by_token(token)
+
+
+# A host's process forks (without exec) and is then killed; the fork lives on.
+FORKS = r"""
+import os, sys, time
+import cnm
+host = cnm.Host.isolated()
+host.create_sandbox("s")
+pid = os.fork()
+if pid == 0:
+    time.sleep(1000)
+    os._exit(0)
+print(host.token, pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_fork_of_a_dead_hosts_process_does_not_keep_it_alive():
+    """The locks that prove a host alive are not inherited by a fork, which
+    would otherwise hold them (and the host's leftovers) for its whole life."""
+    child = subprocess.Popen([sys.executable, "-c", FORKS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    token, fork = None, None
+    try:
+        token, fork = child.stdout.readline().split()
+        child.kill()
+        child.wait()
+        assert process_start(int(fork)) is not None
+        report = cnm.gc()
+        print(report)
+        assert token not in report.held
+        assert token in [c.token for c in report.collected]
+        assert _leftovers(token) == []
+    finally:
+        if fork is not None:
+            try:
+                os.kill(int(fork), 9)
+            except ProcessLookupError:
+                pass
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if token is not None:
+            _remove_by_token(token)
