@@ -300,7 +300,8 @@ def remove_leftovers(record: OwnerRecord, mounts: list[Mount] | None = None) -> 
         if found is None:
             if os.path.lexists(pin_path(token)):
                 # The pin's file is there but holds nothing: unmounted by
-                # someone else, so cnm's order proves nothing here.
+                # someone else (or the host was killed between making the
+                # file and mounting it), so cnm's order proves nothing here.
                 return Outcome((), (), (), (), "cannot prove its namespace is gone (its pin holds nothing, and no "
                                "process, mount or descriptor found holds it): the record stays")  # fmt: skip
             notes.append(
