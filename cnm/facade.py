@@ -22,7 +22,7 @@ from typing import TypeVar
 from .kernel import Rtnl
 from .leftovers import watch
 from .netns import MOUNT_DIRS, MountDir, Namespace
-from .owner import OwnerRecord
+from .owner import OwnerRecord, pin_path
 
 __all__ = ["Kernel"]
 
@@ -93,6 +93,10 @@ class Kernel:
     def claim_owner(self, token: str, kind: str, netns_path: str, firewall: str) -> OwnerRecord:
         """Record *token* as this process's host (ConflictError if taken; see :mod:`cnm.owner`)."""
         return OwnerRecord.claim(token, kind, netns_path, firewall)
+
+    def pin_namespace(self, token: str, namespace: Namespace) -> Namespace:
+        """*namespace* bind-mounted on the pin of *token* (see :func:`cnm.owner.pin_path`)."""
+        return Namespace.bind(f"pin of {token}", pin_path(token), namespace.path)
 
     def machine_id(self) -> str:
         """Stable text naming this machine for cnm: what the machine's own host

@@ -14,19 +14,46 @@ exactly what carries the token of a record whose process is gone:
 * for a host in an existing namespace (``cnm.Host()``): the links there whose
   alias starts with ``cnm:TOKEN:`` (its bridges and the host ends of its
   veths, which mostly vanish with the sandboxes) and its firewall backend's
-  leftovers (nftables: tables ``ip cnm-TOKEN`` and ``ip6 cnm-TOKEN``). That
-  namespace is found by the identity the record gives (its nsfs device and
-  inode) among this process's own, those in ``/run/netns`` and those of
-  running processes; if none has it, the namespace is gone and took all of
-  it along.
+  leftovers (nftables: tables ``ip cnm-TOKEN`` and ``ip6 cnm-TOKEN``), then
+  its pin ``/run/cnm/TOKEN.netns``.
+
+That namespace is found by the identity the record gives (its nsfs device
+and inode). The host bind-mounts it on its pin right after its record and
+before it makes anything there, and removes the pin after everything else:
+so while anything of the host's can be there, the pin holds the namespace
+(even once whatever else held it, a process or a mount such as ``/tmp/ns1``,
+is gone). Without the pin it is looked for everywhere it can be held (see
+:mod:`cnm.strays`). A host whose pin is gone and whose namespace is found
+nowhere had made nothing there yet, or had removed it all: its record
+goes. A host whose pin file is there but holds nothing (unmounted by someone
+else) keeps its record, reported as kept: not finding a namespace is not
+proof that it is gone.
+
+Before it acts on anything, gc checks that it is what cnm makes, as the
+kernel says, never following a symlink: the record root's, mode 0600, a
+regular file; the sandbox directory a directory with only cnm's tmpfs on
+it; each namespace file and the pin a regular file with only a network
+namespace mounted on it, the pin the one the record names. A record that
+fails any of it is refused, with everything it names, and reported. Mounts
+are removed with ``UMOUNT_NOFOLLOW``.
+
+A host is dead only when its pid is gone (see :meth:`OwnerRecord.alive`) and
+no process holds the locks a live host keeps on its record and on its
+sandbox directory: a record rewritten, or replaced, to name a dead pid does
+not make a live host look dead.
+
+Processes still in a dead host's namespaces (its own, its outside, its
+sandboxes: not the existing namespace a ``cnm.Host()`` was in) are listed in
+the report. Those that cnm started, found by the mark ``CNM_OWNER=TOKEN`` in
+their environment (given by ``run`` and ``popen``) wherever they
+are, get SIGTERM, then together one second to exit, then SIGKILL; the
+others are left running, in namespaces that are no longer mounted.
 
 Nothing else is touched: a token without a record may belong to a host being
 made right now, or to something that merely looks like cnm's, and a record
 whose process lives belongs to a live host. ``ip_forward``, which a host in an
 existing namespace may have turned on, is left as it is (another host may
-rely on it); the report says so. Processes that the dead host started inside
-its namespaces are not killed; they keep running in namespaces that are no
-longer mounted.
+rely on it); the report says so.
 
 The same removal runs when a :class:`cnm.Host` that was not closed is
 garbage-collected, or is still open when the interpreter exits
@@ -37,8 +64,8 @@ thread other than the main one, it is removed at exit.)
 from __future__ import annotations
 
 import atexit
-import fcntl
 import os
+import stat
 import threading
 import warnings
 import weakref
@@ -49,10 +76,12 @@ import attrs
 from .errors import ALREADY_GONE, TeardownError
 from .firewall import firewall_backend
 from .kernel import LINKS_GONE_TIMEOUT, LINKS_STALL, LinkInfo, Rtnl
-from .netns import MOUNT_DIRS, NETNS_DIR, MountDir, Namespace, worker_free
-from .owner import OwnerRecord, record_path, token_of
+from .mounts import Mount, mounted_at, read_mounts
+from .netns import MOUNT_DIRS, MountDir, Namespace, worker_free
+from .owner import OwnerRecord, open_record, pin_path, record_path, record_tokens
+from .strays import end_processes, find_namespace
 
-__all__ = ["CollectedHost", "GCReport", "gc", "remove_leftovers", "watch"]
+__all__ = ["CollectedHost", "GCReport", "Outcome", "check_names", "gc", "remove_leftovers", "watch"]
 
 
 @attrs.frozen
@@ -69,9 +98,13 @@ class CollectedHost:
     removed: tuple[str, ...]
     #: what was noticed and left as it is
     notes: tuple[str, ...] = ()
+    #: every process found in the host's namespaces or marked as started by
+    #: it, and what became of it (those cnm started are ended, the others left)
+    processes: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         lines = [f"host {self.token} ({self.kind}, owner pid {self.pid} is gone):"]
+        lines += [f"  {line}" for line in self.processes]
         lines += [f"  removed {item}" for item in self.removed]
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
@@ -79,7 +112,7 @@ class CollectedHost:
 
 @attrs.frozen
 class GCReport:
-    """The outcome of :func:`gc`: what it removed, and which hosts it left because they live."""
+    """The outcome of :func:`gc`: what it removed, and what it left, and why."""
 
     #: the dead hosts whose leftovers were removed
     collected: tuple[CollectedHost, ...] = ()
@@ -87,6 +120,18 @@ class GCReport:
     alive: tuple[str, ...] = ()
     #: owner records that cnm cannot read (untouched)
     unreadable: tuple[str, ...] = ()
+    #: ``"PATH: reason"`` for each record refused, untouched with everything
+    #: it names: not root's, not mode 0600, a symlink, or naming things that
+    #: are not what cnm makes (a symlink, or another mount, where its
+    #: directory or a namespace should be; a pin holding another namespace)
+    refused: tuple[str, ...] = ()
+    #: ``"TOKEN: reason"`` for each dead host whose record is kept because gc
+    #: cannot prove that its namespace, with its leftovers, is gone
+    kept: tuple[str, ...] = ()
+    #: the tokens of records whose pid is gone but which a live process still
+    #: holds locked (another gc run on it, a child the owner forked, or the
+    #: live owner itself under a rewritten record): untouched
+    held: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         if not self.collected:
@@ -96,8 +141,12 @@ class GCReport:
             lines += [str(host) for host in self.collected]
         if self.alive:
             lines.append(f"left {len(self.alive)} live host(s): {', '.join(self.alive)}")
+        if self.held:
+            lines.append(f"left records a live process holds: {', '.join(self.held)}")
         if self.unreadable:
             lines.append(f"left unreadable owner records: {', '.join(self.unreadable)}")
+        lines += [f"refused {item}" for item in self.refused]
+        lines += [f"kept {item}" for item in self.kept]
         return "\n".join(lines)
 
 
@@ -106,41 +155,69 @@ def gc() -> GCReport:
 
     Safe at any time, from any process (as root): a host whose process is
     alive is not touched, nor is anything without an owner record (see the
-    module documentation for what is removed and how). Two gc runs at once
-    each take a host's record under an exclusive lock (``flock``), so no
-    host is removed twice. Goes on past failures and raises them together
-    as a :class:`~cnm.errors.TeardownError` (with the report as a note); a
-    host whose leftovers could not all be removed keeps its record, so the
-    next gc retries it.
+    module documentation for what is removed and how). A host is dead only
+    when its record names a pid that is gone *and* no process holds the
+    locks a live host holds (on its record and on its sandbox directory).
+    Records that are not root's, not mode 0600, or symlinks are refused,
+    as are records naming things that are not cnm's (a symlink or a
+    foreign mount where cnm's directory or namespace file would be): each
+    is reported in :attr:`GCReport.refused`, and nothing it names is
+    touched. Symlinks are never followed, and only mounts the kernel says
+    are cnm's (its tmpfs, nsfs namespace files) are unmounted.
+
+    Processes in a dead host's namespaces are reported; those cnm started
+    (``run``/``popen``, and their children: marked by ``CNM_OWNER=TOKEN`` in
+    their environment) get SIGTERM, one second for all of them together,
+    then SIGKILL.
+
+    Two gc runs at once each take a host's record under an exclusive lock
+    (``flock``), so no host is removed twice. Goes on past failures and
+    raises them together as a :class:`~cnm.errors.TeardownError` (with the
+    report as a note); a host whose leftovers could not all be removed keeps
+    its record, so the next gc retries it.
     """
     collected: list[CollectedHost] = []
     alive: list[str] = []
+    held: list[str] = []
     unreadable: list[str] = []
+    refused: list[str] = []
+    kept: list[str] = []
     failures: list[Exception] = []
-    try:
-        names = sorted(os.listdir(MOUNT_DIRS))
-    except FileNotFoundError:
-        names = []
-    for name in names:
-        token = token_of(name)
-        if token is None:
+    for token in record_tokens(refused):
+        opened = open_record(token)
+        if opened is None:
+            continue  # gone meanwhile
+        if isinstance(opened, str):
+            refused.append(f"{record_path(token)}: {opened}")
             continue
-        fd = _open_record(token)
-        if fd is None:
-            continue  # gone meanwhile, or another gc has it
+        fd, locked = opened
         try:
             record = OwnerRecord.parse(token, os.read(fd, 1 << 16))
             if record is None:
                 unreadable.append(record_path(token))
-            elif record.alive():
+                continue
+            if record.alive():
                 alive.append(token)
+                continue
+            mounts = read_mounts()
+            if not locked or MountDir(os.path.join(MOUNT_DIRS, token)).locked(mounts):
+                held.append(token)
+                continue
+            mismatch = check_names(record, mounts)
+            if mismatch is not None:
+                refused.append(f"{record.path}: {mismatch}")
+                continue
+            outcome = remove_leftovers(record, mounts)
+            failures += outcome.failures
+            if outcome.kept is not None:
+                kept.append(f"{token}: {outcome.kept}")
             else:
-                removed, notes, failed = remove_leftovers(record)
-                failures += failed
-                collected.append(CollectedHost(token, record.pid, record.kind, tuple(removed), tuple(notes)))
+                collected.append(
+                    CollectedHost(token, record.pid, record.kind, outcome.removed, outcome.notes, outcome.processes)
+                )
         finally:
             os.close(fd)  # releases the lock
-    report = GCReport(tuple(collected), tuple(alive), tuple(unreadable))
+    report = GCReport(tuple(collected), tuple(alive), tuple(unreadable), tuple(refused), tuple(kept), tuple(held))
     if failures:
         error = TeardownError(f"cnm.gc: {len(failures)} removal(s) failed", failures)
         error.add_note(str(report))
@@ -148,38 +225,62 @@ def gc() -> GCReport:
     return report
 
 
-def _open_record(token: str) -> int | None:
-    """The record of *token*, open and locked against other gc runs; None if it is
-    gone or another gc run holds it."""
+def check_names(record: OwnerRecord, mounts: list[Mount]) -> str | None:
+    """Why what *record* names is not what cnm makes, or None if it is.
+
+    Its sandbox directory must be a real directory with nothing but cnm's
+    tmpfs mounted on it; its namespaces in /run/netns and its pin regular
+    files with nothing but a network namespace's nsfs file mounted on them,
+    and the pin the namespace the record names. Seen with ``lstat`` and
+    mountinfo, never through a symlink.
+    """
+    token = record.token
+    problems = [_not_cnms(os.path.join(MOUNT_DIRS, token), mounts, directory=True)]
+    problems += [_not_cnms(n.path, mounts) for n in Namespace.named(f"cnm-{token}-")]
+    if record.kind == "machine":
+        problems.append(_not_cnms(pin_path(token), mounts, identity=record.netns))
+    return next((p for p in problems if p is not None), None)
+
+
+def _not_cnms(path: str, mounts: list[Mount], *, directory: bool = False, identity: tuple[int, int] | None = None) -> str | None:
     try:
-        fd = os.open(record_path(token), os.O_RDONLY | os.O_CLOEXEC)
+        st = os.lstat(path)
     except FileNotFoundError:
         return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            locked = False  # another gc run is on it
-        else:
-            locked = os.fstat(fd).st_nlink > 0  # else another run removed it after we opened it
-    except BaseException:
-        os.close(fd)
-        raise
-    if not locked:
-        os.close(fd)
-        return None
-    return fd
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symbolic link"
+    if directory != stat.S_ISDIR(st.st_mode) or not (directory or stat.S_ISREG(st.st_mode)):
+        return f"{path} is not a {'directory' if directory else 'regular file'}"
+    for mount in mounted_at(mounts, path):
+        if mount.cnm_tmpfs if directory else mount.net_inode is not None:
+            if identity is not None and (mount.dev, mount.net_inode) != identity:
+                return f"{path} holds namespace {mount.root}, not net:[{identity[1]}] that the record names"
+            continue
+        return f"{path} has a {mount.fstype} mount of {mount.source!r}, not cnm's"
+    return None
 
 
-def remove_leftovers(record: OwnerRecord) -> tuple[list[str], list[str], list[Exception]]:
-    """Remove everything of *record*'s host; return (removed, notes, failures).
+@attrs.frozen
+class Outcome:
+    """What :func:`remove_leftovers` did."""
 
-    The record goes last, and only if everything else went.
-    """
+    removed: tuple[str, ...]
+    notes: tuple[str, ...]
+    processes: tuple[str, ...]
+    failures: tuple[Exception, ...]
+    #: why nothing was done and the record is kept, if so
+    kept: str | None = None
+
+
+def remove_leftovers(record: OwnerRecord, mounts: list[Mount] | None = None) -> Outcome:
+    """Remove everything of *record*'s host (end the processes it started
+    first); say what was done. The record goes last, and only if everything
+    else went."""
     token = record.token
     removed: list[str] = []
     notes: list[str] = []
     failures: list[Exception] = []
+    mounts = read_mounts() if mounts is None else mounts
 
     def attempt(step: Callable[[], object]) -> bool:
         try:
@@ -193,10 +294,23 @@ def remove_leftovers(record: OwnerRecord) -> tuple[list[str], list[str], list[Ex
             return False
         return True
 
-    found = _find_namespace(record.netns) if record.kind == "machine" else None
-    if record.kind == "machine" and found is None:
-        notes.append("its namespace is gone, and everything that was in it")
+    found = None
+    if record.kind == "machine":
+        found = find_namespace(record.netns, first=pin_path(token))
+        if found is None:
+            if os.path.lexists(pin_path(token)):
+                # The pin's file is there but holds nothing: unmounted by
+                # someone else (or the host was killed between making the
+                # file and mounting it), so cnm's order proves nothing here.
+                return Outcome((), (), (), (), "cannot prove its namespace is gone (its pin holds nothing, and no "
+                               "process, mount or descriptor found holds it): the record stays")  # fmt: skip
+            notes.append(
+                "its namespace was not found, and its pin is gone: the host had made nothing there yet (the pin "
+                "comes first) or had removed everything (the pin goes last)"
+            )
     namespace = found[0] if found is not None else None
+    directory = os.path.join(MOUNT_DIRS, token)
+    processes = end_processes(token, directory, mounts)
     links: list[Rtnl] = []  # the socket in that namespace, once open
     marked: list[LinkInfo] = []
     try:
@@ -208,8 +322,7 @@ def remove_leftovers(record: OwnerRecord) -> tuple[list[str], list[str], list[Ex
 
             attempt(list_links)
         # The sandboxes first: their veths' host ends go with them.
-        directory = os.path.join(MOUNT_DIRS, token)
-        if os.path.isdir(directory):
+        if stat.S_ISDIR(_lstat_mode(directory)):
             count = _count_sandboxes(directory)
             if attempt(MountDir(directory).delete):
                 removed.append(f"sandbox directory {directory}/ ({count} sandbox namespace(s))")
@@ -235,9 +348,19 @@ def remove_leftovers(record: OwnerRecord) -> tuple[list[str], list[str], list[Ex
             rtnl.close()
         if found is not None:
             os.close(found[1])
+    if record.kind == "machine" and not failures and os.path.lexists(pin_path(token)):
+        if attempt(Namespace(f"pin of {token}", pin_path(token)).delete):
+            removed.append(f"namespace pin {pin_path(token)}")
     if not failures and attempt(record.remove):
         removed.append(f"owner record {record.path}")
-    return removed, notes, failures
+    return Outcome(tuple(removed), tuple(notes), processes, tuple(failures))
+
+
+def _lstat_mode(path: str) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except FileNotFoundError:
+        return 0
 
 
 def _remove_links(
@@ -277,33 +400,6 @@ def _count_sandboxes(directory: str) -> int:
         return 0
 
 
-def _find_namespace(identity: tuple[int, int]) -> tuple[Namespace, int] | None:
-    """The namespace whose nsfs (device, inode) is *identity*, held open by a
-    descriptor (returned too, for the caller to close); None if none is found.
-
-    Looks in this process's own namespace, the named ones and those of every
-    running process. An inode number can be reused once its namespace is
-    freed, so a match may be another namespace; that is harmless, because only
-    what carries the dead host's token is removed there.
-    """
-    candidates = [f"/proc/{os.getpid()}/ns/net"]
-    try:
-        candidates += [os.path.join(NETNS_DIR, n) for n in sorted(os.listdir(NETNS_DIR))]
-    except FileNotFoundError:
-        pass
-    candidates += [f"/proc/{pid}/ns/net" for pid in os.listdir("/proc") if pid.isdigit()]
-    for path in candidates:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue  # the process exited, or the mount went
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) == identity:
-            return Namespace(f"namespace of {path}", f"/proc/self/fd/{fd}"), fd
-        os.close(fd)
-    return None
-
-
 def watch(host: object, record: OwnerRecord, what: str) -> None:
     """Remove what *host* holds if it is garbage-collected, or still open at
     interpreter exit, without having been closed; warn that it was not closed.
@@ -335,6 +431,5 @@ def _abandoned(record: OwnerRecord, what: str) -> None:
         ResourceWarning,
         stacklevel=1,
     )
-    _, _, failures = remove_leftovers(record)
-    for failure in failures:
+    for failure in remove_leftovers(record).failures:
         warnings.warn(f"cnm: {what}: could not remove: {failure}", ResourceWarning, stacklevel=1)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import queue
 import socket
@@ -50,6 +51,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .errors import ALREADY_GONE, kernel_error
+from .mounts import CNM_TMPFS_SOURCE, Mount, mounted_at
 
 __all__ = ["MOUNT_DIRS", "NETNS_DIR", "MountDir", "Namespace", "worker_free"]
 
@@ -64,6 +66,8 @@ _MS_BIND = 0x1000
 _MS_REC = 0x4000
 _MS_SHARED = 1 << 20
 _MNT_DETACH = 2
+# Unmount the path itself, never what a symlink there points to.
+_UMOUNT_NOFOLLOW = 8
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x2, 0x4, 0x8
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -267,6 +271,20 @@ class Namespace:
             raise
         return ns
 
+    @classmethod
+    def bind(cls, name: str, path: str, source: str) -> Namespace:
+        """The namespace at *source* mounted on *path* too (a new file); nothing
+        is left behind if that fails."""
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
+        os.close(fd)
+        ns = cls(name, path)
+        try:
+            _check(_libc.mount(source.encode(), path.encode(), b"none", _MS_BIND, None), f"namespace {name!r}: bind mount")
+        except BaseException:
+            ns.delete()
+            raise
+        return ns
+
     def delete(self) -> None:
         """Unmount and remove the namespace's mount point. Already gone is success.
 
@@ -275,7 +293,7 @@ class Namespace:
         """
         if not self.owned:
             raise kernel_error(errno.EPERM, f"namespace {self.name!r}", reason="not owned by cnm, so never deleted")
-        rc = _libc.umount2(self.path.encode(), _MNT_DETACH)
+        rc = _libc.umount2(self.path.encode(), _MNT_DETACH | _UMOUNT_NOFOLLOW)
         if rc != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
             code = ctypes.get_errno()
             raise kernel_error(OSError(code, os.strerror(code)), f"namespace {self.name!r}: unmount")
@@ -349,6 +367,23 @@ class Namespace:
         return self.quick(lambda: _read_proc_sys(key))
 
 
+#: the MountDirs this process made, by path: the descriptor holding each one's lock
+_held_dirs: dict[str, int] = {}
+
+
+def _forget_dirs_after_fork() -> None:
+    # A forked child's copies would keep its parent's hosts looking alive.
+    for fd in _held_dirs.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_dirs.clear()
+
+
+os.register_at_fork(after_in_child=_forget_dirs_after_fork)
+
+
 class MountDir:
     """A directory on a small tmpfs of cnm's own, for namespace mount points.
 
@@ -356,6 +391,13 @@ class MountDir:
     ``ip netns`` makes ``/run/netns``), so that unmounting a namespace here
     also unmounts the copies that mount namespaces made meanwhile hold, and
     the namespace can go.
+
+    The host that made it holds an exclusive ``flock`` on the tmpfs's root
+    while it lives: a second proof of life beside the one on its owner
+    record (:mod:`cnm.owner`), which an owner record replaced by another
+    file cannot take away. (A descriptor on the root does not keep the
+    namespaces mounted inside alive once the tmpfs is unmounted: measured,
+    the nsfs mounts go with the unmount.)
     """
 
     __slots__ = ("path",)
@@ -381,21 +423,48 @@ class MountDir:
         made = cls(path)
         try:
             _check(
-                _libc.mount(b"cnm", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, b"mode=0755,size=1m"),
+                _libc.mount(
+                    CNM_TMPFS_SOURCE.encode(), path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, b"mode=0755,size=1m"
+                ),
                 f"namespace directory {path}: mount tmpfs",
             )
             _check(_libc.mount(None, path.encode(), None, _MS_SHARED, None), f"namespace directory {path}: make shared")
+            _held_dirs[path] = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fcntl.flock(_held_dirs[path], fcntl.LOCK_EX)
         except BaseException:
             made.delete()
             raise
         return made
+
+    def locked(self, mounts: list[Mount]) -> bool:
+        """Whether a live host holds the lock on this directory (see above):
+        proof of life that a replaced owner record cannot hide. Only if the
+        tmpfs there is cnm's (*mounts*: this process's mountinfo)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            dev = os.fstat(fd).st_dev
+            if not any(m.cnm_tmpfs and m.dev == dev for m in mounted_at(mounts, self.path)):
+                return False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+        finally:
+            os.close(fd)
 
     def delete(self) -> None:
         """Unmount the tmpfs with every namespace mounted in it, remove the directory.
 
         Already gone is success; ``/run/cnm`` itself goes too once empty.
         """
-        rc = _libc.umount2(self.path.encode(), _MNT_DETACH)
+        lock = _held_dirs.pop(self.path, None)  # whichever handle of it made it
+        if lock is not None:
+            os.close(lock)
+        rc = _libc.umount2(self.path.encode(), _MNT_DETACH | _UMOUNT_NOFOLLOW)
         if rc != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
             code = ctypes.get_errno()
             raise kernel_error(OSError(code, os.strerror(code)), f"namespace directory {self.path}: unmount")

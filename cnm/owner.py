@@ -28,25 +28,64 @@ The record is created whole or not at all: written into an unnamed file
 (``O_TMPFILE``) and then given its name with ``linkat``, so a reader never
 sees a half-written record, a process killed while writing leaves nothing,
 and a token already recorded fails the claim (``EEXIST``).
+
+The strongest proof that a host lives is not in what its record says but in
+what its process holds: the owner takes an exclusive ``flock`` on the record
+before it has a name, and keeps that descriptor open until the record is
+removed. The kernel releases the lock when the last descriptor goes, so a
+killed or crashed owner leaves it free, and a record rewritten to name a
+dead pid still cannot make a live host look dead (see :func:`cnm.gc`; its
+sandbox directory carries a second such lock, for a record replaced by
+another file). A child forked without ``exec`` closes its copies
+(``os.register_at_fork``), so it does not keep its parent's host "alive".
+
+A record is root's own, mode 0600, a regular file with one name; gc refuses
+any other (:func:`refusal`), and never follows a symlink to one.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import json
 import os
 import re
+import stat
 
 import attrs
 
 from .errors import ALREADY_GONE, ConflictError, kernel_error
 from .netns import MOUNT_DIRS
 
-__all__ = ["RECORD_SUFFIX", "OwnerRecord", "process_start", "record_path", "token_of"]
+__all__ = ["OWNER_ENV", "RECORD_MODE", "PIN_SUFFIX", "RECORD_SUFFIX", "OwnerRecord", "open_record", "pin_path", "process_start", "record_path", "record_tokens", "refusal", "token_of"]
 
 RECORD_SUFFIX = ".owner"
+PIN_SUFFIX = ".netns"
 _TOKEN = re.compile(r"^[0-9a-f]{1,64}$")
 _KINDS = ("isolated", "machine")
+#: the environment variable that marks a process as started by a host's
+#: ``run``/``popen`` (its value: the host's token), which its children inherit
+OWNER_ENV = "CNM_OWNER"
+#: the only mode a record cnm trusts has (and it must be root's)
+RECORD_MODE = 0o600
+
+#: the records this process owns, by token: the open, locked descriptor of each
+_held: dict[str, int] = {}
+
+
+def _forget_after_fork() -> None:
+    # A forked child's copies of the lock descriptors would keep its
+    # parent's hosts looking alive after the parent died.
+    for fd in _held.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 _AT_FDCWD = -100
 _AT_SYMLINK_FOLLOW = 0x400
@@ -129,7 +168,7 @@ class OwnerRecord:
         data = json.dumps(attrs.asdict(record)).encode()
         for attempt in range(5):
             try:
-                _write_new(MOUNT_DIRS, record.path, data)
+                _held[token] = _write_new(MOUNT_DIRS, record.path, data)
                 return record
             except FileNotFoundError:
                 # A host closing just then removed the empty MOUNT_DIRS: make it again.
@@ -177,6 +216,9 @@ class OwnerRecord:
         except OSError as exc:
             if exc.errno not in ALREADY_GONE:
                 raise kernel_error(exc, f"owner record {self.path}: remove") from exc
+        fd = _held.pop(self.token, None)
+        if fd is not None:
+            os.close(fd)  # the lock goes only with the record's name
         try:
             os.rmdir(MOUNT_DIRS)
         except OSError:
@@ -187,6 +229,13 @@ def record_path(token: str) -> str:
     return os.path.join(MOUNT_DIRS, token + RECORD_SUFFIX)
 
 
+def pin_path(token: str) -> str:
+    """Where a host in an existing namespace (``cnm.Host()``) bind-mounts that
+    namespace while it lives: made after its record and before anything in
+    the namespace, removed after all of it, so gc can find it there."""
+    return os.path.join(MOUNT_DIRS, token + PIN_SUFFIX)
+
+
 def token_of(name: str) -> str | None:
     """The token of a file name in ``/run/cnm`` if it is an owner record's."""
     if not name.endswith(RECORD_SUFFIX):
@@ -195,11 +244,77 @@ def token_of(name: str) -> str | None:
     return token if _TOKEN.match(token) else None
 
 
-def _write_new(directory: str, path: str, data: bytes) -> None:
-    """Create *path* holding *data*, atomically; FileExistsError if it exists."""
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+def refusal(st: os.stat_result) -> str | None:
+    """Why a file with status *st* is not a record cnm trusts, or None if it is."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid != 0:
+        return f"owned by uid {st.st_uid}, not root"
+    if stat.S_IMODE(st.st_mode) != RECORD_MODE:
+        return f"mode {stat.S_IMODE(st.st_mode):04o}, not {RECORD_MODE:04o}"
+    if st.st_nlink != 1:
+        return f"{st.st_nlink} names, not one"
+    return None
+
+
+def record_tokens(refused: list[str]) -> list[str]:
+    """The tokens of the records in /run/cnm, if it is a directory of root's (else none)."""
     try:
+        st = os.lstat(MOUNT_DIRS)
+    except FileNotFoundError:
+        return []
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+        refused.append(f"{MOUNT_DIRS}: not a directory of root's (a symlink is never followed)")
+        return []
+    try:
+        names = sorted(os.listdir(MOUNT_DIRS))
+    except FileNotFoundError:
+        return []
+    return [token for token in map(token_of, names) if token is not None]
+
+
+def open_record(token: str) -> tuple[int, bool] | str | None:
+    """The record of *token*, open, and whether this call got its lock (no
+    live host and no other gc run holds it); the reason it is refused; or
+    None if it is gone."""
+    path = record_path(token)
+    try:
+        # Never through a symlink; a FIFO would block a plain open.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return "a symbolic link (not followed)" if exc.errno == errno.ELOOP else f"cannot be opened: {exc.strerror}"
+    try:
+        st = os.fstat(fd)
+        why = refusal(st) if st.st_nlink else None
+        if why is not None or not st.st_nlink:
+            os.close(fd)
+            return why
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fd, False
+        if os.fstat(fd).st_nlink == 0:  # another run removed it after we opened it
+            os.close(fd)
+            return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, True
+
+
+def _write_new(directory: str, path: str, data: bytes) -> int:
+    """Create *path* holding *data*, atomically; FileExistsError if it exists.
+
+    Returns the file's descriptor, holding an exclusive flock taken before
+    the file had a name (so no reader ever sees it unlocked while its writer lives).
+    """
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, RECORD_MODE)
+    try:
+        os.fchmod(fd, RECORD_MODE)  # whatever the umask
+        fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, data)
         # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N names the unnamed file
         # (os.link calls link(), which would link the /proc symlink itself: EXDEV).
@@ -207,5 +322,7 @@ def _write_new(directory: str, path: str, data: bytes) -> None:
         if _libc.linkat(_AT_FDCWD, source, _AT_FDCWD, path.encode(), _AT_SYMLINK_FOLLOW) != 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code), path)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd

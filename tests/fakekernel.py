@@ -265,6 +265,9 @@ class FakeOwner:
     def remove(self) -> None:
         self.kernel.owners.discard(self.token)
 
+    def delete(self) -> None:
+        pass
+
 
 class FakeKernel:
     """The facade of cnm.facade.Kernel, in memory."""
@@ -354,6 +357,9 @@ class FakeKernel:
         token = f"f{next(_tokens):05x}"  # unique per test run, whatever the random draw
         self.owners.add(token)
         return FakeOwner(self, token)
+
+    def pin_namespace(self, token, namespace):
+        return FakeOwner(self, token)  # nothing to pin; its delete() is all the host calls
 
     def machine_id(self):
         return "fake-machine"

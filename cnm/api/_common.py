@@ -51,16 +51,22 @@ class InNamespace:
     def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """``subprocess.run(argv, **kwargs)`` inside this namespace."""
         self._check_open()
+        kwargs = self._processes.marked(kwargs)
         return self.namespace.run(lambda: subprocess.run(argv, **kwargs))
 
     @serialized
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """``subprocess.Popen(argv, **kwargs)`` inside this namespace.
 
-        The process is killed (and reaped) when the owner is deleted. Under
-        the host's lock, so a deletion cannot miss a process being started.
+        When the owner is deleted, the process gets SIGTERM, then SIGKILL if
+        it has not exited within a second (all of the owner's processes share
+        that second), and is reaped. Under the host's lock, so a deletion
+        cannot miss a process being started. Its environment carries
+        ``CNM_OWNER=TOKEN`` (as does that of ``run``'s), by which
+        :func:`cnm.gc` knows it as cnm's if this process dies.
         """
         self._check_open()
+        kwargs = self._processes.marked(kwargs)
         proc = self.namespace.run(lambda: subprocess.Popen(argv, **kwargs))
         self._processes.add(proc)
         return proc

@@ -13,12 +13,17 @@ with the inverse of each change registered where the change was made.
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
+import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from .._ip import IPAddress, IPInterface, IPNetwork
+from ..owner import OWNER_ENV
 from ..undo import Undo
 
 if TYPE_CHECKING:
@@ -32,28 +37,73 @@ if TYPE_CHECKING:
     from .network import Network
     from .sandbox import Sandbox
 
-__all__ = ["EndpointRecord", "NetworkRecord", "Processes", "SandboxRecord"]
+__all__ = ["STOP_GRACE", "EndpointRecord", "NetworkRecord", "Processes", "SandboxRecord", "stop_all"]
+
+
+#: how long processes get after SIGTERM before SIGKILL, all together (seconds)
+STOP_GRACE = 1.0
 
 
 class Processes:
-    """The processes started in one namespace (``popen``), killed when it goes."""
+    """The processes started in one namespace (``popen``), ended when it goes.
 
-    __slots__ = ("running",)
+    Each is marked as its host's in its environment (:data:`cnm.owner.OWNER_ENV`),
+    so that :func:`cnm.gc` knows which processes in a dead host's namespaces
+    cnm started, and ends those (their children inherit the mark).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("running", "token")
+
+    def __init__(self, token: str) -> None:
         self.running: list[subprocess.Popen[Any]] = []
+        #: the owner token of the host the processes belong to
+        self.token = token
+
+    def marked(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """*kwargs* of a ``subprocess`` call, with the host's mark added to its environment."""
+        env = dict(os.environ if kwargs.get("env") is None else kwargs["env"])
+        env[OWNER_ENV] = self.token
+        return {**kwargs, "env": env}
 
     def add(self, proc: subprocess.Popen[Any]) -> None:
         self.running[:] = [p for p in self.running if p.poll() is None]  # forget the finished
         self.running.append(proc)
 
     def stop(self) -> None:
-        """Kill and reap every process still running."""
-        for proc in self.running:
-            if proc.poll() is None:
-                proc.kill()
+        """End every process still running (see :func:`stop_all`)."""
+        stop_all([self])
+
+
+def stop_all(groups: Iterable[Processes], grace: float = STOP_GRACE) -> None:
+    """End every process still running in *groups*: SIGTERM to all at once,
+    then up to *grace* seconds for all of them together to exit (woken by
+    each one's pidfd as it does), then SIGKILL to the rest; each is reaped.
+    Returns at once when none runs."""
+    groups = list(groups)
+    procs = [p for g in groups for p in g.running if p.poll() is None]
+    pidfds: dict[int, subprocess.Popen[Any]] = {}
+    try:
+        for proc in procs:
+            # Not reaped yet, so the pid is still this process's.
+            pidfds[os.pidfd_open(proc.pid)] = proc
+            proc.terminate()
+        deadline = time.monotonic() + grace
+        while pidfds and (left := deadline - time.monotonic()) > 0:
+            poller = select.poll()
+            for fd in pidfds:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll(int(left * 1000) + 1):
+                os.close(fd)
+                del pidfds[fd]
+        for proc in pidfds.values():
+            proc.kill()
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+    for group in groups:
+        for proc in group.running:
             proc.wait()
-        self.running.clear()
+        group.running.clear()
 
 
 @attrs.define(eq=False)

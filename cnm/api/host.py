@@ -33,7 +33,7 @@ from ..undo import Undo, raise_collected, transaction
 from . import bulk, isolated, modes, teardown
 from . import network as networks
 from ._common import InNamespace, collect
-from ._records import NetworkRecord, Processes, SandboxRecord
+from ._records import NetworkRecord, Processes, SandboxRecord, stop_all
 from ._services import Services, serialized
 from .network import AddressArgument, Network
 from .sandbox import Sandbox
@@ -76,6 +76,10 @@ class Host(InNamespace):
         record = claim_token(kernel, "machine", namespace.path, firewall)
         with transaction() as undo:
             undo.books.push(f"host {namespace.name!r}: owner record", record.remove)
+            # Before anything is made there, and removed after all of it: for
+            # gc to find the namespace if this process dies (see cnm.leftovers).
+            pin = kernel.pin_namespace(record.token, namespace)
+            undo.books.push(f"host {namespace.name!r}: namespace pin", pin.delete)
             self._setup(kernel, namespace, namespace.name, factory, record.token, undo)
             self._services.seed = kernel.machine_id()
             self._services.drivers = own
@@ -93,7 +97,7 @@ class Host(InNamespace):
         self._tunnels: Namespace | None = None
         self.name = name
         self.token = token
-        self._processes = Processes()
+        self._processes = Processes(token)
         self._outside_processes: Processes | None = None
         self._undo = undo
         services = self._services = Services(self, kernel, name, namespace, token)
@@ -152,7 +156,7 @@ class Host(InNamespace):
                 host_ns, outside_ns = isolated.make_namespaces(kernel, token, name, label, undo.kernel, outside=underlay is None)
                 host._setup(kernel, host_ns, label, factory, token, undo)
                 host._services.drivers = own
-                host._outside_processes = Processes()
+                host._outside_processes = Processes(token)
                 if underlay is None:
                     assert outside_ns is not None
                     host._uplink = (isolated.HOST_ADDRESS, isolated.HOST_ADDRESS6)
@@ -386,8 +390,8 @@ class Host(InNamespace):
         services.closed = True
         failures: list[Exception] = []
         outside = [self._outside_processes] if self._outside_processes is not None else []
-        for processes in [self._processes, *outside, *(s.processes for s in services.sandboxes.values())]:
-            failures += collect(processes.stop)
+        # One grace period for all of them (see stop_all).
+        failures += collect(lambda: stop_all([self._processes, *outside, *(s.processes for s in services.sandboxes.values())]))
         if self.namespace.owned:
             # A network that spans hosts is deleted properly, so that the
             # other hosts forget this one (after the sandboxes, in one batch:

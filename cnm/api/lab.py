@@ -99,7 +99,7 @@ class Lab:
                 finally:
                     socket.close()
                 #: the lab's outside, the "internet" all hosts share
-                self._outside_processes = Processes()
+                self._outside_processes = Processes(self.token)
                 self.outside = isolated.Outside(namespace, self._outside_processes, _LabServices(self))
                 #: which hosts have which overlay network (see cnm.drivers.overlay)
                 self.peers = LocalPeers()

@@ -90,6 +90,9 @@ class Sandbox(InNamespace):
     def delete(self, *, sharers: bool = False) -> None:
         """Delete the sandbox: its processes, its namespace and its interfaces.
 
+        Processes started with ``popen`` get SIGTERM, then SIGKILL if they
+        have not exited within a second (see :meth:`popen`).
+
         Endpoints made by ``network.connect`` are deleted; endpoints that were
         created separately and joined are left (they keep their address).
         Idempotent; after a failed step, calling it again retries what is left.
@@ -125,7 +128,7 @@ class Sandbox(InNamespace):
 def new_record(services: Services, host: Host, name: str) -> SandboxRecord:
     """The record (and handle) of a sandbox whose namespace is still to be made."""
     namespace = Namespace(f"cnm-{services.token}-sb-{name}", services.sandbox_path(name))
-    record = SandboxRecord(handle=None, name=name, id=new_id(), namespace=namespace, processes=Processes())  # type: ignore[arg-type]
+    record = SandboxRecord(handle=None, name=name, id=new_id(), namespace=namespace, processes=Processes(services.token))  # type: ignore[arg-type]
     record.handle = Sandbox(services, host, record)
     return record
 

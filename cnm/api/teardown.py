@@ -19,7 +19,7 @@ from ..kernel import Rtnl
 from ..undo import Undo
 from . import endpoint as endpoints
 from ._common import collect
-from ._records import SandboxRecord
+from ._records import SandboxRecord, stop_all
 from ._services import Services
 
 __all__ = ["delete_sandboxes"]
@@ -32,6 +32,8 @@ def delete_sandboxes(services: Services, sandboxes: Sequence[SandboxRecord], *, 
     wait for all of them); without, as soon as the kernel has been told.
     """
     failures: list[Exception] = []
+    # Their processes first, all given one grace period together.
+    failures += collect(lambda: stop_all(s.processes for s in sandboxes))
     # The published ports of all of them go in one firewall transaction.
     services.firewall.undo_together(
         step for sandbox in sandboxes for endpoint in sandbox.endpoints for step in endpoint.join.kernel.steps()
@@ -44,7 +46,6 @@ def delete_sandboxes(services: Services, sandboxes: Sequence[SandboxRecord], *, 
         sandbox.dying_links = sandbox.went_with_namespace
         known = len(sandbox.dying_links)
         try:
-            failures += collect(sandbox.processes.stop)
             for endpoint in reversed(sandbox.endpoints):
                 failures += endpoint.join.kernel.unwind()  # port forwards; veths join dying_links
             failures += sandbox.undo.kernel.unwind()  # its socket, then its namespace

@@ -68,6 +68,11 @@ POINTS = [
 ]
 
 
+def pin_path(token: str) -> str:
+    """Where a ``cnm.Host()`` pins its namespace (spelled out: it is part of what gc promises)."""
+    return os.path.join(MOUNT_DIRS, token + ".netns")
+
+
 def _ip(*argv: str, netns: str | None = None) -> str:
     prefix = ["nsenter", f"--net={netns}"] if netns else []
     return subprocess.run([*prefix, *argv], check=True, capture_output=True, text=True).stdout
@@ -76,7 +81,7 @@ def _ip(*argv: str, netns: str | None = None) -> str:
 def _leftovers(token: str, netns: str | None = None) -> list[str]:
     """Everything on the machine that carries *token* (and, with *netns*, in that namespace)."""
     found = [f"/run/netns/{n}" for n in os.listdir(NETNS_DIR) if n.startswith(f"cnm-{token}-")] if os.path.isdir(NETNS_DIR) else []
-    found += [p for p in (os.path.join(MOUNT_DIRS, token), record_path(token)) if os.path.exists(p)]
+    found += [p for p in (os.path.join(MOUNT_DIRS, token), record_path(token), pin_path(token)) if os.path.lexists(p)]
     with open("/proc/self/mounts") as f:
         found += [line.strip() for line in f if f"/run/cnm/{token}" in line or f"cnm-{token}-" in line]
     if netns is not None:
@@ -89,6 +94,7 @@ def _remove_by_token(token: str) -> None:
     """Whatever a failed test left of *token* (so that one failure does not spoil the session)."""
     Namespace.sweep(f"cnm-{token}-")
     MountDir(os.path.join(MOUNT_DIRS, token)).delete()
+    Namespace(f"pin of {token}", pin_path(token)).delete()
     try:
         os.unlink(record_path(token))
     except FileNotFoundError:
@@ -369,7 +375,8 @@ def _write_record(token: str, **fields: object) -> None:
     }
     record.update(fields)
     os.makedirs(MOUNT_DIRS, exist_ok=True)
-    with open(record_path(token), "x") as f:
+    # As cnm writes it: root's, mode 0600 (gc refuses any other).
+    with os.fdopen(os.open(record_path(token), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
         json.dump(record, f)
 
 
@@ -408,7 +415,7 @@ def test_gc_leaves_records_it_cannot_read(host):
     token = _new_token()
     _decoy_namespace(f"cnm-{token}-host")
     os.makedirs(MOUNT_DIRS, exist_ok=True)
-    with open(record_path(token), "x") as f:
+    with os.fdopen(os.open(record_path(token), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
         f.write("not a record")
     try:
         report = cnm.gc()
