@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import hmac
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from .kernel import Rtnl
 from .leftovers import watch
 from .netns import MOUNT_DIRS, MountDir, Namespace
+from ._ip import Family
 from .owner import OwnerRecord
+from .sock_diag import HostSocket, SockDiag
 
 __all__ = ["Kernel"]
 
@@ -77,6 +79,11 @@ class Kernel:
                 return fn(rtnl)
 
         return namespace.quick(entered)
+
+    def host_sockets(self, namespace: Namespace, protocols: Iterable[str], families: Iterable[Family]) -> list[HostSocket]:
+        """The sockets of *namespace* that hold ports, of *protocols* and *families* (see :mod:`cnm.sock_diag`)."""
+        with SockDiag(namespace) as diag:
+            return diag.holding(protocols, families)
 
     def sweep(self, prefix: str) -> list[Exception]:
         """Delete every namespace in /run/netns named with *prefix*; return the failures."""

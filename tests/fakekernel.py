@@ -283,6 +283,8 @@ class FakeKernel:
         #: fails every change for which fail_on(verb, what) is true
         self.fail_on: Callable[[str, str], bool] | None = None
         self.log: list[tuple[str, str]] = []
+        #: what host_sockets answers: the sockets that hold ports, per namespace path
+        self.sockets: dict[str, list[Any]] = {}
 
     def change(self, verb: str, what: str) -> None:
         """Every change comes here first: counted, logged, and failed when told."""
@@ -335,6 +337,10 @@ class FakeKernel:
     def inside(self, namespace, fn):
         with FakeRtnl(namespace) as rtnl:
             return fn(rtnl)
+
+    def host_sockets(self, namespace, protocols, families):
+        wanted, of = set(protocols), set(families)
+        return [s for s in self.sockets.get(namespace.path, []) if s.protocol in wanted and s.family in of]
 
     def sweep(self, prefix):
         for ns in [n for n in self.namespaces.values() if n.name.startswith(prefix) and n.path.startswith("/run/netns/")]:
