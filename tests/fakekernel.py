@@ -247,6 +247,27 @@ class FakeRtnl:
             raise KernelError(errno.ENODEV, f"{what}: no link {index}") from None
 
 
+class FakeSockDiag:
+    """cnm.sock_diag.SockDiag over one fake namespace: answers FakeKernel.sockets, logs each look."""
+
+    def __init__(self, namespace: FakeNamespace) -> None:
+        self.namespace = namespace
+        self.closed = False
+        namespace.kernel.open_sockets += 1
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.namespace.kernel.open_sockets -= 1
+
+    def holding(self, protocols, families):
+        assert not self.closed, "sock_diag socket used after close"
+        kernel = self.namespace.kernel
+        wanted, of = tuple(protocols), tuple(families)
+        kernel.socket_dumps.append((self.namespace.path, wanted, of))
+        return [s for s in kernel.sockets.get(self.namespace.path, []) if s.protocol in wanted and s.family in of]
+
+
 class FakeMountDir:
     def __init__(self, kernel: FakeKernel, path: str) -> None:
         self.kernel, self.path = kernel, path
@@ -283,8 +304,10 @@ class FakeKernel:
         #: fails every change for which fail_on(verb, what) is true
         self.fail_on: Callable[[str, str], bool] | None = None
         self.log: list[tuple[str, str]] = []
-        #: what host_sockets answers: the sockets that hold ports, per namespace path
+        #: what a FakeSockDiag answers: the sockets that hold ports, per namespace path
         self.sockets: dict[str, list[Any]] = {}
+        #: every FakeSockDiag look: (namespace path, protocols, families)
+        self.socket_dumps: list[tuple[str, tuple[str, ...], tuple[int, ...]]] = []
 
     def change(self, verb: str, what: str) -> None:
         """Every change comes here first: counted, logged, and failed when told."""
@@ -338,9 +361,8 @@ class FakeKernel:
         with FakeRtnl(namespace) as rtnl:
             return fn(rtnl)
 
-    def host_sockets(self, namespace, protocols, families):
-        wanted, of = set(protocols), set(families)
-        return [s for s in self.sockets.get(namespace.path, []) if s.protocol in wanted and s.family in of]
+    def sock_diag(self, namespace):
+        return FakeSockDiag(namespace)
 
     def sweep(self, prefix):
         for ns in [n for n in self.namespaces.values() if n.name.startswith(prefix) and n.path.startswith("/run/netns/")]:

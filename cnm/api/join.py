@@ -95,7 +95,7 @@ def held_by_host(services: Services, mappings: Iterable[PortMapping], families: 
     if not protocols:
         return None
     dumped: tuple[Family, ...] = (4, 6) if 4 in families else (6,)
-    return HostSockets(services.kernel.host_sockets(services.namespace, protocols, dumped))
+    return HostSockets(services.sock_diag.holding(protocols, dumped))
 
 
 def prepare(
