@@ -5,10 +5,12 @@ ports (:mod:`cnm.sock_diag`: one netlink socket made inside the namespace,
 one dump per protocol and family). This script measures, in one
 ``cnm.Host.isolated()`` host it creates and removes:
 
-* **the look itself** (open the socket in the namespace, dump TCP over
-  both families, close), the median of ``--probes`` looks, with no host
-  socket, with N TCP listeners and with N bound UDP sockets in the host's
-  namespace (a UDP look dumps every bound socket, a TCP one only listeners);
+* **the look itself** (dump TCP over both families on the socket the host
+  keeps; and once with a socket made for the look), the median of
+  ``--probes`` looks, with no host socket, with N TCP listeners and with N
+  bound UDP sockets in the host's namespace (a UDP look lists every bound
+  socket, a TCP one only listeners), asking for every port and for the one
+  port a publish of 8080 asks for (the kernel filters the rest out);
 * **with N ports published**: the same look after endpoints have published
   N host ports (ranges from ``10000``, a thousand per endpoint): published ports are nft map
   elements, not sockets, so the look should cost what it did with none;
@@ -58,9 +60,16 @@ def main() -> None:
     with cnm.Host.isolated("bench") as host:
         namespace = host.namespace
 
-        def look(protocols: tuple[str, ...] = ("tcp",)) -> None:
-            with SockDiag(namespace) as diag:
-                diag.holding(protocols, (4, 6))
+        diag = SockDiag(namespace)  # as a host keeps one
+
+        def look(protocols: tuple[str, ...] = ("tcp",), ports: tuple[int, int] = (1, 65535)) -> None:
+            diag.holding(protocols, (4, 6), ports)
+
+        def fresh() -> None:
+            with SockDiag(namespace) as made:
+                made.holding(("tcp",), (4, 6))
+
+        print(f"look with a socket made for it, no host socket: {median_ms(fresh, probes):7.3f} ms")
 
         print(f"look (tcp, IPv4 + IPv6), no host socket:        {median_ms(look, probes):7.3f} ms")
         for kind, udp in (("TCP listeners", False), ("bound UDP sockets", True)):
@@ -80,6 +89,8 @@ def main() -> None:
                 protocols = ("udp",) if udp else ("tcp",)
                 figure = median_ms(lambda: look(protocols), max(10, probes // 10))
                 print(f"look ({protocols[0]}), {n} {kind} in the host:   {figure:7.3f} ms")
+                figure = median_ms(lambda: look(protocols, (8080, 8080)), probes)
+                print(f"  ... asking for port 8080 only (the kernel filters): {figure:7.3f} ms")
             finally:
                 for s in held:
                     s.close()

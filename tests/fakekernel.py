@@ -260,12 +260,13 @@ class FakeSockDiag:
             self.closed = True
             self.namespace.kernel.open_sockets -= 1
 
-    def holding(self, protocols, families):
+    def holding(self, protocols, families, ports=(1, 65535)):
         assert not self.closed, "sock_diag socket used after close"
         kernel = self.namespace.kernel
         wanted, of = tuple(protocols), tuple(families)
-        kernel.socket_dumps.append((self.namespace.path, wanted, of))
-        return [s for s in kernel.sockets.get(self.namespace.path, []) if s.protocol in wanted and s.family in of]
+        kernel.socket_dumps.append((self.namespace.path, wanted, of, ports))
+        held = kernel.sockets.get(self.namespace.path, [])
+        return [s for s in held if s.protocol in wanted and s.family in of and ports[0] <= s.port <= ports[1]]
 
 
 class FakeMountDir:
@@ -306,8 +307,8 @@ class FakeKernel:
         self.log: list[tuple[str, str]] = []
         #: what a FakeSockDiag answers: the sockets that hold ports, per namespace path
         self.sockets: dict[str, list[Any]] = {}
-        #: every FakeSockDiag look: (namespace path, protocols, families)
-        self.socket_dumps: list[tuple[str, tuple[str, ...], tuple[int, ...]]] = []
+        #: every FakeSockDiag look: (namespace path, protocols, families, (first port, last port))
+        self.socket_dumps: list[tuple[str, tuple[str, ...], tuple[int, ...], tuple[int, int]]] = []
 
     def change(self, verb: str, what: str) -> None:
         """Every change comes here first: counted, logged, and failed when told."""

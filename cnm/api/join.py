@@ -91,11 +91,17 @@ def held_by_host(services: Services, mappings: Iterable[PortMapping], families: 
     *families*, could clash with: one sock_diag dump per protocol and family
     (IPv4 needs IPv6's too, for dual-stack sockets on ``::``). None when
     nothing is published."""
-    protocols = sorted({mapping.protocol for mapping in mappings})
-    if not protocols:
+    wanted = list(mappings)
+    if not wanted:
         return None
+    protocols = sorted({mapping.protocol for mapping in wanted})
+    # Only the ports that may be published are asked for: the fixed ones,
+    # and the ephemeral range if a port is to be picked.
+    ends = [mapping.host_port for mapping in wanted if mapping.host_port is not None]
+    if len(ends) < len(wanted):
+        ends += services.ports.ephemeral_ports
     dumped: tuple[Family, ...] = (4, 6) if 4 in families else (6,)
-    return HostSockets(services.sock_diag.holding(protocols, dumped))
+    return HostSockets(services.sock_diag.holding(protocols, dumped, (min(ends), max(ends))))
 
 
 def prepare(

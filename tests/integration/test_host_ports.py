@@ -204,3 +204,21 @@ def test_a_host_process_that_binds_a_published_port_later_gets_none_of_its_traff
         assert udp_ping(host.outside, host.address, 5300) == b"pong:ping"
     assert len(published.peers) == 1
     assert late.peers == []
+
+
+def test_the_kernel_lists_only_the_ports_asked_for_in_the_namespace_asked_about(host):
+    """sock_diag's port filter (sent with the request) and its namespace: a
+    socket of the host outside the range, and one in another namespace, are not listed."""
+    from cnm.sock_diag import SockDiag
+
+    other = cnm.Host.isolated()
+    try:
+        with host_socket(host, "0.0.0.0", 20000), host_socket(host, "::", 20006), host_socket(other, "0.0.0.0", 20001):
+            with SockDiag(host.namespace) as diag:
+                listed = diag.holding(["tcp"], [4, 6], (20000, 20005))
+                everything = diag.holding(["tcp"], [4, 6])
+    finally:
+        other.close()
+    assert [(s.address.compressed, s.port) for s in listed] == [("0.0.0.0", 20000)]
+    assert {(s.address.compressed, s.port) for s in everything} >= {("0.0.0.0", 20000), ("::", 20006)}
+    assert 20001 not in {s.port for s in everything}

@@ -202,10 +202,10 @@ def test_the_host_sockets_are_listed_once_per_call_before_any_change(host, kerne
     assert kernel.socket_dumps == []
     host_path = next(ns.path for ns in kernel.namespaces.values() if ns.name.endswith("-host"))
     net.connect(host.create_sandbox("a"), ports=["8080:80", "53/udp"])
-    assert kernel.socket_dumps == [(host_path, ("tcp", "udp"), (4, 6))]
+    assert kernel.socket_dumps == [(host_path, ("tcp", "udp"), (4, 6), (8080, 60999))]  # 53/udp gets an ephemeral port
     requests = [cnm.SandboxRequest(f"b{i}", ports=f"{9000 + i}:80") for i in range(300)]
     host.create_sandboxes(requests, network=net)
-    assert kernel.socket_dumps[1:] == [(host_path, ("tcp",), (4, 6))]
+    assert kernel.socket_dumps[1:] == [(host_path, ("tcp",), (4, 6), (9000, 9299))]
     kernel.sockets[host_path] = [HostSocket("tcp", 4, ip_address("0.0.0.0"), 9500)]
     changes = kernel.count
     with pytest.raises(cnm.ConflictError, match="host port 9500/tcp is in use by a socket in the host's namespace"):
