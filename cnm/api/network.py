@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._checks import check_collection, check_flag, check_name, check_text, describe, string_map
 from .._ip import Family, IPAddress, IPNetwork, family_name
-from ..drivers import NetworkSpec
+from ..drivers import NetworkSpec, SpanningDriver
 from ..errors import ClosedError, ConflictError, InvalidArgumentError, NotFoundError, StateError
 from ..firewall import NetworkRules
 from ..ipam import AddressPool, ipam_driver, parse_address, parse_subnet
@@ -280,9 +280,14 @@ def create(
         owner=services.token,
     )
     drv.validate(spec)
+    spanning = drv.capabilities.spans_hosts
+    if spanning and not isinstance(drv, SpanningDriver):
+        raise InvalidArgumentError(f"{where}: driver {drv.name!r} spans hosts but has no share_pools")
     with transaction(keep=services.keep) as undo:
         if drv.capabilities.tunnel_port is not None:  # books only, before the kernel (a conflict changes nothing)
             services.hold_tunnel_port(drv.capabilities.tunnel_port, undo.books)
+        if isinstance(drv, SpanningDriver) and spanning:  # books only: addresses unique across the hosts
+            pools = drv.share_pools(name, pools, undo.books)
         # The driver first: what it can only check against the kernel (an
         # interface name already taken) then fails before anything changed.
         plumbing = drv.create_network(services.rtnl, spec, undo.kernel)
