@@ -147,7 +147,12 @@ class Network:
         """Create an endpoint and join *sandbox* to it (``docker network connect``).
 
         The endpoint belongs to the connection: ``disconnect`` and deleting the
-        sandbox delete it.
+        sandbox delete it. *ports* are published on the host (``docker run
+        -p``); a host port that is published already, or that a socket of the
+        host's own holds (a TCP listener or a bound UDP socket, as ``bind``
+        would see it), is a :class:`~cnm.errors.ConflictError`, raised before
+        any change (see the explanation page for a host process that binds a
+        published port later).
         """
         self._check_open()
         modes.check_not_predefined(self._record, "be connected to")

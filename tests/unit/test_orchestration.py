@@ -211,3 +211,22 @@ def test_the_host_sockets_are_listed_once_per_call_before_any_change(host, kerne
     with pytest.raises(cnm.ConflictError, match="host port 9500/tcp is in use by a socket in the host's namespace"):
         host.create_sandboxes([cnm.SandboxRequest("c", ports="9499:80"), cnm.SandboxRequest("d", ports="9500:80")], network=net)
     assert kernel.count == changes, "refused before any change"
+
+
+def test_a_driver_whose_networks_span_hosts_must_share_its_pools(kernel):
+    from cnm.drivers import Capabilities
+    from cnm.drivers.bridge import BridgeDriver
+
+    class Spanning(BridgeDriver):
+        name = "spanning"
+        capabilities = Capabilities(families=frozenset({4}), spans_hosts=True)
+
+    host = cnm.Host.isolated(firewall="none", kernel=kernel, drivers={"spanning": Spanning})
+    try:
+        changes = kernel.count
+        with pytest.raises(cnm.InvalidArgumentError, match="driver 'spanning' spans hosts but has no share_pools"):
+            host.create_network("x", "spanning", subnet="10.5.0.0/24")
+        assert kernel.count == changes, "refused before any change"
+        assert "x" not in [n.name for n in host.networks]
+    finally:
+        host.close()
