@@ -7,7 +7,8 @@ catch it sensibly (``except ValueError`` catches a bad subnet)::
     CNMError (Exception)
     ├── InvalidArgumentError (ValueError)   bad input, found before any kernel change
     │   └── ConflictError                   name in use, address taken, overlapping
-    │                                       subnet, host port already published
+    │                                       subnet, host port already published or
+    │                                       held by a socket of the host
     ├── NotFoundError (LookupError)         no such network, sandbox, endpoint, driver
     ├── ExhaustedError (RuntimeError)       no free subnet, address or host port left
     ├── StateError (RuntimeError)           operation not valid now: network still has

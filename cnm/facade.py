@@ -1,7 +1,8 @@
 """The kernel as cnm's orchestration sees it: one injectable object.
 
 Everything :mod:`cnm.api` asks of the machine goes through a :class:`Kernel`:
-making and sweeping namespaces, netlink sockets in them, trips into a
+making and sweeping namespaces, netlink sockets in them (rtnetlink, and
+sock_diag for the ports the host's own sockets hold), trips into a
 namespace, the directory sandboxes are mounted in, and the host's owner
 record. The namespaces it returns carry the rest (``delete``, ``run``,
 ``quick``, sysctls), and the sockets are :class:`~cnm.kernel.Rtnl` verbs.
@@ -23,6 +24,7 @@ from .kernel import Rtnl
 from .leftovers import watch
 from .netns import MOUNT_DIRS, MountDir, Namespace
 from .owner import OwnerRecord, pin_path
+from .sock_diag import SockDiag
 
 __all__ = ["Kernel"]
 
@@ -77,6 +79,10 @@ class Kernel:
                 return fn(rtnl)
 
         return namespace.quick(entered)
+
+    def sock_diag(self, namespace: Namespace) -> SockDiag:
+        """A sock_diag socket inside *namespace*, opened from here: which ports its sockets hold."""
+        return SockDiag(namespace)
 
     def sweep(self, prefix: str) -> list[Exception]:
         """Delete every namespace in /run/netns named with *prefix*; return the failures."""

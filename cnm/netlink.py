@@ -200,6 +200,28 @@ class Netlink:
                 out.append(m)
 
     @_exclusive
+    def dump_raw(self, seq: int, request: bytes) -> list[bytes]:
+        """Run a dump packed by the caller (sequence number *seq*); return each
+        answer's raw bytes, one netlink message each, for the caller to read."""
+        self.sock.sendall(request)
+        out: list[bytes] = []
+        while True:
+            data = _receive(self.sock)
+            offset = 0
+            while offset + 16 <= len(data):
+                length, mtype, _flags, got, _pid = _HEADER.unpack_from(data, offset)
+                if length < 16:
+                    break
+                if got == seq:
+                    if mtype == NLMSG_DONE:
+                        return out
+                    if mtype == NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", data, offset + 16)
+                        raise OSError(-code or errno.EIO, os.strerror(-code or errno.EIO))
+                    out.append(data[offset : offset + length])
+                offset += (length + 3) & ~3
+
+    @_exclusive
     def get(self, msg: Any, mtype: int) -> Any | None:
         """One GET request answered by one message; None when the object does not exist."""
         seq, data = self.encode(msg, mtype, 0)

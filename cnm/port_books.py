@@ -4,11 +4,16 @@
 mappings (picking ephemeral ones where none is given), per address family,
 all or nothing, and gives them back. Pure: the firewall makes the kernel
 side (see :mod:`cnm.firewall`).
+
+:class:`HostSockets` is what the host's own sockets hold (listed by
+:mod:`cnm.sock_diag`); given one, a reservation refuses a fixed host port a
+host socket holds and never picks such a port as an ephemeral one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from ipaddress import IPv6Address
 
 from ._ip import FAMILIES, Family, IPAddress, family_name
 from ._lowest_free import LowestFree
@@ -16,8 +21,9 @@ from ._checks import describe
 from ._transport import DEFAULT_EPHEMERAL_PORTS, PROTOCOLS, check_port
 from .errors import ConflictError, ExhaustedError, InvalidArgumentError
 from .ports import PortMapping, PublishedPort, host_text
+from .sock_diag import HostSocket
 
-__all__ = ["HostPortAllocator"]
+__all__ = ["HostPortAllocator", "HostSockets"]
 
 
 def _describe(published: PublishedPort) -> str:
@@ -38,6 +44,46 @@ def _check_families(owner: str, families: object) -> tuple[Family, ...]:
 
 
 _FAMILY_SETS: tuple[tuple[Family, ...], ...] = ((4,), (6,), (4, 6))
+
+
+class HostSockets:
+    """The ports the host's own sockets hold, as ``bind`` would see them.
+
+    A publication clashes with a host socket of its protocol and port when
+    the socket takes traffic of the publication's family (an IPv6 socket on
+    ``::`` without ``IPV6_V6ONLY`` takes IPv4 too; one on an IPv4-mapped
+    address takes only IPv4) and their addresses overlap: either is every
+    address of the family, or both are the same one. A socket on one
+    specific address and a publication on another do not clash.
+    """
+
+    __slots__ = ("_by_port", "_ports")
+
+    def __init__(self, sockets: Iterable[HostSocket]) -> None:
+        self._by_port: dict[tuple[str, int], list[HostSocket]] = {}
+        for held in sockets:
+            self._by_port.setdefault((held.protocol, held.port), []).append(held)
+        self._ports = {protocol: {port for p, port in self._by_port if p == protocol} for protocol in PROTOCOLS}
+
+    def __repr__(self) -> str:
+        return f"<HostSockets {sum(map(len, self._by_port.values()))} holding ports>"
+
+    def holder(self, wanted: PublishedPort) -> HostSocket | None:
+        """The host socket *wanted* clashes with, if any."""
+        for held in self._by_port.get((wanted.protocol, wanted.host_port), ()):
+            family, address = held.family, held.address
+            if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+                family, address = 4, address.ipv4_mapped
+            every = address.is_unspecified
+            if family != wanted.family and not (every and family == 6 and not held.v6only):
+                continue
+            if every or wanted.host_ip is None or wanted.host_ip == address:
+                return held
+        return None
+
+    def holds(self, protocol: str, port: int) -> bool:
+        """Whether any host socket of *protocol* holds *port*, on any address."""
+        return port in self._ports[protocol]
 
 # (protocol, host port, family) -> host address (None: every address) -> (publication, owner)
 _Held = dict[tuple[str, int, Family], dict[IPAddress | None, tuple[PublishedPort, str]]]
@@ -87,7 +133,12 @@ class HostPortAllocator:
         return (self._first, self._last)
 
     def reserve(
-        self, owner: str, mappings: Sequence[PortMapping], *, families: Iterable[int]
+        self,
+        owner: str,
+        mappings: Sequence[PortMapping],
+        *,
+        families: Iterable[int],
+        sockets: HostSockets | None = None,
     ) -> list[PublishedPort]:
         """Publish every one of *mappings* for *owner*, or none of them.
 
@@ -102,8 +153,10 @@ class HostPortAllocator:
         publication then its IPv6 one. Raises
         :class:`~cnm.errors.ConflictError` if a fixed host port clashes with
         one already published or with another mapping of the same request,
-        and :class:`~cnm.errors.ExhaustedError` if no ephemeral port is left.
-        After an error nothing from this call stays reserved.
+        or with one of the host's own *sockets*, and
+        :class:`~cnm.errors.ExhaustedError` if no ephemeral port is left (an
+        ephemeral port is never one a host socket holds). After an error
+        nothing from this call stays reserved.
         """
         chosen = _check_families(owner, families)
         for mapping in mappings:
@@ -126,8 +179,7 @@ class HostPortAllocator:
                 mapping = mappings[index]
                 on = chosen if mapping.host_ip is None else (4 if mapping.host_ip.version == 4 else 6,)
                 if mapping.host_port is None:
-                    port = self._pick(owner, mapping.protocol)
-                    picked.append((mapping.protocol, port))
+                    port = self._pick(owner, mapping.protocol, sockets, picked)
                 else:
                     port = mapping.host_port
                 publications = [
@@ -136,6 +188,7 @@ class HostPortAllocator:
                 ]
                 for published in publications:
                     self._check_free(owner, published, done)
+                    self._check_host(owner, published, sockets)
                 for published in publications:
                     self._hold(published, owner)
                     done.add(published)
@@ -147,6 +200,8 @@ class HostPortAllocator:
             for protocol, port in picked:
                 self._forget_if_unheld(protocol, port)
             raise
+        for protocol, port in picked:  # the ports skipped for host sockets
+            self._forget_if_unheld(protocol, port)
         return [published for index in range(len(mappings)) for published in results[index]]
 
     def release(self, published: Iterable[PublishedPort]) -> None:
@@ -203,10 +258,23 @@ class HostPortAllocator:
             message += f" (on {host_text(held)})"
         raise ConflictError(message)
 
-    def _pick(self, owner: str, protocol: str) -> int:
-        port = self._books[protocol].take_lowest()
-        if port is None:
-            raise ExhaustedError(
-                f"endpoint {owner!r}: no free host port left for {protocol} in {self._first}-{self._last}"
+    @staticmethod
+    def _check_host(owner: str, wanted: PublishedPort, sockets: HostSockets | None) -> None:
+        held = None if sockets is None else sockets.holder(wanted)
+        if held is not None:
+            raise ConflictError(
+                f"endpoint {owner!r}: host port {_describe(wanted)} is in use by a socket in the host's namespace ({held})"
             )
-        return port
+
+    def _pick(self, owner: str, protocol: str, sockets: HostSockets | None, picked: list[tuple[str, int]]) -> int:
+        """The lowest free port no host socket holds; every port taken on the
+        way is entered in *picked*, for the caller to give back if unheld."""
+        while True:
+            port = self._books[protocol].take_lowest()
+            if port is None:
+                raise ExhaustedError(
+                    f"endpoint {owner!r}: no free host port left for {protocol} in {self._first}-{self._last}"
+                )
+            picked.append((protocol, port))
+            if sockets is None or not sockets.holds(protocol, port):
+                return port

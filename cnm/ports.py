@@ -19,7 +19,8 @@ which (protocol, family, host address, host port) are taken, and by which
 endpoint. It is pure: it does not bind sockets or touch the firewall. It
 settles ephemeral ports and refuses clashes *before* any kernel change, so
 that a clash is an ordinary :class:`~cnm.errors.ConflictError` instead of a
-half-installed set of rules.
+half-installed set of rules; given what the host's own sockets hold
+(:class:`~cnm.port_books.HostSockets`), it refuses those ports too.
 
 Host addresses, as in Docker 28:
 

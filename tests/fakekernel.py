@@ -247,6 +247,28 @@ class FakeRtnl:
             raise KernelError(errno.ENODEV, f"{what}: no link {index}") from None
 
 
+class FakeSockDiag:
+    """cnm.sock_diag.SockDiag over one fake namespace: answers FakeKernel.sockets, logs each look."""
+
+    def __init__(self, namespace: FakeNamespace) -> None:
+        self.namespace = namespace
+        self.closed = False
+        namespace.kernel.open_sockets += 1
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.namespace.kernel.open_sockets -= 1
+
+    def holding(self, protocols, families, ports=(1, 65535)):
+        assert not self.closed, "sock_diag socket used after close"
+        kernel = self.namespace.kernel
+        wanted, of = tuple(protocols), tuple(families)
+        kernel.socket_dumps.append((self.namespace.path, wanted, of, ports))
+        held = kernel.sockets.get(self.namespace.path, [])
+        return [s for s in held if s.protocol in wanted and s.family in of and ports[0] <= s.port <= ports[1]]
+
+
 class FakeMountDir:
     def __init__(self, kernel: FakeKernel, path: str) -> None:
         self.kernel, self.path = kernel, path
@@ -286,6 +308,10 @@ class FakeKernel:
         #: fails every change for which fail_on(verb, what) is true
         self.fail_on: Callable[[str, str], bool] | None = None
         self.log: list[tuple[str, str]] = []
+        #: what a FakeSockDiag answers: the sockets that hold ports, per namespace path
+        self.sockets: dict[str, list[Any]] = {}
+        #: every FakeSockDiag look: (namespace path, protocols, families, (first port, last port))
+        self.socket_dumps: list[tuple[str, tuple[str, ...], tuple[int, ...], tuple[int, int]]] = []
 
     def change(self, verb: str, what: str) -> None:
         """Every change comes here first: counted, logged, and failed when told."""
@@ -338,6 +364,9 @@ class FakeKernel:
     def inside(self, namespace, fn):
         with FakeRtnl(namespace) as rtnl:
             return fn(rtnl)
+
+    def sock_diag(self, namespace):
+        return FakeSockDiag(namespace)
 
     def sweep(self, prefix):
         for ns in [n for n in self.namespaces.values() if n.name.startswith(prefix) and n.path.startswith("/run/netns/")]:

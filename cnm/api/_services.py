@@ -3,7 +3,8 @@
 A :class:`Services` holds what every network, endpoint and sandbox of one
 host shares: the netlink socket of the host's namespace, the firewall
 backend, the books of addresses (each network's pools, in its record) and
-host ports, the links the kernel is still taking apart, the lock that
+host ports (and a socket that asks which ports the host's own sockets
+hold), the links the kernel is still taking apart, the lock that
 serializes operations, and the books of records (:mod:`cnm.api._records`).
 Children get it when they are made and reach their host through it alone.
 """
@@ -24,6 +25,7 @@ from ..firewall import FirewallBackend
 from ..kernel import LINKS_GONE_TIMEOUT, Rtnl
 from ..netns import MountDir, Namespace
 from ..port_books import HostPortAllocator
+from ..sock_diag import SockDiag
 from ..ports import PortMapping, PublishedPort
 from ..undo import Undo, UndoLog
 from ._records import NetworkRecord, SandboxRecord
@@ -91,9 +93,12 @@ class Services:
         self.dying: DyingLinks
         self.mounts: MountDir
         self.firewall: FirewallBackend
+        self.sock_diag: SockDiag
 
-    def attach(self, rtnl: Rtnl, mounts: MountDir, firewall: FirewallBackend) -> None:
+    def attach(self, rtnl: Rtnl, mounts: MountDir, firewall: FirewallBackend, sock_diag: SockDiag) -> None:
         self.rtnl = rtnl
+        #: which ports the host's own sockets hold (one socket per host, opened once)
+        self.sock_diag = sock_diag
         #: deleted sandboxes' veths the kernel has yet to remove, and the addresses and ports they hold
         self.dying = DyingLinks(rtnl, LINKS_GONE_TIMEOUT, f"host {self.name!r}")
         self.mounts = mounts

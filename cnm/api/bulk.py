@@ -84,6 +84,10 @@ def create_sandboxes(
         names.add(request.name)
         if network is None and (request.ip or request.ip6 or request.mac is not None or request.ports):
             raise InvalidArgumentError(f"sandbox {request.name!r}: ip, ip6, mac and ports need a network to connect to")
+    # One look at the host's sockets for every port of the call, before any change.
+    sockets = None
+    if network is not None:
+        sockets = joining.held_by_host(services, (m for r in wanted for m in r.ports), tuple(network.pools))
     made: list[SandboxRecord] = []
     joins: list[joining.Join | None] = []
     with transaction(keep=services.keep) as undo:
@@ -107,7 +111,7 @@ def create_sandboxes(
                 endpoints.check_host_addresses(services, endpoint)
                 # Recorded as joining before the kernel work: a rollback
                 # (teardown.delete_sandboxes) finds what to undo through it.
-                step = joining.prepare(services, endpoint, record, endpoint.join)
+                step = joining.prepare(services, endpoint, record, endpoint.join, sockets)
             joins.append(step)
 
         def make_namespace(i: int) -> None:

@@ -216,7 +216,8 @@ def join(services: Services, endpoint: EndpointRecord, sandbox: SandboxRecord) -
         endpoint.join = leftover
 
     with transaction(keep=keep) as undo:
-        step = joining.prepare(services, endpoint, sandbox, undo)
+        sockets = joining.held_by_host(services, endpoint.ports, [a.version for a in endpoint.addresses])
+        step = joining.prepare(services, endpoint, sandbox, undo, sockets)
         joining.plumb(services, services.rtnl, step)
         joining.publish(services, [step])
         joining.commit(step)

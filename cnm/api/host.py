@@ -108,7 +108,9 @@ class Host(InNamespace):
         undo.kernel.push(f"host {name!r}: sandbox namespace directory", lambda: mounts.delete())
         backend = firewall(namespace, token)
         undo.books.push(f"host {name!r}: firewall", backend.close)
-        services.attach(rtnl, mounts, backend)
+        diag = kernel.sock_diag(namespace)
+        undo.books.push(f"host {name!r}: sock_diag socket", diag.close)
+        services.attach(rtnl, mounts, backend, diag)
         modes.add_predefined(services, self)
 
     @classmethod

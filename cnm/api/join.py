@@ -5,7 +5,8 @@ Four steps, run in this order by the single path (:meth:`cnm.Endpoint.join`,
 (:meth:`cnm.Host.create_sandboxes`) alike:
 
 ``prepare``
-    the books: host ports reserved, the interface name chosen, and the join
+    the books: host ports reserved (none a host socket holds:
+    :func:`held_by_host` asks the kernel once per call, however many joins), the interface name chosen, and the join
     recorded on both sides as in progress, so that a teardown of the sandbox
     (or the rollback of a bulk call) finds what to undo;
 ``plumb``
@@ -24,22 +25,23 @@ record's ``join``), which ``leave()`` and the sandbox's teardown unwind.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import attrs
 
-from .._ip import IPAddress
+from .._ip import Family, IPAddress
 from ..drivers import EndpointSpec, SandboxLink
 from ..firewall import PortForward
 from ..kernel import Rtnl
-from ..ports import PublishedPort
+from ..port_books import HostSockets
+from ..ports import PortMapping, PublishedPort
 from ..netns import Namespace
 from ..undo import Undo
 from . import routing
 from ._records import EndpointRecord, SandboxRecord
 from ._services import Services
 
-__all__ = ["Join", "SandboxEnd", "commit", "forwards", "plumb", "prepare", "publish"]
+__all__ = ["Join", "SandboxEnd", "commit", "forwards", "held_by_host", "plumb", "prepare", "publish"]
 
 
 class SandboxEnd:
@@ -84,12 +86,35 @@ class Join:
     routes: dict[int, IPAddress] = attrs.Factory(dict)
 
 
-def prepare(services: Services, endpoint: EndpointRecord, sandbox: SandboxRecord, undo: Undo) -> Join:
-    """The bookkeeping of a join: host ports, interface name, the join recorded as in progress."""
+def held_by_host(services: Services, mappings: Iterable[PortMapping], families: Collection[int]) -> HostSockets | None:
+    """What the host's own sockets hold that *mappings*, published on
+    *families*, could clash with: one sock_diag dump per protocol and family
+    (IPv4 needs IPv6's too, for dual-stack sockets on ``::``). None when
+    nothing is published."""
+    wanted = list(mappings)
+    if not wanted:
+        return None
+    protocols = sorted({mapping.protocol for mapping in wanted})
+    # Only the ports that may be published are asked for: the fixed ones,
+    # and the ephemeral range if a port is to be picked.
+    ends = [mapping.host_port for mapping in wanted if mapping.host_port is not None]
+    if len(ends) < len(wanted):
+        ends += services.ports.ephemeral_ports
+    dumped: tuple[Family, ...] = (4, 6) if 4 in families else (6,)
+    return HostSockets(services.sock_diag.holding(protocols, dumped, (min(ends), max(ends))))
+
+
+def prepare(
+    services: Services, endpoint: EndpointRecord, sandbox: SandboxRecord, undo: Undo, sockets: HostSockets | None
+) -> Join:
+    """The bookkeeping of a join: host ports (none that *sockets*, from
+    :func:`held_by_host`, holds), interface name, the join recorded as in progress."""
     published: list[PublishedPort] = []
     if endpoint.ports:
         families = tuple(a.version for a in endpoint.addresses)
-        published = services.dying.retrying(lambda: services.ports.reserve(endpoint.name, endpoint.ports, families=families))
+        published = services.dying.retrying(
+            lambda: services.ports.reserve(endpoint.name, endpoint.ports, families=families, sockets=sockets)
+        )
     endpoint.published = published
 
     def release() -> None:

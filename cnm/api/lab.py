@@ -250,7 +250,7 @@ class _OverlayFactory:
         host = self.host() if self.host is not None else None
         if host is None or host.tunnels is None:
             raise ClosedError("lab: the host of this overlay driver is gone")
-        return OverlayDriver(self.peers, self.vtep, tunnels=host.tunnels)
+        return OverlayDriver(self.peers, self.vtep, tunnels=host.tunnels, host=host.name)
 
 
 class _LabServices:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._checks import check_collection, check_flag, check_name, check_text, describe, string_map
 from .._ip import Family, IPAddress, IPNetwork, family_name
-from ..drivers import NetworkSpec
+from ..drivers import NetworkSpec, SpanningDriver
 from ..errors import ClosedError, ConflictError, InvalidArgumentError, NotFoundError, StateError
 from ..firewall import NetworkRules
 from ..ipam import AddressPool, ipam_driver, parse_address, parse_subnet
@@ -153,7 +153,12 @@ class Network:
         """Create an endpoint and join *sandbox* to it (``docker network connect``).
 
         The endpoint belongs to the connection: ``disconnect`` and deleting the
-        sandbox delete it.
+        sandbox delete it. *ports* are published on the host (``docker run
+        -p``); a host port that is published already, or that a socket of the
+        host's own holds (a TCP listener or a bound UDP socket, as ``bind``
+        would see it), is a :class:`~cnm.errors.ConflictError`, raised before
+        any change (see the explanation page for a host process that binds a
+        published port later).
         """
         self._check_open()
         modes.check_not_predefined(self._record, "be connected to")
@@ -286,9 +291,14 @@ def create(
         owner=services.token,
     )
     drv.validate(spec)
+    spanning = drv.capabilities.spans_hosts
+    if spanning and not isinstance(drv, SpanningDriver):
+        raise InvalidArgumentError(f"{where}: driver {drv.name!r} spans hosts but has no share_pools")
     with transaction(keep=services.keep) as undo:
         if drv.capabilities.tunnel_port is not None:  # books only, before the kernel (a conflict changes nothing)
             services.hold_tunnel_port(drv.capabilities.tunnel_port, undo.books)
+        if isinstance(drv, SpanningDriver) and spanning:  # books only: addresses unique across the hosts
+            pools = drv.share_pools(name, pools, undo.books)
         # The driver first: what it can only check against the kernel (an
         # interface name already taken) then fails before anything changed.
         plumbing = drv.create_network(services.rtnl, spec, undo.kernel)

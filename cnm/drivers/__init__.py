@@ -42,6 +42,12 @@ Contract:
     (macvlan, ipvlan: its index in the sandbox, ``inside=True``) is deleted
     at once either way, so that its address leaves the parent's wire.
 
+``share_pools(network, pools, books) -> pools`` (drivers whose ``capabilities.spans_hosts`` only)
+    A network that spans hosts has one network object per host, each with
+    its own address pools; cnm hands them to the driver when the network is
+    made (before any kernel change) and uses the pools it returns, through
+    which an address stays unique across the hosts (see :class:`SpanningDriver`).
+
 Third-party drivers register under the entry-point group ``cnm.drivers`` (the
 entry point names a zero-argument factory); they subclass nothing.
 """
@@ -50,12 +56,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from ipaddress import ip_interface
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import attrs
 
 from .._ip import IPAddress, IPInterface, IPNetwork
 from .._plugins import Registry
+from ..ipam import AddressPool
 from ..kernel import Link, Peer, Route, Rtnl
 from ..netns import Namespace
 from ..undo import UndoLog
@@ -72,6 +79,7 @@ __all__ = [
     "Route",
     "SandboxLink",
     "SandboxPort",
+    "SpanningDriver",
     "network_driver",
 ]
 
@@ -88,7 +96,7 @@ class Capabilities:
     routed: bool = True
     #: its networks span hosts (overlay): closing a host deletes them one by
     #: one, so that the other hosts hear of it, instead of letting them go
-    #: with the host's namespace
+    #: with the host's namespace; the driver is a :class:`SpanningDriver`
     spans_hosts: bool = False
     #: the UDP port its tunnels arrive on, kept from being published while
     #: any of its networks is on the host (a published port's DNAT would hand
@@ -189,6 +197,22 @@ class NetworkDriver(Protocol):
     def join(
         self, host: Rtnl, network: NetworkPlumbing, endpoint: EndpointSpec, sandbox: SandboxPort, undo: UndoLog
     ) -> SandboxLink: ...
+
+
+@runtime_checkable
+class SpanningDriver(NetworkDriver, Protocol):
+    """A driver whose networks span hosts (``capabilities.spans_hosts``)."""
+
+    def share_pools(self, network: str, pools: Mapping[int, AddressPool], books: UndoLog) -> dict[int, AddressPool]:
+        """The pools network *network* of this host is to use instead of *pools* (by family).
+
+        Through them an address is unique across every host of the network:
+        a static one another host holds (or has in its ``ip_range``) is
+        refused with :class:`~cnm.errors.ConflictError`, and none is handed
+        out that another host holds. Called before any kernel change;
+        whatever it records for the network is undone on *books*.
+        """
+        ...
 
 
 def _builtin() -> dict[str, Callable[[], NetworkDriver]]:

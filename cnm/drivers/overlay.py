@@ -27,7 +27,11 @@ place. A host that deletes the network, or closes, leaves it, and every
 other host removes its forwarding entry for that host.
 
 Addresses must not repeat across hosts: :meth:`cnm.Lab.create_network`
-gives each host its own ``ip_range`` of the subnet. While an overlay is on a
+gives each host its own ``ip_range`` of the subnet, and every host's
+address pool of the network goes through the network's book of addresses
+across hosts, which its :class:`Peers` keep (:meth:`Peers.addresses`): a
+static address another host holds, or has in its range, is refused, and no
+host hands out an address another holds. While an overlay is on a
 host, UDP 4789 cannot be published there (its DNAT would hand the peers'
 tunnel traffic to a sandbox).
 
@@ -51,6 +55,7 @@ trusted.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -59,13 +64,15 @@ from .._ip import IPAddress
 from .._transport import VXLAN_PORT
 from ..errors import ConflictError, InvalidArgumentError
 from ..firewall import TUNNEL_PORT_GROUP
+from ..ipam import AddressPool
 from ..kernel import Link, Rtnl
 from ..netns import Namespace
 from ..undo import UndoLog, raise_collected
 from . import Capabilities, NetworkPlumbing, NetworkSpec
+from ._shared_pool import SharedAddresses, SharedPool
 from .bridge import OPT_MTU, BridgeDriver
 
-__all__ = ["FIRST_VNI", "OVERLAY_MTU", "VXLAN_PORT", "LocalPeers", "Member", "OverlayDriver", "Peers"]
+__all__ = ["FIRST_VNI", "OVERLAY_MTU", "VXLAN_PORT", "LocalPeers", "Member", "OverlayDriver", "Peers", "SharedAddresses"]
 
 OVERLAY_MTU = 1450
 #: Docker's first overlay VNI
@@ -95,6 +102,9 @@ class Peers(Protocol):
         """Take *vtep* out of *network*, telling the members left; a failure
         raises, and leaving again tells those not told yet."""
 
+    def addresses(self, network: str) -> SharedAddresses:
+        """The book of *network*'s addresses on all its hosts, the same object for every host."""
+
 
 class LocalPeers:
     """:class:`Peers` kept in this process (the hosts of one :class:`cnm.Lab`)."""
@@ -105,6 +115,11 @@ class LocalPeers:
         self._members: dict[str, dict[IPAddress, Member]] = {}
         #: the members still to be told that a tunnel end left (a failed leave is retried)
         self._untold: dict[tuple[str, IPAddress], list[Member]] = {}
+        self._addresses: dict[str, SharedAddresses] = {}
+
+    def addresses(self, network: str) -> SharedAddresses:
+        with self._lock:
+            return self._addresses.setdefault(network, SharedAddresses(network))
 
     def vni(self, network: str) -> int:
         with self._lock:
@@ -176,9 +191,11 @@ class OverlayDriver(BridgeDriver):
     name = "overlay"
     capabilities = Capabilities(families=frozenset({4, 6}), routed=True, spans_hosts=True, tunnel_port=VXLAN_PORT)
 
-    def __init__(self, peers: Peers, vtep: IPAddress, *, tunnels: Namespace | None = None) -> None:
+    def __init__(self, peers: Peers, vtep: IPAddress, *, tunnels: Namespace | None = None, host: str = "") -> None:
         #: where this host's tunnel end is: its address on the underlay (a lab's data plane)
         self.vtep = vtep
+        #: the host's name, for messages about addresses other hosts hold
+        self.host = host
         #: the namespace that address is in, if not the host's (a lab host's
         #: tunnel namespace): the VXLAN sockets live there, the devices on the host
         self.tunnels = tunnels
@@ -190,6 +207,19 @@ class OverlayDriver(BridgeDriver):
             raise InvalidArgumentError(
                 f"network {spec.name!r}: {OPT_MTU} {spec.options[OPT_MTU]} is more than the underlay leaves ({OVERLAY_MTU})"
             )
+
+    def share_pools(self, network: str, pools: Mapping[int, AddressPool], books: UndoLog) -> dict[int, AddressPool]:
+        """Each pool through *network*'s book of addresses across hosts, this host's ranges entered there."""
+        book = self._peers.addresses(network)
+        host = (self.vtep, self.host)
+        for pool in pools.values():
+            ip_range = pool.ip_range
+            if ip_range is not None:
+                book.add_range(host, ip_range)
+                books.push(
+                    f"network {network!r}: ip_range {ip_range} on the overlay", lambda r=ip_range: book.remove_range(host, r)  # type: ignore[misc]
+                )
+        return {family: SharedPool(pool, book, host) for family, pool in pools.items()}
 
     def bridge_mac(self, spec: NetworkSpec) -> str:
         # The same on every host: the gateway answers with one MAC wherever a sandbox is.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import tracemalloc
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 import pytest
 from hypothesis import assume, given
@@ -844,3 +844,46 @@ def test_a_family_that_matches_passes_the_value_through():
     assert parse_address("web", "gateway", "fd00::1", family=IPv6Network("fd00::/64")) == IPv6Address("fd00::1")
     assert parse_address("web", "gateway", None, family=4) is None
     assert parse_subnet("web", None, family=6) is None
+
+
+# --- one overlay's addresses across hosts (cnm.drivers._shared_pool) -------------------------
+
+
+def _shared_pools():
+    from cnm.drivers._shared_pool import SharedAddresses, SharedPool
+    from cnm.ipam.default import DefaultIPAM
+
+    book = SharedAddresses("ov")
+    pools = []
+    for i, ip_range in enumerate(["10.81.0.0/26", "10.81.0.64/26", None]):
+        inner = DefaultIPAM().request_pool(
+            network="ov", family=4, subnet=ip_network("10.81.0.0/24"), ip_range=ip_network(ip_range) if ip_range else None,
+            gateway=None, in_use=[], seed="s",
+        )
+        host = (ip_address(f"198.18.1.{i + 2}"), f"h{i + 1}")
+        if inner.ip_range is not None:
+            book.add_range(host, inner.ip_range)
+        pools.append(SharedPool(inner, book, host))
+    return book, pools
+
+
+def test_a_shared_pool_refuses_what_another_host_holds_or_has_in_its_range():
+    book, (h1, h2, h3) = _shared_pools()
+    with pytest.raises(ConflictError, match=r"address 10.81.0.70 is in the ip_range 10.81.0.64/26 of host 'h2'"):
+        h1.allocate(ip_address("10.81.0.70"))
+    assert ip_address("10.81.0.70") not in h1.allocated()
+    assert h2.allocate(ip_address("10.81.0.70")) == ip_address("10.81.0.70")
+    assert h1.allocate(ip_address("10.81.0.200")) == ip_address("10.81.0.200")  # nobody's range
+    with pytest.raises(ConflictError, match="address 10.81.0.200 is in use on the overlay: host 'h1' has it"):
+        h3.allocate(ip_address("10.81.0.200"))
+    h1.release(ip_address("10.81.0.200"))
+    h1.release(ip_address("10.81.0.200"))  # twice: silent
+    assert h3.allocate(ip_address("10.81.0.200")) == ip_address("10.81.0.200")
+
+
+def test_a_shared_pool_never_hands_out_what_another_host_holds():
+    _, (h1, _, h3) = _shared_pools()
+    assert h1.allocate() == ip_address("10.81.0.2")  # .1 is the gateway
+    assert h3.allocate() == ip_address("10.81.0.3")  # no range: the whole subnet, but .2 is h1's
+    assert h1.allocate() == ip_address("10.81.0.4")  # .3 is h3's: skipped, and given back to h1's own pool
+    assert h1.allocated() == {ip_address("10.81.0.2"), ip_address("10.81.0.4")}

@@ -8,7 +8,7 @@ tests/integration check the same operations against Linux.
 
 from __future__ import annotations
 
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
 
 import pytest
 
@@ -190,3 +190,43 @@ def test_a_failed_reelection_of_one_family_does_not_stop_the_other(host, kernel)
     kernel.fail_on = None
     assert "injected: add route" in str(caught.value.exceptions[0])
     assert _default_routes(kernel, a) == [("fd00:2::1", "eth1")], "the IPv6 route was still given"
+
+
+def test_the_host_sockets_are_listed_once_per_call_before_any_change(host, kernel):
+    """One sock_diag look per connect and per bulk call (however many sandboxes),
+    for the protocols published, IPv6's too for IPv4 (dual-stack sockets); none without ports."""
+    from cnm.sock_diag import HostSocket
+
+    net = host.create_network("web", subnet="10.1.0.0/16")
+    net.connect(host.create_sandbox("plain"))
+    assert kernel.socket_dumps == []
+    host_path = next(ns.path for ns in kernel.namespaces.values() if ns.name.endswith("-host"))
+    net.connect(host.create_sandbox("a"), ports=["8080:80", "53/udp"])
+    assert kernel.socket_dumps == [(host_path, ("tcp", "udp"), (4, 6), (8080, 60999))]  # 53/udp gets an ephemeral port
+    requests = [cnm.SandboxRequest(f"b{i}", ports=f"{9000 + i}:80") for i in range(300)]
+    host.create_sandboxes(requests, network=net)
+    assert kernel.socket_dumps[1:] == [(host_path, ("tcp",), (4, 6), (9000, 9299))]
+    kernel.sockets[host_path] = [HostSocket("tcp", 4, ip_address("0.0.0.0"), 9500)]
+    changes = kernel.count
+    with pytest.raises(cnm.ConflictError, match="host port 9500/tcp is in use by a socket in the host's namespace"):
+        host.create_sandboxes([cnm.SandboxRequest("c", ports="9499:80"), cnm.SandboxRequest("d", ports="9500:80")], network=net)
+    assert kernel.count == changes, "refused before any change"
+
+
+def test_a_driver_whose_networks_span_hosts_must_share_its_pools(kernel):
+    from cnm.drivers import Capabilities
+    from cnm.drivers.bridge import BridgeDriver
+
+    class Spanning(BridgeDriver):
+        name = "spanning"
+        capabilities = Capabilities(families=frozenset({4}), spans_hosts=True)
+
+    host = cnm.Host.isolated(firewall="none", kernel=kernel, drivers={"spanning": Spanning})
+    try:
+        changes = kernel.count
+        with pytest.raises(cnm.InvalidArgumentError, match="driver 'spanning' spans hosts but has no share_pools"):
+            host.create_network("x", "spanning", subnet="10.5.0.0/24")
+        assert kernel.count == changes, "refused before any change"
+        assert "x" not in [n.name for n in host.networks]
+    finally:
+        host.close()

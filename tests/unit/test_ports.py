@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import cnm
 from cnm.errors import ConflictError, ExhaustedError, InvalidArgumentError
-from cnm.port_books import HostPortAllocator
+from cnm.port_books import HostPortAllocator, HostSockets
 from cnm.ports import (
     DEFAULT_EPHEMERAL_PORTS,
 
@@ -20,6 +20,7 @@ from cnm.ports import (
     docker_ports_view,
     normalize_ports,
 )
+from cnm.sock_diag import HostSocket
 from tests.strategies import bad_port_specs, port_mappings, port_specs, protocols
 
 LOCALHOST = IPv4Address("127.0.0.1")
@@ -647,3 +648,65 @@ def test_docker_ports_view_dual_stack():
         ],
         "53/udp": [{"HostIp": "2001:db8::1", "HostPort": "5353"}],
     }
+
+
+# --- the host's own sockets -----------------------------------------------------------------
+
+ANY4, ANY6 = IPv4Address("0.0.0.0"), IPv6Address("::")
+
+
+@pytest.mark.parametrize(
+    ("held", "wanted", "families", "clash"),
+    [
+        (HostSocket("tcp", 4, ANY4, 8080), PortMapping(80, 8080), V4, True),
+        (HostSocket("tcp", 4, LOCALHOST, 8080), PortMapping(80, 8080), V4, True),
+        (HostSocket("tcp", 4, ANY4, 8080), PortMapping(80, 8080, host_ip=LOCALHOST), V4, True),
+        (HostSocket("tcp", 4, LOCALHOST, 8080), PortMapping(80, 8080, host_ip="10.0.0.1"), V4, False),
+        (HostSocket("tcp", 6, ANY6, 8080, v6only=False), PortMapping(80, 8080), V4, True),
+        (HostSocket("tcp", 6, ANY6, 8080, v6only=True), PortMapping(80, 8080), V4, False),
+        (HostSocket("tcp", 6, ANY6, 8080, v6only=True), PortMapping(80, 8080), DUAL, True),
+        (HostSocket("tcp", 6, IPv6Address("fd00::1"), 8080), PortMapping(80, 8080), V4, False),
+        (HostSocket("tcp", 6, IPv6Address("::ffff:127.0.0.1"), 8080), PortMapping(80, 8080, host_ip=LOCALHOST), V4, True),
+        (HostSocket("tcp", 6, IPv6Address("::ffff:127.0.0.1"), 8080), PortMapping(80, 8080, host_ip="fd00::1"), V6, False),
+        (HostSocket("tcp", 4, ANY4, 8080), PortMapping(80, 8080), V6, False),
+        (HostSocket("udp", 4, ANY4, 8080), PortMapping(80, 8080), V4, False),
+        (HostSocket("tcp", 4, ANY4, 8081), PortMapping(80, 8080), V4, False),
+    ],
+)
+def test_host_socket_clash_rules(held, wanted, families, clash):
+    ports = HostPortAllocator()
+    sockets = HostSockets([held])
+    if clash:
+        with pytest.raises(ConflictError, match=re.escape(f"is in use by a socket in the host's namespace ({held})")):
+            ports.reserve("web", [wanted], families=families, sockets=sockets)
+        assert ports.published() == {}
+    else:
+        assert ports.reserve("web", [wanted], families=families, sockets=sockets)
+
+
+def test_a_host_socket_clash_names_the_port_and_the_socket():
+    sockets = HostSockets([HostSocket("tcp", 4, LOCALHOST, 2222, uid=1000, inode=4242)])
+    with pytest.raises(ConflictError) as caught:
+        HostPortAllocator().reserve("web", [PortMapping(22, 2222)], families=V4, sockets=sockets)
+    assert str(caught.value) == (
+        "endpoint 'web': host port 2222/tcp is in use by a socket in the host's namespace"
+        " (127.0.0.1:2222/tcp, uid 1000, inode 4242)"
+    )
+    kernel_socket = HostSockets([HostSocket("udp", 6, ANY6, 4789)])
+    with pytest.raises(ConflictError, match=re.escape("([::]:4789/udp, a kernel socket)")):
+        HostPortAllocator().reserve("web", [PortMapping(4789, 4789, "udp")], families=V4, sockets=kernel_socket)
+
+
+def test_ephemeral_ports_skip_what_host_sockets_hold_and_keep_nothing_of_it():
+    ports = HostPortAllocator((100, 104))
+    sockets = HostSockets([HostSocket("tcp", 4, LOCALHOST, 100), HostSocket("tcp", 6, ANY6, 102, v6only=True)])
+    a, b = ports.reserve("a", [PortMapping(80), PortMapping(81)], families=V4, sockets=sockets)
+    assert (a.host_port, b.host_port) == (101, 103)
+    # The ports skipped are not held: without the sockets they are handed out.
+    (c,) = ports.reserve("c", [PortMapping(80)], families=V4)
+    assert c.host_port == 100
+    with pytest.raises(ExhaustedError):
+        ports.reserve("d", [PortMapping(80), PortMapping(81)], families=V4, sockets=HostSockets([HostSocket("tcp", 4, ANY4, 104)]))
+    assert sorted(p.host_port for p in ports.published()) == [100, 101, 103]
+    (e,) = ports.reserve("e", [PortMapping(80)], families=V4)
+    assert e.host_port == 102
