@@ -173,17 +173,17 @@ def test_a_host_service_keeps_its_traffic(host, v4):
         with pytest.raises(cnm.ConflictError):
             v4.connect(sandbox, ports="2222:22")
         v4.connect(sandbox)  # connected, but publishing nothing
-        assert tcp_hello(host.outside, host.address, 2222) == b"hello"
-        assert tcp_hello(host, host.address, 2222) == b"hello"
+        assert tcp_hello(host.outside, host.address.ip, 2222) == b"hello"
+        assert tcp_hello(host, host.address.ip, 2222) == b"hello"
         assert tcp_hello(host, "127.0.0.1", 2222) == b"hello"
-    assert [peer for peer, _ in service.peers] == [str(host.outside_address), str(host.address), "127.0.0.1"]
+    assert [peer for peer, _ in service.peers] == [str(host.outside_address.ip), str(host.address.ip), "127.0.0.1"]
     assert impostor.peers == []
     other = host.create_sandbox("attacker2")
     with Server(host, 5300, udp=True) as service, Server(other, 53, udp=True) as impostor:
         with pytest.raises(cnm.ConflictError):
             v4.connect(other, ports="5300:53/udp")
-        assert udp_ping(host.outside, host.address, 5300) == b"pong:ping"
-    assert [peer for peer, _ in service.peers] == [str(host.outside_address)]
+        assert udp_ping(host.outside, host.address.ip, 5300) == b"pong:ping"
+    assert [peer for peer, _ in service.peers] == [str(host.outside_address.ip)]
     assert impostor.peers == []
 
 
@@ -196,12 +196,12 @@ def test_a_host_process_that_binds_a_published_port_later_gets_none_of_its_traff
     sandbox = host.create_sandbox("s")
     v4.connect(sandbox, ports=["2222:22", "5300:53/udp"])
     with Server(sandbox, 22, count=2) as published, Server(host, 2222, count=2) as late:
-        assert tcp_hello(host.outside, host.address, 2222) == b"hello"
-        assert tcp_hello(host, host.address, 2222) == b"hello"
+        assert tcp_hello(host.outside, host.address.ip, 2222) == b"hello"
+        assert tcp_hello(host, host.address.ip, 2222) == b"hello"
     assert len(published.peers) == 2
     assert late.peers == []
     with Server(sandbox, 53, udp=True) as published, Server(host, 5300, udp=True) as late:
-        assert udp_ping(host.outside, host.address, 5300) == b"pong:ping"
+        assert udp_ping(host.outside, host.address.ip, 5300) == b"pong:ping"
     assert len(published.peers) == 1
     assert late.peers == []
 
